@@ -1,0 +1,351 @@
+//! Converging the system: observe → diff → execute, with rollback.
+//!
+//! Execution runs in three phases so that nothing is left half-applied:
+//! 1. **netlink** (VXLAN devices, MTUs, flood entries), each step recorded in an undo log;
+//! 2. **one OVSDB transaction** for the bridge and all ports, then a wait until ovs-vswitchd
+//!    has applied it — if this fails, phase 1 is undone;
+//! 3. **finishing** steps that only make sense once the switch is wired: links up, VXLAN
+//!    devices deleted after their ports left the bridge, MTUs given back to released ports.
+//!    Errors here are collected (every step is still tried) and reported.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::{ConfigIssue, SiteConfig};
+use crate::discover;
+use crate::model::{DesiredState, Facts, VxlanSpec};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::ovsdb::{switch, Client, OvsdbError};
+use crate::plan::{self, ActualState, Change, Conflict, Plan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{}", render_issues(.0))]
+    Config(Vec<ConfigIssue>),
+    #[error("cannot converge; nothing was changed:{}", render_conflicts(.0))]
+    Conflicts(Vec<Conflict>),
+    #[error(transparent)]
+    Ovsdb(#[from] OvsdbError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("applying failed: {cause}; rolled back: {rollback}")]
+    RolledBack { cause: String, rollback: String },
+    #[error("the switch is wired but {} finishing step(s) failed:{}", .0.len(), .0.iter().map(|e| format!("\n  {e}")).collect::<String>())]
+    Finishing(Vec<String>),
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    let mut s = String::from("the config does not fit this system; nothing was changed:");
+    for i in issues {
+        s.push_str("\n  ");
+        s.push_str(&i.to_string());
+    }
+    s
+}
+
+fn render_conflicts(c: &[Conflict]) -> String {
+    c.iter().map(|c| format!("\n  {c}")).collect()
+}
+
+/// Connections to the system's backends, opened in the current network namespace.
+pub struct System {
+    pub netlink: Netlink,
+    pub ovsdb: Client,
+}
+
+impl System {
+    /// Connect to netlink and OVSDB. A missing OVSDB socket is a clear error, before anything
+    /// is read or changed.
+    pub async fn connect(cfg: &SiteConfig) -> Result<Self, ApplyError> {
+        let netlink = Netlink::connect()?;
+        let ovsdb = Client::connect(&cfg.switch.ovsdb).await?;
+        Ok(System { netlink, ovsdb })
+    }
+
+    pub async fn observe(&self, bridge: &str) -> Result<ActualState, ApplyError> {
+        let (switch, links) =
+            tokio::join!(switch::observe(&self.ovsdb, bridge), self.netlink.observe());
+        Ok(ActualState {
+            switch: switch?,
+            links: links?,
+        })
+    }
+}
+
+/// Everything `plan` and `apply` need: facts, desired and actual state, and the diff.
+pub struct Prepared {
+    pub facts: Facts,
+    pub desired: DesiredState,
+    pub actual: ActualState,
+    pub plan: Plan,
+}
+
+pub async fn prepare(cfg: &SiteConfig, sys: &System) -> Result<Prepared, ApplyError> {
+    let facts = discover::facts(cfg, &sys.netlink).await?;
+    let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
+    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let plan = plan::diff(&desired, &actual).map_err(ApplyError::Conflicts)?;
+    Ok(Prepared {
+        facts,
+        desired,
+        actual,
+        plan,
+    })
+}
+
+/// What an apply did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub changes: usize,
+    pub elapsed: Duration,
+}
+
+enum Undo {
+    Delete {
+        index: u32,
+        name: String,
+    },
+    Recreate {
+        spec: VxlanSpec,
+        flood: Vec<IpAddr>,
+        new_index: u32,
+    },
+    Mtu {
+        name: String,
+        mtu: u32,
+    },
+    RemoveFlood {
+        index: u32,
+        dev: String,
+        dst: IpAddr,
+    },
+    AddFlood {
+        index: u32,
+        dev: String,
+        dst: IpAddr,
+    },
+}
+
+/// Execute a plan against the system. `actual` is the state the plan was computed from.
+pub async fn execute(
+    sys: &System,
+    plan: &Plan,
+    actual: &ActualState,
+) -> Result<Report, ApplyError> {
+    let started = Instant::now();
+    if plan.is_empty() {
+        return Ok(Report {
+            changes: 0,
+            elapsed: started.elapsed(),
+        });
+    }
+    let nl = &sys.netlink;
+    let mut index: BTreeMap<String, u32> = actual
+        .links
+        .links
+        .iter()
+        .map(|(n, l)| (n.clone(), l.index))
+        .collect();
+    let mut undo: Vec<Undo> = vec![];
+
+    // Phase 1: netlink, with undo.
+    let mut phase1 = async {
+        for c in &plan.changes {
+            match c {
+                Change::CreateVxlan { spec } => {
+                    let i = nl.create_vxlan(spec).await?;
+                    info!(dev = %spec.name, vni = spec.vni, "created VXLAN device");
+                    index.insert(spec.name.clone(), i);
+                    undo.push(Undo::Delete {
+                        index: i,
+                        name: spec.name.clone(),
+                    });
+                }
+                Change::ReplaceVxlan {
+                    index: old,
+                    spec,
+                    why,
+                } => {
+                    let before = actual.links.links.get(&spec.name);
+                    nl.delete_link(*old, &spec.name).await?;
+                    let i = nl.create_vxlan(spec).await?;
+                    info!(dev = %spec.name, why = %why, "recreated VXLAN device");
+                    index.insert(spec.name.clone(), i);
+                    if let Some(b) = before {
+                        if let Some(old_spec) = observed_spec(b, spec) {
+                            undo.push(Undo::Recreate {
+                                spec: old_spec,
+                                flood: b.flood.iter().copied().collect(),
+                                new_index: i,
+                            });
+                        }
+                    }
+                }
+                Change::SetMtu { dev, from, to, .. } => {
+                    nl.set_mtu(dev, *to).await?;
+                    undo.push(Undo::Mtu {
+                        name: dev.clone(),
+                        mtu: *from,
+                    });
+                }
+                Change::AddFlood { dev, address, peer } => {
+                    let i = *index
+                        .get(dev)
+                        .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))?;
+                    nl.add_flood(i, dev, *address).await?;
+                    info!(dev = %dev, peer = %peer, dst = %address, "added flood entry");
+                    undo.push(Undo::RemoveFlood {
+                        index: i,
+                        dev: dev.clone(),
+                        dst: *address,
+                    });
+                }
+                Change::RemoveFlood { dev, address } => {
+                    let i = *index
+                        .get(dev)
+                        .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))?;
+                    nl.remove_flood(i, dev, *address).await?;
+                    undo.push(Undo::AddFlood {
+                        index: i,
+                        dev: dev.clone(),
+                        dst: *address,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok::<(), ApplyError>(())
+    }
+    .await;
+
+    // Phase 2: one OVSDB transaction.
+    if phase1.is_ok() {
+        let ovs: Vec<&Change> = plan
+            .changes
+            .iter()
+            .filter(|c| switch::is_ovs_change(c))
+            .collect();
+        let bridge_uuid = actual.switch.bridge.as_ref().map(|b| b.uuid.as_str());
+        phase1 = switch::apply(&sys.ovsdb, &ovs, bridge_uuid)
+            .await
+            .map_err(ApplyError::from);
+        if phase1.is_ok() && !ovs.is_empty() {
+            info!(
+                changes = ovs.len(),
+                "OVS transaction applied by ovs-vswitchd"
+            );
+        }
+    }
+    if let Err(cause) = phase1 {
+        let rollback = rollback(nl, undo).await;
+        return Err(ApplyError::RolledBack {
+            cause: cause.to_string(),
+            rollback,
+        });
+    }
+
+    // Phase 3: finishing steps; every one is tried.
+    let mut failures = vec![];
+    for c in &plan.changes {
+        let r = match c {
+            Change::SetUp { dev } => nl.set_up(dev).await,
+            Change::RestoreMtu { dev, to } => nl.set_mtu(dev, *to).await,
+            Change::DeleteVxlan { index, name } => {
+                let r = nl.delete_link(*index, name).await;
+                if r.is_ok() {
+                    info!(dev = %name, "deleted VXLAN device");
+                }
+                r
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            warn!(error = %e, "finishing step failed");
+            failures.push(e.to_string());
+        }
+    }
+    // ovs-vswitchd reports ports it could not open.
+    let added: Vec<String> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::AddPort { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    for (port, err) in switch::interface_errors(&sys.ovsdb, &added).await? {
+        failures.push(format!("ovs-vswitchd cannot use port {port}: {err}"));
+    }
+    if !failures.is_empty() {
+        return Err(ApplyError::Finishing(failures));
+    }
+    Ok(Report {
+        changes: plan.changes.len(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn observed_spec(l: &crate::plan::ObservedLink, wanted: &VxlanSpec) -> Option<VxlanSpec> {
+    let a = l.vxlan.as_ref()?;
+    Some(VxlanSpec {
+        name: l.name.clone(),
+        vni: a.vni?,
+        local: a.local?,
+        port: a.port?,
+        underlay_index: a.underlay_index?,
+        mtu: l.mtu,
+        alias: l.alias.clone().unwrap_or_else(|| wanted.alias.clone()),
+    })
+}
+
+async fn rollback(nl: &Netlink, undo: Vec<Undo>) -> String {
+    let steps = undo.len();
+    let mut errors = vec![];
+    for u in undo.into_iter().rev() {
+        let r = match u {
+            Undo::Delete { index, name } => nl.delete_link(index, &name).await,
+            Undo::Recreate {
+                spec,
+                flood,
+                new_index,
+            } => {
+                let mut r = nl.delete_link(new_index, &spec.name).await;
+                if r.is_ok() {
+                    r = match nl.create_vxlan(&spec).await {
+                        Ok(i) => {
+                            let mut r = Ok(());
+                            for dst in flood {
+                                if let Err(e) = nl.add_flood(i, &spec.name, dst).await {
+                                    r = Err(e);
+                                }
+                            }
+                            r
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+                r
+            }
+            Undo::Mtu { name, mtu } => nl.set_mtu(&name, mtu).await,
+            Undo::RemoveFlood { index, dev, dst } => nl.remove_flood(index, &dev, dst).await,
+            Undo::AddFlood { index, dev, dst } => nl.add_flood(index, &dev, dst).await,
+        };
+        if let Err(e) = r {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        format!("{steps} step(s) undone, the system is as before")
+    } else {
+        format!(
+            "{} of {steps} undo step(s) failed: {}",
+            errors.len(),
+            errors.join("; ")
+        )
+    }
+}

@@ -1,0 +1,203 @@
+//! Site configuration: parse ([`load`]) and validate ([`validate`]) into a [`SiteConfig`].
+//!
+//! An invalid file yields a [`ConfigError`] listing every problem with file, line, column and
+//! key path; nothing on the system is touched before a config is valid.
+
+mod load;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use load::Locations;
+
+use crate::mtu::EspOverhead;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/l2s-vnf/site.toml";
+pub const DEFAULT_BRIDGE: &str = "l2s0";
+pub const DEFAULT_OVSDB: &str = "unix:/run/openvswitch/db.sock";
+pub const DEFAULT_VICI: &str = "unix:///run/charon.vici";
+pub const DEFAULT_PSK_FILE: &str = "/etc/l2s-vnf/psk";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/l2s-vnf/control.sock";
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+pub const DEFAULT_IKE_PROPOSALS: &[&str] = &["aes256gcm16-prfsha384-x25519"];
+pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16"];
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Key path, e.g. `vlan[1].id` (arrays counted from 0); empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    let mut s = format!(
+        "invalid configuration ({} error{}):",
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for i in issues {
+        s.push_str("\n  ");
+        s.push_str(&i.to_string());
+    }
+    s
+}
+
+impl ConfigError {
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Invalid(v) => v,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatapathChoice {
+    Auto,
+    System,
+    Netdev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Kernel,
+    Libipsec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtuSetting {
+    Auto,
+    Fixed(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub name: String,
+    pub underlay: String,
+    pub vtep_ip: Option<IpAddr>,
+    pub underlay_mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    pub bridge: String,
+    pub datapath: DatapathChoice,
+    /// Path of the OVSDB unix socket.
+    pub ovsdb: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipsec {
+    pub enabled: bool,
+    pub insecure: bool,
+    pub backend: BackendChoice,
+    /// Path of charon's VICI unix socket.
+    pub vici: PathBuf,
+    pub psk_file: PathBuf,
+    pub ike_proposals: Vec<String>,
+    pub esp_proposals: Vec<EspOverhead>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub address: IpAddr,
+    /// Effective PSK file (the peer's own, else `[ipsec].psk_file`). Never read for logging.
+    pub psk_file: PathBuf,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vlan {
+    pub id: u16,
+    pub vni: u32,
+    pub ports: Vec<String>,
+    /// Names of the peers sharing this VLAN (resolved: all peers when not given).
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    pub control_socket: PathBuf,
+    pub reconcile_interval: Duration,
+}
+
+/// A validated site configuration.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub site: Site,
+    pub switch: Switch,
+    pub vxlan_port: u16,
+    pub ipsec: Ipsec,
+    pub mtu_access: MtuSetting,
+    pub peers: Vec<Peer>,
+    pub vlans: Vec<Vlan>,
+    pub daemon: Daemon,
+    pub metrics: Option<SocketAddr>,
+    /// Where each key is in the file, for errors found later (e.g. MTU vs. the real underlay).
+    pub locations: Locations,
+}
+
+impl SiteConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str_at(path, &text)
+    }
+
+    /// Validate config text as if it came from `path` (used by tests and `load`).
+    pub fn from_str_at(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let (raw, locations, mut issues) = load::parse(path, text)?;
+        let cfg = raw.and_then(|raw| validate::validate(raw, &locations, &mut issues));
+        match cfg {
+            Some(cfg) if issues.is_empty() => Ok(cfg),
+            _ => {
+                issues.sort_by_key(|i| (i.line, i.column));
+                Err(ConfigError::Invalid(issues))
+            }
+        }
+    }
+
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// A located issue about a key of this config (for checks that need the live system).
+    pub fn issue(&self, key: &str, message: impl Into<String>) -> ConfigIssue {
+        self.locations.issue_at_value(key, message)
+    }
+}

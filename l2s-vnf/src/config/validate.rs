@@ -1,0 +1,611 @@
+//! Semantic validation of a raw config: ranges, uniqueness, references, names, addresses,
+//! files. Every check records its problem and validation carries on, so one run reports all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::load::Locations;
+use super::raw::{RawConfig, RawMtuAccess};
+use super::*;
+use crate::model::{vxlan_device_name, VXLAN_DEVICE_PREFIX};
+use crate::mtu;
+
+pub const VLAN_ID_RANGE: std::ops::RangeInclusive<i64> = 1..=4094;
+pub const VNI_RANGE: std::ops::RangeInclusive<i64> = 1..=16_777_215;
+pub const UNDERLAY_MTU_RANGE: std::ops::RangeInclusive<i64> = 576..=65_535;
+pub const RECONCILE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+struct Checker<'a> {
+    locs: &'a Locations,
+    issues: &'a mut Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, key: &str, msg: impl Into<String>) {
+        self.issues.push(self.locs.issue_at_value(key, msg));
+    }
+}
+
+/// Linux `dev_valid_name`: 1..=15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+pub fn interface_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("interface name is empty".into());
+    }
+    if name.len() > 15 {
+        return Some(format!(
+            "interface name `{name}` is {} bytes; Linux allows at most 15",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some(format!("`{name}` is not a valid interface name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+    {
+        return Some(format!(
+            "interface name `{name}` contains {c:?}; '/', ':' and whitespace are not allowed"
+        ));
+    }
+    None
+}
+
+fn unix_socket_path(value: &str, scheme: &str) -> Option<PathBuf> {
+    let rest = value.strip_prefix(scheme)?;
+    let p = Path::new(rest);
+    (p.is_absolute()).then(|| p.to_path_buf())
+}
+
+fn identity_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && !s.chars().any(|c| c.is_control() || c == '"')
+}
+
+pub fn validate(
+    raw: RawConfig,
+    locs: &Locations,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<SiteConfig> {
+    let mut c = Checker { locs, issues };
+
+    // [site]
+    if !identity_ok(&raw.site.name) {
+        c.err("site.name", "site name must be 1–255 printable characters");
+    }
+    if let Some(p) = interface_name_problem(&raw.site.underlay) {
+        c.err("site.underlay", p);
+    }
+    let vtep_ip = raw
+        .site
+        .vtep_ip
+        .as_deref()
+        .and_then(|s| match s.parse::<IpAddr>() {
+            Ok(ip) if ip.is_unspecified() || ip.is_multicast() => {
+                c.err(
+                    "site.vtep_ip",
+                    format!("`{s}` cannot be a VTEP address (unspecified or multicast)"),
+                );
+                None
+            }
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                c.err(
+                    "site.vtep_ip",
+                    format!("`{s}` is not an IPv4 or IPv6 address"),
+                );
+                None
+            }
+        });
+    let underlay_mtu = raw.site.underlay_mtu.and_then(|m| {
+        if UNDERLAY_MTU_RANGE.contains(&m) {
+            Some(m as u32)
+        } else {
+            c.err(
+                "site.underlay_mtu",
+                format!(
+                    "{m} is out of range; allowed: {}..={}",
+                    UNDERLAY_MTU_RANGE.start(),
+                    UNDERLAY_MTU_RANGE.end()
+                ),
+            );
+            None
+        }
+    });
+
+    // [switch]
+    let bridge = raw.switch.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.into());
+    if let Some(p) = interface_name_problem(&bridge) {
+        c.err("switch.bridge", p);
+    } else if bridge.starts_with(VXLAN_DEVICE_PREFIX) {
+        c.err("switch.bridge", format!("bridge name must not start with `{VXLAN_DEVICE_PREFIX}` (reserved for VXLAN devices)"));
+    }
+    let datapath = match raw.switch.datapath.as_deref().unwrap_or("auto") {
+        "auto" => DatapathChoice::Auto,
+        "system" => DatapathChoice::System,
+        "netdev" => DatapathChoice::Netdev,
+        other => {
+            c.err(
+                "switch.datapath",
+                format!("unknown datapath `{other}`; allowed: auto, system, netdev"),
+            );
+            DatapathChoice::Auto
+        }
+    };
+    let ovsdb_s = raw.switch.ovsdb.unwrap_or_else(|| DEFAULT_OVSDB.into());
+    let ovsdb = unix_socket_path(&ovsdb_s, "unix:").unwrap_or_else(|| {
+        c.err(
+            "switch.ovsdb",
+            format!("`{ovsdb_s}` is not supported; use `unix:/absolute/path/db.sock`"),
+        );
+        PathBuf::new()
+    });
+
+    // [vxlan]
+    let vxlan_port = match raw.vxlan.port {
+        None => DEFAULT_VXLAN_PORT,
+        Some(p) if (1..=65535).contains(&p) && p != 500 && p != 4500 => p as u16,
+        Some(p @ (500 | 4500)) => {
+            c.err(
+                "vxlan.port",
+                format!("{p} is IKE's port; pick another (default 4789)"),
+            );
+            DEFAULT_VXLAN_PORT
+        }
+        Some(p) => {
+            c.err(
+                "vxlan.port",
+                format!("{p} is out of range; allowed: 1..=65535"),
+            );
+            DEFAULT_VXLAN_PORT
+        }
+    };
+
+    // [ipsec]
+    let ri = raw.ipsec;
+    let enabled = ri.enabled.unwrap_or(true);
+    let insecure = ri.insecure.unwrap_or(false);
+    if !enabled && !insecure {
+        c.err("ipsec.enabled", "IPsec is disabled but `insecure = true` is not set: clear-text VXLAN is refused unless you opt in (lab use only)");
+    }
+    let backend = match ri.backend.as_deref().unwrap_or("auto") {
+        "auto" => BackendChoice::Auto,
+        "kernel" => BackendChoice::Kernel,
+        "libipsec" => BackendChoice::Libipsec,
+        other => {
+            c.err(
+                "ipsec.backend",
+                format!("unknown backend `{other}`; allowed: auto, kernel, libipsec"),
+            );
+            BackendChoice::Auto
+        }
+    };
+    let vici_s = ri.vici.unwrap_or_else(|| DEFAULT_VICI.into());
+    let vici = unix_socket_path(&vici_s, "unix://").unwrap_or_else(|| {
+        c.err(
+            "ipsec.vici",
+            format!("`{vici_s}` is not supported; use `unix:///absolute/path/charon.vici`"),
+        );
+        PathBuf::new()
+    });
+    let psk_default_explicit = ri.psk_file.is_some();
+    let psk_file = PathBuf::from(ri.psk_file.unwrap_or_else(|| DEFAULT_PSK_FILE.into()));
+    let ike_proposals = ri.ike_proposals.unwrap_or_else(|| {
+        DEFAULT_IKE_PROPOSALS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    if ike_proposals.is_empty() {
+        c.err(
+            "ipsec.ike_proposals",
+            "at least one IKE proposal is required",
+        );
+    }
+    for (i, p) in ike_proposals.iter().enumerate() {
+        if let Err(e) = mtu::check_ike_proposal(p) {
+            c.err(
+                &format!("ipsec.ike_proposals[{i}]"),
+                format!("IKE proposal `{p}`: {e}"),
+            );
+        }
+    }
+    let esp_raw = ri.esp_proposals.unwrap_or_else(|| {
+        DEFAULT_ESP_PROPOSALS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    if esp_raw.is_empty() {
+        c.err(
+            "ipsec.esp_proposals",
+            "at least one ESP proposal is required",
+        );
+    }
+    let mut esp_proposals = Vec::new();
+    for (i, p) in esp_raw.iter().enumerate() {
+        match mtu::parse_esp_proposal(p) {
+            Ok(e) => esp_proposals.push(e),
+            Err(e) => c.err(
+                &format!("ipsec.esp_proposals[{i}]"),
+                format!("ESP proposal `{p}`: {e}"),
+            ),
+        }
+    }
+
+    // [mtu]
+    let mtu_access = match raw.mtu.access {
+        None => MtuSetting::Auto,
+        Some(RawMtuAccess::Word(w)) if w == "auto" => MtuSetting::Auto,
+        Some(RawMtuAccess::Word(w)) => {
+            c.err(
+                "mtu.access",
+                format!("`{w}` is not allowed; use \"auto\" or a number of bytes"),
+            );
+            MtuSetting::Auto
+        }
+        Some(RawMtuAccess::Number(n)) if n >= mtu::MIN_ACCESS_MTU as i64 && n <= 65_535 => {
+            MtuSetting::Fixed(n as u32)
+        }
+        Some(RawMtuAccess::Number(n)) => {
+            c.err(
+                "mtu.access",
+                format!(
+                    "{n} is out of range; allowed: {}..=65535 (and no more than the path allows)",
+                    mtu::MIN_ACCESS_MTU
+                ),
+            );
+            MtuSetting::Auto
+        }
+    };
+
+    // [[peer]]
+    let mut peers = Vec::new();
+    let mut peer_names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut peer_addrs: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let mut family: Option<(mtu::Family, String)> =
+        vtep_ip.map(|ip| (mtu::Family::of(&ip), "site.vtep_ip".to_string()));
+    for (i, rp) in raw.peer.into_iter().enumerate() {
+        let key = |k: &str| format!("peer[{i}].{k}");
+        if !identity_ok(&rp.name) {
+            c.err(&key("name"), "peer name must be 1–255 printable characters");
+        } else if rp.name == raw.site.name {
+            c.err(
+                &key("name"),
+                format!("peer `{}` has this site's own name", rp.name),
+            );
+        } else if let Some(first) = peer_names.insert(rp.name.clone(), i) {
+            c.err(
+                &key("name"),
+                format!("duplicate peer name `{}` (also peer[{first}])", rp.name),
+            );
+        }
+        let address = match rp.address.parse::<IpAddr>() {
+            Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() => {
+                c.err(
+                    &key("address"),
+                    format!("`{ip}` cannot be a peer VTEP address"),
+                );
+                None
+            }
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                c.err(
+                    &key("address"),
+                    format!("`{}` is not an IPv4 or IPv6 address", rp.address),
+                );
+                None
+            }
+        };
+        if let Some(ip) = address {
+            if Some(ip) == vtep_ip {
+                c.err(
+                    &key("address"),
+                    format!("`{ip}` is this site's own VTEP address"),
+                );
+            }
+            if let Some(first) = peer_addrs.insert(ip, i) {
+                c.err(
+                    &key("address"),
+                    format!("address `{ip}` is already used by peer[{first}]"),
+                );
+            }
+            match &family {
+                Some((f, from)) if *f != mtu::Family::of(&ip) => c.err(
+                    &key("address"),
+                    format!("`{ip}` is {} but the VTEP family is {f} (from {from}); all VTEPs must be one family", mtu::Family::of(&ip)),
+                ),
+                Some(_) => {}
+                None => family = Some((mtu::Family::of(&ip), key("address"))),
+            }
+        }
+        let id = rp.id.unwrap_or_else(|| rp.name.clone());
+        if !identity_ok(&id) {
+            c.err(
+                &key("id"),
+                "IKE identity must be 1–255 printable characters",
+            );
+        }
+        let own_psk = rp.psk_file.is_some();
+        let psk = rp
+            .psk_file
+            .map(PathBuf::from)
+            .unwrap_or_else(|| psk_file.clone());
+        // A peer's own PSK file is always checked; the default one only when IPsec is on.
+        if own_psk || enabled {
+            let k = if own_psk {
+                key("psk_file")
+            } else {
+                "ipsec.psk_file".to_string()
+            };
+            if let Some(problem) = psk_file_problem(&psk) {
+                c.err(&k, problem);
+            }
+        }
+        peers.push(Peer {
+            name: rp.name,
+            address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            psk_file: psk,
+            id,
+        });
+    }
+    if psk_default_explicit && !enabled {
+        if let Some(problem) = psk_file_problem(&psk_file) {
+            c.err("ipsec.psk_file", problem);
+        }
+    }
+    // Report a bad default PSK once, not once per peer.
+    dedup_issues(c.issues);
+
+    // [[vlan]]
+    let mut vlans = Vec::new();
+    let mut vlan_ids: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut vnis: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut port_owner: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, rv) in raw.vlan.into_iter().enumerate() {
+        let key = |k: &str| format!("vlan[{i}].{k}");
+        if !VLAN_ID_RANGE.contains(&rv.id) {
+            c.err(
+                &key("id"),
+                format!("VLAN id {} is out of range; allowed: 1..=4094", rv.id),
+            );
+        } else if let Some(first) = vlan_ids.insert(rv.id, i) {
+            c.err(
+                &key("id"),
+                format!("duplicate VLAN id {} (also vlan[{first}])", rv.id),
+            );
+        }
+        let vni = rv.vni.unwrap_or(rv.id);
+        let vni_key = if rv.vni.is_some() {
+            key("vni")
+        } else {
+            key("id")
+        };
+        if !VNI_RANGE.contains(&vni) {
+            c.err(
+                &vni_key,
+                format!("VNI {vni} is out of range; allowed: 1..=16777215"),
+            );
+        } else if let Some(first) = vnis.insert(vni, i) {
+            c.err(
+                &vni_key,
+                format!("VNI {vni} is already used by vlan[{first}]; VNIs must be unique"),
+            );
+        }
+        let mut seen_here = BTreeSet::new();
+        for (j, port) in rv.ports.iter().enumerate() {
+            let pk = format!("vlan[{i}].ports[{j}]");
+            if let Some(p) = interface_name_problem(port) {
+                c.err(&pk, p);
+                continue;
+            }
+            if port == &raw.site.underlay {
+                c.err(
+                    &pk,
+                    format!("`{port}` is the underlay interface; it cannot be an access port"),
+                );
+            } else if port == &bridge {
+                c.err(&pk, format!("`{port}` is the bridge's own name"));
+            } else if port.starts_with(VXLAN_DEVICE_PREFIX) {
+                c.err(&pk, format!("`{port}` starts with `{VXLAN_DEVICE_PREFIX}`, reserved for l2s-vnf's VXLAN devices"));
+            } else if !seen_here.insert(port.clone()) {
+                c.err(&pk, format!("`{port}` is listed twice in this VLAN"));
+            } else if let Some(first) = port_owner.insert(port.clone(), i) {
+                c.err(&pk, format!("`{port}` is already an access port of vlan[{first}]; an interface belongs to at most one VLAN"));
+            }
+        }
+        let vlan_peers = match rv.peers {
+            None => peers.iter().map(|p| p.name.clone()).collect(),
+            Some(list) => {
+                let mut seen = BTreeSet::new();
+                for (j, name) in list.iter().enumerate() {
+                    let pk = format!("vlan[{i}].peers[{j}]");
+                    if !peer_names.contains_key(name) {
+                        let known: Vec<&str> = peer_names.keys().map(String::as_str).collect();
+                        c.err(
+                            &pk,
+                            format!(
+                                "unknown peer `{name}`; defined peers: {}",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                    } else if !seen.insert(name.clone()) {
+                        c.err(&pk, format!("peer `{name}` is listed twice"));
+                    }
+                }
+                list
+            }
+        };
+        vlans.push(Vlan {
+            id: rv.id.clamp(0, 4095) as u16,
+            vni: vni.clamp(0, 16_777_215) as u32,
+            ports: rv.ports,
+            peers: vlan_peers,
+        });
+    }
+    // The generated VXLAN names must not collide with anything configured.
+    for v in &vlans {
+        let dev = vxlan_device_name(v.vni);
+        if dev == raw.site.underlay {
+            c.err(
+                "site.underlay",
+                format!("`{dev}` is the name of VLAN {}'s VXLAN device", v.id),
+            );
+        }
+    }
+
+    // [daemon]
+    let control_socket = PathBuf::from(
+        raw.daemon
+            .control_socket
+            .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+    );
+    if !control_socket.is_absolute() {
+        c.err(
+            "daemon.control_socket",
+            format!("`{}` must be an absolute path", control_socket.display()),
+        );
+    }
+    let reconcile_interval = match raw.daemon.reconcile_interval {
+        None => DEFAULT_RECONCILE_INTERVAL,
+        Some(s) => match humantime::parse_duration(&s) {
+            Ok(d) if RECONCILE_RANGE.contains(&d) => d,
+            Ok(_) => {
+                c.err(
+                    "daemon.reconcile_interval",
+                    format!("`{s}` is out of range; allowed: 1s..=1h"),
+                );
+                DEFAULT_RECONCILE_INTERVAL
+            }
+            Err(e) => {
+                c.err(
+                    "daemon.reconcile_interval",
+                    format!("`{s}` is not a duration ({e}); write e.g. \"30s\" or \"2m\""),
+                );
+                DEFAULT_RECONCILE_INTERVAL
+            }
+        },
+    };
+
+    // [metrics]
+    let metrics = raw
+        .metrics
+        .and_then(|m| match m.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.err(
+                    "metrics.listen",
+                    format!(
+                        "`{}` is not an address:port, e.g. \"127.0.0.1:9417\"",
+                        m.listen
+                    ),
+                );
+                None
+            }
+        });
+
+    // An explicit access MTU checked against the configured underlay MTU (the discovered one
+    // is checked when planning).
+    if let (MtuSetting::Fixed(want), Some(u)) = (mtu_access, underlay_mtu) {
+        let fam = family.as_ref().map(|(f, _)| *f).unwrap_or(mtu::Family::V4);
+        let inputs = crate::model::mtu_inputs_for_check(u, fam, enabled, backend, &esp_proposals);
+        if let Some(max) = inputs
+            .iter()
+            .filter_map(mtu::compute)
+            .map(|r| r.access_mtu)
+            .min()
+        {
+            if want > max {
+                c.err("mtu.access", format!("{want} is too large for this path: with underlay MTU {u} the largest access MTU that does not fragment is {max}"));
+            }
+        }
+    }
+    if let Some(u) = underlay_mtu {
+        let fam = family.as_ref().map(|(f, _)| *f).unwrap_or(mtu::Family::V4);
+        if mtu::compute(&mtu::MtuInputs {
+            underlay_mtu: u,
+            family: fam,
+            protection: mtu::Protection::None,
+        })
+        .is_none()
+        {
+            c.err(
+                "site.underlay_mtu",
+                format!("{u} leaves no room for VXLAN over {fam}"),
+            );
+        }
+    }
+
+    Some(SiteConfig {
+        site: Site {
+            name: raw.site.name,
+            underlay: raw.site.underlay,
+            vtep_ip,
+            underlay_mtu,
+        },
+        switch: Switch {
+            bridge,
+            datapath,
+            ovsdb,
+        },
+        vxlan_port,
+        ipsec: Ipsec {
+            enabled,
+            insecure,
+            backend,
+            vici,
+            psk_file,
+            ike_proposals,
+            esp_proposals,
+        },
+        mtu_access,
+        peers,
+        vlans,
+        daemon: Daemon {
+            control_socket,
+            reconcile_interval,
+        },
+        metrics,
+        locations: locs.clone(),
+    })
+}
+
+fn dedup_issues(issues: &mut Vec<ConfigIssue>) {
+    let mut seen = BTreeSet::new();
+    issues.retain(|i| seen.insert((i.line, i.column, i.key.clone(), i.message.clone())));
+}
+
+/// A PSK file must exist, be a non-empty regular file, and not be readable by group/others.
+/// Its content is never read into anything that could be logged.
+pub fn psk_file_problem(path: &Path) -> Option<String> {
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!(
+                "PSK file {shown} does not exist; create it with mode 0600"
+            ))
+        }
+        Err(e) => return Some(format!("PSK file {shown} cannot be read: {e}")),
+    };
+    if !meta.is_file() {
+        return Some(format!("PSK file {shown} is not a regular file"));
+    }
+    if meta.len() == 0 {
+        return Some(format!("PSK file {shown} is empty"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Some(format!(
+            "PSK file {shown} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)"
+        ));
+    }
+    None
+}

@@ -1,0 +1,15 @@
+//! l2s-vnf: a secure multi-site layer-2 switch for NFV.
+//!
+//! Data flows one way: [`config`] (parse + validate) → [`discover`] (facts of this machine) →
+//! [`model`] (desired state; [`mtu`] computes the access MTU) → [`plan`] (observed state and
+//! the typed diff) → [`apply`] (executes a plan through [`ovsdb`] and [`netlink`]).
+
+pub mod apply;
+pub mod config;
+pub mod discover;
+pub mod model;
+pub mod mtu;
+pub mod netlink;
+pub mod ovsdb;
+pub mod plan;
+pub mod status;

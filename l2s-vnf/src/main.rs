@@ -1,0 +1,261 @@
+//! The `l2s-vnf` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use l2s_vnf::apply::{self, ApplyError, System};
+use l2s_vnf::config::{self, SiteConfig};
+use l2s_vnf::model::{DesiredState, Facts};
+use l2s_vnf::{discover, mtu, netlink, plan, status};
+use tracing::warn;
+
+/// Secure multi-site layer-2 switch for NFV: one site's OVS bridge, VXLAN VTEPs per VLAN and
+/// IPsec between sites, converged from a site config.
+#[derive(Parser)]
+#[command(name = "l2s-vnf", version, about, long_about = None)]
+struct Cli {
+    /// Site config file.
+    #[arg(short, long, global = true, env = "L2S_VNF_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and print the derived plan summary (VLANs, peers, computed MTU).
+    Check {
+        /// Do not look at this machine (underlay MTU and address from the config, or assumed).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Show what `apply` would create, change and remove; touches nothing.
+    Plan,
+    /// Converge the system to the config once, then exit.
+    Apply,
+    /// Remove every object this instance owns, nothing else.
+    Down,
+    /// Show the bridge, VLANs, VTEPs, ports and MTUs as they are on this system.
+    Status {
+        /// Machine-readable output (stable schema).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("L2S_VNF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let cfg = match SiteConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.command {
+            Command::Check { offline } => check(&cli.config, &cfg, offline).await,
+            Command::Plan => plan_cmd(&cfg).await,
+            Command::Apply => apply_cmd(&cfg).await,
+            Command::Down => down(&cfg).await,
+            Command::Status { json } => status_cmd(&cfg, json).await,
+        }
+    });
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                ApplyError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn warn_insecure(cfg: &SiteConfig) {
+    if !cfg.ipsec.enabled {
+        warn!("IPsec is disabled ([ipsec] enabled = false, insecure = true): VXLAN crosses the underlay in clear text; lab use only");
+    }
+}
+
+async fn check(path: &Path, cfg: &SiteConfig, offline: bool) -> Result<ExitCode, ApplyError> {
+    let facts = if offline {
+        let vtep = cfg
+            .site
+            .vtep_ip
+            .or(cfg.peers.first().map(|p| match p.address {
+                std::net::IpAddr::V4(_) => std::net::IpAddr::from([192, 0, 2, 0]),
+                std::net::IpAddr::V6(_) => {
+                    std::net::IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0])
+                }
+            }));
+        Facts {
+            underlay_index: 0,
+            vtep_ip: vtep.unwrap_or(std::net::IpAddr::from([192, 0, 2, 0])),
+            underlay_mtu: cfg.site.underlay_mtu.unwrap_or(1500),
+            kernel_has_ovs_datapath: discover::kernel_has_ovs_datapath(),
+            ipsec_backend: None,
+        }
+    } else {
+        let nl = netlink::Netlink::connect()?;
+        discover::facts(cfg, &nl).await?
+    };
+    let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
+    println!("{}: valid", path.display());
+    println!(
+        "site {} (underlay {}, VTEP {}{})",
+        cfg.site.name,
+        cfg.site.underlay,
+        if offline && cfg.site.vtep_ip.is_none() {
+            "discovered at apply".to_string()
+        } else {
+            facts.vtep_ip.to_string()
+        },
+        if offline { ", offline" } else { "" }
+    );
+    println!(
+        "bridge {} datapath {} ({})",
+        desired.bridge, desired.datapath, desired.datapath_reason
+    );
+    if cfg.ipsec.enabled {
+        println!(
+            "ipsec: enabled, backend {:?}, ESP {}",
+            cfg.ipsec.backend,
+            cfg.ipsec
+                .esp_proposals
+                .iter()
+                .map(|e| e.proposal.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        println!("ipsec: DISABLED (insecure lab mode: clear-text VXLAN)");
+    }
+    println!("peers:");
+    for p in &cfg.peers {
+        println!("  {:<16} {:<40} id {}", p.name, p.address, p.id);
+    }
+    println!("vlans:");
+    for v in desired.vlans.values() {
+        let peers: Vec<&str> = v.flood.values().map(String::as_str).collect();
+        let ports: Vec<&str> = v.access_ports.iter().map(String::as_str).collect();
+        println!(
+            "  vlan {:>4}  vni {:<8} device {:<15} ports [{}]  peers [{}]",
+            v.id,
+            v.vni,
+            v.vxlan.name,
+            ports.join(", "),
+            peers.join(", ")
+        );
+    }
+    println!(
+        "access MTU {} (underlay MTU {}{})",
+        desired.access_mtu,
+        facts.underlay_mtu,
+        if offline && cfg.site.underlay_mtu.is_none() {
+            " assumed"
+        } else {
+            ""
+        }
+    );
+    for step in &desired.mtu.derivation {
+        println!("  {step}");
+    }
+    let _ = mtu::VXLAN_OVERHEAD;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plan_cmd(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
+    let sys = System::connect(cfg).await?;
+    let p = apply::prepare(cfg, &sys).await?;
+    println!(
+        "plan for site {} (bridge {}, access MTU {}):",
+        cfg.site.name, cfg.switch.bridge, p.desired.access_mtu
+    );
+    print!("{}", p.plan);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn refuse_without_ipsec(cfg: &SiteConfig) -> Result<(), ApplyError> {
+    if cfg.ipsec.enabled {
+        return Err(ApplyError::Refused(
+            "[ipsec] enabled = true, but this build cannot establish IPsec SAs yet; refusing to bring up VXLAN that would cross the underlay in clear text. Set `enabled = false` and `insecure = true` for a lab, or use a build with IPsec support".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn apply_cmd(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
+    refuse_without_ipsec(cfg)?;
+    warn_insecure(cfg);
+    let sys = System::connect(cfg).await?;
+    let p = apply::prepare(cfg, &sys).await?;
+    if p.plan.is_empty() {
+        println!(
+            "no changes: the system matches the config (access MTU {})",
+            p.desired.access_mtu
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", p.plan);
+    let report = apply::execute(&sys, &p.plan, &p.actual).await?;
+    println!(
+        "applied {} change(s) in {} ms (access MTU {})",
+        report.changes,
+        report.elapsed.as_millis(),
+        p.desired.access_mtu
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn down(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
+    let sys = System::connect(cfg).await?;
+    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let p = plan::teardown(&cfg.switch.bridge, &cfg.site.name, &actual);
+    if p.is_empty() {
+        println!("nothing to remove: this instance owns nothing here");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{p}");
+    let report = apply::execute(&sys, &p, &actual).await?;
+    println!("removed in {} ms", report.elapsed.as_millis());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError> {
+    let sys = System::connect(cfg).await?;
+    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let s = status::build(&cfg.site.name, &cfg.switch.bridge, &actual);
+    if json {
+        match serde_json::to_string_pretty(&s) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return Err(ApplyError::Refused(format!("cannot encode status: {e}"))),
+        }
+    } else {
+        print!("{s}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

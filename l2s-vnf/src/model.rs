@@ -1,0 +1,326 @@
+//! The desired state: what the config plus the discovered facts of this machine say should
+//! exist. Also the naming and ownership conventions of everything l2s-vnf creates.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::config::{BackendChoice, ConfigIssue, DatapathChoice, MtuSetting, SiteConfig};
+use crate::mtu::{self, EspMode, EspOverhead, Family, MtuInputs, MtuResult, Protection};
+
+/// Every VXLAN device l2s-vnf creates is named `l2s-vx<VNI>` (at most 14 bytes).
+pub const VXLAN_DEVICE_PREFIX: &str = "l2s-vx";
+/// The device alias that marks a VXLAN device as ours: `l2s-vnf bridge=<bridge> vlan=<id>`.
+pub const ALIAS_PREFIX: &str = "l2s-vnf bridge=";
+/// OVS `external_ids` keys (on Bridge and Port rows).
+pub const EXT_OWNER: &str = "l2s-vnf-owner";
+pub const EXT_ROLE: &str = "l2s-vnf-role";
+pub const EXT_VLAN: &str = "l2s-vnf-vlan";
+pub const EXT_ORIG_MTU: &str = "l2s-vnf-orig-mtu";
+
+pub fn vxlan_device_name(vni: u32) -> String {
+    format!("{VXLAN_DEVICE_PREFIX}{vni}")
+}
+
+pub fn vxlan_alias(bridge: &str, vlan: u16) -> String {
+    format!("{ALIAS_PREFIX}{bridge} vlan={vlan}")
+}
+
+/// Whether a device alias marks the device as owned by the instance managing `bridge`.
+pub fn alias_owned_by(alias: Option<&str>, bridge: &str) -> bool {
+    alias
+        .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_some_and(|b| b == bridge)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Datapath {
+    System,
+    Netdev,
+}
+
+impl Datapath {
+    pub fn ovs_name(self) -> &'static str {
+        match self {
+            Datapath::System => "system",
+            Datapath::Netdev => "netdev",
+        }
+    }
+    /// OVS stores the kernel datapath as "" or "system".
+    pub fn from_ovs(s: &str) -> Self {
+        if s == "netdev" {
+            Datapath::Netdev
+        } else {
+            Datapath::System
+        }
+    }
+}
+
+impl fmt::Display for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.ovs_name())
+    }
+}
+
+/// The IPsec backend once resolved (from config or from charon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpsecBackend {
+    Kernel,
+    Libipsec,
+}
+
+/// Facts about this machine that the desired state depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub underlay_index: u32,
+    pub vtep_ip: IpAddr,
+    pub underlay_mtu: u32,
+    pub kernel_has_ovs_datapath: bool,
+    /// `None` while charon has not been asked (backend `auto`).
+    pub ipsec_backend: Option<IpsecBackend>,
+}
+
+/// One VXLAN device as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: IpAddr,
+    pub port: u16,
+    pub underlay_index: u32,
+    pub mtu: u32,
+    pub alias: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredVlan {
+    pub id: u16,
+    pub vni: u32,
+    pub vxlan: VxlanSpec,
+    pub access_ports: BTreeSet<String>,
+    /// Peer VTEP addresses that get an all-zero FDB entry (head-end replication).
+    pub flood: BTreeMap<IpAddr, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    pub owner: String,
+    pub bridge: String,
+    pub datapath: Datapath,
+    pub datapath_reason: String,
+    pub access_mtu: u32,
+    pub mtu: MtuResult,
+    pub vlans: BTreeMap<u16, DesiredVlan>,
+}
+
+fn esp_protection(backend: IpsecBackend, esp: &[EspOverhead]) -> Protection {
+    match backend {
+        IpsecBackend::Kernel => Protection::Esp {
+            proposals: esp.to_vec(),
+            mode: EspMode::Transport,
+            // Conservative: a NAT between sites makes charon float ESP into UDP 4500.
+            nat_t: true,
+            tun_mtu: None,
+        },
+        IpsecBackend::Libipsec => Protection::Esp {
+            proposals: esp.to_vec(),
+            mode: EspMode::Tunnel,
+            nat_t: true,
+            tun_mtu: Some(mtu::LIBIPSEC_TUN_MTU),
+        },
+    }
+}
+
+/// The MTU inputs for a config; several when the backend is not yet known (the smallest wins).
+pub fn mtu_inputs_for_check(
+    underlay_mtu: u32,
+    family: Family,
+    ipsec_enabled: bool,
+    backend: BackendChoice,
+    esp: &[EspOverhead],
+) -> Vec<MtuInputs> {
+    let protections = if !ipsec_enabled {
+        vec![Protection::None]
+    } else {
+        match backend {
+            BackendChoice::Kernel => vec![esp_protection(IpsecBackend::Kernel, esp)],
+            BackendChoice::Libipsec => vec![esp_protection(IpsecBackend::Libipsec, esp)],
+            BackendChoice::Auto => vec![
+                esp_protection(IpsecBackend::Kernel, esp),
+                esp_protection(IpsecBackend::Libipsec, esp),
+            ],
+        }
+    };
+    protections
+        .into_iter()
+        .map(|protection| MtuInputs {
+            underlay_mtu,
+            family,
+            protection,
+        })
+        .collect()
+}
+
+/// Compute the access MTU for a config on this machine, with its derivation.
+pub fn access_mtu(cfg: &SiteConfig, facts: &Facts) -> Result<(u32, MtuResult), ConfigIssue> {
+    let family = Family::of(&facts.vtep_ip);
+    let backend = match (cfg.ipsec.backend, facts.ipsec_backend) {
+        (BackendChoice::Auto, Some(IpsecBackend::Kernel)) | (BackendChoice::Kernel, _) => {
+            BackendChoice::Kernel
+        }
+        (BackendChoice::Auto, Some(IpsecBackend::Libipsec)) | (BackendChoice::Libipsec, _) => {
+            BackendChoice::Libipsec
+        }
+        (BackendChoice::Auto, None) => BackendChoice::Auto,
+    };
+    let results: Vec<MtuResult> = mtu_inputs_for_check(
+        facts.underlay_mtu,
+        family,
+        cfg.ipsec.enabled,
+        backend,
+        &cfg.ipsec.esp_proposals,
+    )
+    .iter()
+    .filter_map(mtu::compute)
+    .collect();
+    let Some(best) = results.iter().min_by_key(|r| r.access_mtu).cloned() else {
+        return Err(cfg.issue(
+            "site.underlay_mtu",
+            format!(
+                "underlay MTU {} leaves no room for the encapsulation",
+                facts.underlay_mtu
+            ),
+        ));
+    };
+    let mut best = best;
+    if backend == BackendChoice::Auto && cfg.ipsec.enabled {
+        best.derivation.push(
+            "backend `auto` not resolved yet (charon not asked): the smaller of kernel and libipsec is used".into(),
+        );
+    }
+    match cfg.mtu_access {
+        MtuSetting::Auto => Ok((best.access_mtu, best)),
+        MtuSetting::Fixed(m) if m <= best.access_mtu => {
+            best.derivation.push(format!("configured access MTU {m} (fits)"));
+            Ok((m, best))
+        }
+        MtuSetting::Fixed(m) => Err(cfg.issue(
+            "mtu.access",
+            format!(
+                "{m} is too large for this path: with underlay MTU {} the largest access MTU that does not fragment is {}",
+                facts.underlay_mtu, best.access_mtu
+            ),
+        )),
+    }
+}
+
+impl DesiredState {
+    /// Build the desired state. Fails (with a located config issue) when the config does not
+    /// fit this machine (MTU, VTEP family).
+    pub fn build(cfg: &SiteConfig, facts: &Facts) -> Result<Self, Vec<ConfigIssue>> {
+        let mut issues = vec![];
+        let family = Family::of(&facts.vtep_ip);
+        for (i, p) in cfg.peers.iter().enumerate() {
+            if Family::of(&p.address) != family {
+                issues.push(cfg.issue(
+                    &format!("peer[{i}].address"),
+                    format!(
+                        "`{}` is {} but this site's VTEP {} is {family}",
+                        p.address,
+                        Family::of(&p.address),
+                        facts.vtep_ip
+                    ),
+                ));
+            }
+            if p.address == facts.vtep_ip {
+                issues.push(cfg.issue(
+                    &format!("peer[{i}].address"),
+                    format!("`{}` is this site's own VTEP address", p.address),
+                ));
+            }
+        }
+        let mtu = access_mtu(cfg, facts);
+        let (access_mtu, mtu) = match mtu {
+            Ok(x) => x,
+            Err(e) => {
+                issues.push(e);
+                return Err(issues);
+            }
+        };
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        let (datapath, datapath_reason) = match cfg.switch.datapath {
+            DatapathChoice::System => (Datapath::System, "configured".to_string()),
+            DatapathChoice::Netdev => (Datapath::Netdev, "configured".to_string()),
+            DatapathChoice::Auto if facts.kernel_has_ovs_datapath => (
+                Datapath::System,
+                "auto: the kernel has the Open vSwitch datapath".to_string(),
+            ),
+            DatapathChoice::Auto => (
+                Datapath::Netdev,
+                "auto: the kernel has no Open vSwitch datapath, using the userspace one"
+                    .to_string(),
+            ),
+        };
+        let vlans = cfg
+            .vlans
+            .iter()
+            .map(|v| {
+                let flood = v
+                    .peers
+                    .iter()
+                    .filter_map(|name| cfg.peer(name).map(|p| (p.address, p.name.clone())))
+                    .collect();
+                let vxlan = VxlanSpec {
+                    name: vxlan_device_name(v.vni),
+                    vni: v.vni,
+                    local: facts.vtep_ip,
+                    port: cfg.vxlan_port,
+                    underlay_index: facts.underlay_index,
+                    mtu: access_mtu,
+                    alias: vxlan_alias(&cfg.switch.bridge, v.id),
+                };
+                (
+                    v.id,
+                    DesiredVlan {
+                        id: v.id,
+                        vni: v.vni,
+                        vxlan,
+                        access_ports: v.ports.iter().cloned().collect(),
+                        flood,
+                    },
+                )
+            })
+            .collect();
+        Ok(DesiredState {
+            owner: cfg.site.name.clone(),
+            bridge: cfg.switch.bridge.clone(),
+            datapath,
+            datapath_reason,
+            access_mtu,
+            mtu,
+            vlans,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_ownership() {
+        let a = vxlan_alias("l2s0", 101);
+        assert!(alias_owned_by(Some(&a), "l2s0"));
+        assert!(!alias_owned_by(Some(&a), "l2s1"));
+        assert!(!alias_owned_by(Some("someone else"), "l2s0"));
+        assert!(!alias_owned_by(None, "l2s0"));
+    }
+
+    #[test]
+    fn device_names_fit_ifnamsiz() {
+        assert!(vxlan_device_name(16_777_215).len() <= 15);
+    }
+}

@@ -1,0 +1,382 @@
+//! The Linux side of a plan, over rtnetlink: VXLAN devices (one per VLAN), their all-zero FDB
+//! entries (head-end replication towards each peer), link MTU and state, and the facts about
+//! the underlay (address, MTU) that the desired state needs.
+//!
+//! A netlink socket belongs to the network namespace it was opened in: the daemon runs inside
+//! its site's namespace and opens its socket there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
+
+use crate::model::VxlanSpec;
+use crate::plan::{ObservedLink, ObservedLinks, VxlanAttrs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("netlink: {what}: {source}")]
+    Request {
+        what: String,
+        source: rtnetlink::Error,
+    },
+    #[error("interface {0} does not exist")]
+    NoSuchLink(String),
+    #[error(
+        "underlay interface {dev} has no {family} address; set [site].vtep_ip or add an address"
+    )]
+    NoAddress { dev: String, family: &'static str },
+    #[error("[site].vtep_ip {ip} is not an address of the underlay interface {dev}")]
+    VtepNotOnUnderlay { ip: IpAddr, dev: String },
+}
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+const ZERO_MAC: [u8; 6] = [0; 6];
+
+pub struct Netlink {
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Netlink {
+    /// Open a route-netlink socket in the current network namespace.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        let task = tokio::spawn(conn);
+        Ok(Netlink { handle, task })
+    }
+
+    /// Every link, with VXLAN attributes and flood entries for VXLAN devices.
+    pub async fn observe(&self) -> Result<ObservedLinks, NetlinkError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("list links"))?;
+        let mut links: BTreeMap<String, ObservedLink> = BTreeMap::new();
+        for m in msgs {
+            if let Some(l) = parse_link(&m) {
+                links.insert(l.name.clone(), l);
+            }
+        }
+        let vxlan_index: BTreeMap<u32, String> = links
+            .values()
+            .filter(|l| l.vxlan.is_some())
+            .map(|l| (l.index, l.name.clone()))
+            .collect();
+        if !vxlan_index.is_empty() {
+            let fdb: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(req("list FDB entries"))?;
+            for n in fdb {
+                let Some(name) = vxlan_index.get(&n.header.ifindex) else {
+                    continue;
+                };
+                let mut zero = false;
+                let mut dst = None;
+                for a in &n.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(mac) => {
+                            zero = mac.as_slice() == ZERO_MAC
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                            dst = Some(IpAddr::V4(*ip))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                            dst = Some(IpAddr::V6(*ip))
+                        }
+                        // In the bridge family the kernel's NDA_DST is not typed by the header.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                            dst = raw_ip(raw)
+                        }
+                        _ => {}
+                    }
+                }
+                if let (true, Some(ip), Some(l)) = (zero, dst, links.get_mut(name)) {
+                    l.flood.insert(ip);
+                }
+            }
+        }
+        Ok(ObservedLinks { links })
+    }
+
+    /// The index, MTU and addresses of one link.
+    pub async fn link_facts(&self, name: &str) -> Result<(u32, u32, Vec<IpAddr>), NetlinkError> {
+        let msgs: Vec<LinkMessage> = match self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_collect()
+            .await
+        {
+            Ok(m) => m,
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => {
+                return Err(NetlinkError::NoSuchLink(name.to_string()))
+            }
+            Err(e) => return Err(req(format!("look up {name}"))(e)),
+        };
+        let l = msgs
+            .first()
+            .and_then(parse_link)
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))?;
+        let addrs: Vec<IpAddr> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(l.index)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(req(format!("list addresses of {name}")))?
+            .into_iter()
+            .filter_map(|a| {
+                a.attributes
+                    .iter()
+                    .find_map(|x| match x {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        a.attributes.iter().find_map(|x| match x {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })
+            })
+            .collect();
+        Ok((l.index, l.mtu, addrs))
+    }
+
+    /// Create a VXLAN device (down), then mark it as ours with its alias. Returns its index.
+    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<u32, NetlinkError> {
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.underlay_index)
+            .port(spec.port)
+            .learning(true);
+        b = match spec.local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        };
+        let msg = b.mtu(spec.mtu).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(req(format!(
+                "create VXLAN device {} (vni {})",
+                spec.name, spec.vni
+            )))?;
+        let (index, _, _) = self.link_facts(&spec.name).await?;
+        let alias = LinkUnspec::new_with_index(index)
+            .alias(spec.alias.clone())
+            .build();
+        if let Err(e) = self.handle.link().set(alias).execute().await {
+            // Never leave an unmarked device behind.
+            let _ = self.delete_link(index, &spec.name).await;
+            return Err(req(format!("mark {} as owned (alias)", spec.name))(e));
+        }
+        Ok(index)
+    }
+
+    pub async fn delete_link(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(req(format!("delete {name}")))
+    }
+
+    pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_name(name).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(format!("set MTU {mtu} on {name}")))
+    }
+
+    pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_name(name).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(format!("set {name} up")))
+    }
+
+    fn fdb_message(index: u32, dst: IpAddr) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(ZERO_MAC.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        m
+    }
+
+    async fn send(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        what: String,
+    ) -> Result<(), NetlinkError> {
+        let mut req_msg = NetlinkMessage::from(msg);
+        req_msg.header.flags = flags;
+        let mut handle = self.handle.clone();
+        let mut resp = handle.request(req_msg).map_err(req(what.clone()))?;
+        while let Some(m) = futures::StreamExt::next(&mut resp).await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                return Err(NetlinkError::Request {
+                    what,
+                    source: rtnetlink::Error::NetlinkError(e),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `bridge fdb append 00:00:00:00:00:00 dev DEV dst PEER`: flood BUM traffic to PEER.
+    pub async fn add_flood(&self, index: u32, dev: &str, dst: IpAddr) -> Result<(), NetlinkError> {
+        let msg = RouteNetlinkMessage::NewNeighbour(Self::fdb_message(index, dst));
+        self.send(
+            msg,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+            format!("add flood entry {dev} -> {dst}"),
+        )
+        .await
+    }
+
+    pub async fn remove_flood(
+        &self,
+        index: u32,
+        dev: &str,
+        dst: IpAddr,
+    ) -> Result<(), NetlinkError> {
+        let msg = RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, dst));
+        self.send(
+            msg,
+            NLM_F_REQUEST | NLM_F_ACK,
+            format!("remove flood entry {dev} -> {dst}"),
+        )
+        .await
+    }
+}
+
+fn raw_ip(raw: &[u8]) -> Option<IpAddr> {
+    match raw.len() {
+        4 => <[u8; 4]>::try_from(raw).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(raw).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+fn libc_enodev() -> i32 {
+    nix::errno::Errno::ENODEV as i32
+}
+
+fn parse_link(m: &LinkMessage) -> Option<ObservedLink> {
+    let mut name = None;
+    let mut mtu = 0;
+    let mut alias = None;
+    let mut kind = None;
+    let mut vxlan = None;
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Mtu(v) => mtu = *v,
+            LinkAttribute::IfAlias(s) => alias = Some(s.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(attrs)) => vxlan = Some(parse_vxlan(attrs)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if kind.as_deref() == Some(&InfoKind::Vxlan.to_string()) && vxlan.is_none() {
+        vxlan = Some(parse_vxlan(&[]));
+    }
+    Some(ObservedLink {
+        index: m.header.index,
+        name: name?,
+        mtu,
+        up: m.header.flags.contains(LinkFlags::Up),
+        alias,
+        kind,
+        vxlan,
+        flood: BTreeSet::new(),
+    })
+}
+
+fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
+    let mut v = VxlanAttrs {
+        vni: None,
+        local: None,
+        port: None,
+        underlay_index: None,
+        learning: false,
+    };
+    for a in attrs {
+        match a {
+            InfoVxlan::Id(id) => v.vni = Some(*id),
+            InfoVxlan::Local(ip) => v.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => v.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Port(p) => v.port = Some(*p),
+            InfoVxlan::Link(i) => v.underlay_index = Some(*i),
+            InfoVxlan::Learning(l) => v.learning = *l,
+            _ => {}
+        }
+    }
+    v
+}

@@ -1,0 +1,544 @@
+//! The observed state of the system and the typed diff between it and the desired state.
+//!
+//! [`diff`] is pure: it takes a [`DesiredState`] and an [`ActualState`] and returns a [`Plan`]
+//! (or the conflicts that forbid one). `plan` prints the value, `apply` executes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::model::{alias_owned_by, Datapath, DesiredState, VxlanSpec};
+
+/// A role recorded in a port's `external_ids`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PortRole {
+    Access,
+    Vtep,
+}
+
+impl PortRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortRole::Access => "access",
+            PortRole::Vtep => "vtep",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "access" => Some(PortRole::Access),
+            "vtep" => Some(PortRole::Vtep),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedPort {
+    pub uuid: String,
+    pub name: String,
+    pub tag: Option<u16>,
+    /// `Some` when the port carries our ownership mark.
+    pub role: Option<PortRole>,
+    pub orig_mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedBridge {
+    pub uuid: String,
+    pub name: String,
+    pub datapath: Datapath,
+    /// The site name in `external_ids:l2s-vnf-owner`, if any.
+    pub owner: Option<String>,
+    pub ports: BTreeMap<String, ObservedPort>,
+}
+
+/// What OVSDB holds that concerns us.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedSwitch {
+    /// The bridge named in the config, if it exists (owned or not).
+    pub bridge: Option<ObservedBridge>,
+    /// Every port name on any bridge → that bridge's name.
+    pub port_bridge: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    pub vni: Option<u32>,
+    pub local: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub underlay_index: Option<u32>,
+    pub learning: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedLink {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub alias: Option<String>,
+    pub kind: Option<String>,
+    pub vxlan: Option<VxlanAttrs>,
+    /// For VXLAN devices: destinations of all-zero FDB entries.
+    pub flood: BTreeSet<IpAddr>,
+}
+
+/// What netlink shows that concerns us.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedLinks {
+    pub links: BTreeMap<String, ObservedLink>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActualState {
+    pub switch: ObservedSwitch,
+    pub links: ObservedLinks,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    CreateBridge {
+        name: String,
+        datapath: Datapath,
+        owner: String,
+    },
+    SetDatapath {
+        bridge: String,
+        from: Datapath,
+        to: Datapath,
+    },
+    DeleteBridge {
+        name: String,
+    },
+    CreateVxlan {
+        spec: VxlanSpec,
+    },
+    /// Immutable attributes differ: delete and create again (its OVS port is re-added too).
+    ReplaceVxlan {
+        index: u32,
+        spec: VxlanSpec,
+        why: String,
+    },
+    DeleteVxlan {
+        index: u32,
+        name: String,
+    },
+    AddFlood {
+        dev: String,
+        peer: String,
+        address: IpAddr,
+    },
+    RemoveFlood {
+        dev: String,
+        address: IpAddr,
+    },
+    SetMtu {
+        dev: String,
+        index: u32,
+        from: u32,
+        to: u32,
+    },
+    SetUp {
+        dev: String,
+    },
+    AddPort {
+        name: String,
+        vlan: u16,
+        role: PortRole,
+        orig_mtu: Option<u32>,
+    },
+    RetagPort {
+        uuid: String,
+        name: String,
+        from: Option<u16>,
+        to: u16,
+    },
+    RemovePort {
+        uuid: String,
+        name: String,
+        role: PortRole,
+    },
+    /// Give an access port back its MTU from before l2s-vnf took it.
+    RestoreMtu {
+        dev: String,
+        to: u32,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateBridge { name, datapath, .. } => {
+                write!(f, "+ bridge {name} (datapath {datapath})")
+            }
+            Change::SetDatapath { bridge, from, to } => {
+                write!(f, "~ bridge {bridge}: datapath {from} -> {to}")
+            }
+            Change::DeleteBridge { name } => write!(f, "- bridge {name}"),
+            Change::CreateVxlan { spec } => write!(
+                f,
+                "+ vxlan {} (vni {}, local {}, dstport {}, mtu {})",
+                spec.name, spec.vni, spec.local, spec.port, spec.mtu
+            ),
+            Change::ReplaceVxlan { spec, why, .. } => {
+                write!(f, "~ vxlan {} recreated ({why})", spec.name)
+            }
+            Change::DeleteVxlan { name, .. } => write!(f, "- vxlan {name}"),
+            Change::AddFlood { dev, peer, address } => {
+                write!(f, "+ flood {dev} -> {address} ({peer})")
+            }
+            Change::RemoveFlood { dev, address } => write!(f, "- flood {dev} -> {address}"),
+            Change::SetMtu { dev, from, to, .. } => write!(f, "~ mtu {dev}: {from} -> {to}"),
+            Change::SetUp { dev } => write!(f, "~ link {dev} up"),
+            Change::AddPort {
+                name, vlan, role, ..
+            } => write!(f, "+ port {name} ({}, vlan {vlan})", role.as_str()),
+            Change::RetagPort { name, from, to, .. } => match from {
+                Some(from) => write!(f, "~ port {name}: vlan {from} -> {to}"),
+                None => write!(f, "~ port {name}: untagged -> vlan {to}"),
+            },
+            Change::RemovePort { name, role, .. } => write!(f, "- port {name} ({})", role.as_str()),
+            Change::RestoreMtu { dev, to } => write!(f, "~ mtu {dev} restored to {to}"),
+        }
+    }
+}
+
+/// Why a plan cannot be made. Nothing is changed when any of these is found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("bridge {0} exists but is not managed by l2s-vnf (no external_ids:l2s-vnf-owner); choose another [switch].bridge or remove it")]
+    ForeignBridge(String),
+    #[error("bridge {bridge} is managed by the l2s-vnf instance of site `{owner}`, not this one")]
+    OtherOwner { bridge: String, owner: String },
+    #[error("access interface {port} (vlan {vlan}) does not exist; create it or remove it from the config")]
+    MissingInterface { port: String, vlan: u16 },
+    #[error(
+        "access interface {port} is already a port of OVS bridge {bridge}; remove it there first"
+    )]
+    PortOnOtherBridge { port: String, bridge: String },
+    #[error("port {port} on bridge {bridge} was not created by l2s-vnf; remove it by hand or drop it from the config")]
+    ForeignPort { port: String, bridge: String },
+    #[error("a device named {name} already exists and is not an l2s-vnf VXLAN device of this bridge; rename or remove it")]
+    ForeignDevice { name: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.changes.is_empty() {
+            return writeln!(f, "no changes: the system matches the config");
+        }
+        for c in &self.changes {
+            writeln!(f, "  {c}")?;
+        }
+        let count = |p: &str| {
+            self.changes
+                .iter()
+                .filter(|c| c.to_string().starts_with(p))
+                .count()
+        };
+        writeln!(
+            f,
+            "{} to add, {} to change, {} to remove",
+            count("+"),
+            count("~"),
+            count("-")
+        )
+    }
+}
+
+fn vxlan_mismatch(spec: &VxlanSpec, obs: &ObservedLink) -> Option<String> {
+    let Some(a) = &obs.vxlan else {
+        return Some("not a VXLAN device".into());
+    };
+    let mut why = vec![];
+    if a.vni != Some(spec.vni) {
+        why.push(format!("vni {:?} -> {}", a.vni, spec.vni));
+    }
+    if a.local != Some(spec.local) {
+        why.push(format!("local {:?} -> {}", a.local, spec.local));
+    }
+    if a.port != Some(spec.port) {
+        why.push(format!("dstport {:?} -> {}", a.port, spec.port));
+    }
+    if a.underlay_index != Some(spec.underlay_index) {
+        why.push("underlay device changed".into());
+    }
+    if !a.learning {
+        why.push("learning off".into());
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// Compute the changes that take `actual` to `desired`, touching only owned objects.
+pub fn diff(desired: &DesiredState, actual: &ActualState) -> Result<Plan, Vec<Conflict>> {
+    let mut conflicts = vec![];
+    let mut c = vec![];
+    let links = &actual.links.links;
+
+    // The bridge.
+    let bridge = actual.switch.bridge.as_ref();
+    match bridge {
+        None => c.push(Change::CreateBridge {
+            name: desired.bridge.clone(),
+            datapath: desired.datapath,
+            owner: desired.owner.clone(),
+        }),
+        Some(b) => match &b.owner {
+            None => conflicts.push(Conflict::ForeignBridge(b.name.clone())),
+            Some(o) if o != &desired.owner => conflicts.push(Conflict::OtherOwner {
+                bridge: b.name.clone(),
+                owner: o.clone(),
+            }),
+            Some(_) if b.datapath != desired.datapath => c.push(Change::SetDatapath {
+                bridge: b.name.clone(),
+                from: b.datapath,
+                to: desired.datapath,
+            }),
+            Some(_) => {}
+        },
+    }
+    let ports = bridge.map(|b| &b.ports);
+    let port = |name: &str| ports.and_then(|p| p.get(name));
+
+    let mut wanted_ports: BTreeSet<&str> = BTreeSet::new();
+    let mut wanted_devs: BTreeSet<&str> = BTreeSet::new();
+    let mut late: Vec<Change> = vec![];
+
+    for v in desired.vlans.values() {
+        let spec = &v.vxlan;
+        wanted_devs.insert(&spec.name);
+        wanted_ports.insert(&spec.name);
+        // The VXLAN device.
+        let mut recreated = false;
+        match links.get(&spec.name) {
+            None => c.push(Change::CreateVxlan { spec: spec.clone() }),
+            Some(l) if !alias_owned_by(l.alias.as_deref(), &desired.bridge) => {
+                conflicts.push(Conflict::ForeignDevice {
+                    name: spec.name.clone(),
+                })
+            }
+            Some(l) => {
+                if let Some(why) = vxlan_mismatch(spec, l) {
+                    recreated = true;
+                    c.push(Change::ReplaceVxlan {
+                        index: l.index,
+                        spec: spec.clone(),
+                        why,
+                    });
+                } else {
+                    if l.mtu != spec.mtu {
+                        c.push(Change::SetMtu {
+                            dev: spec.name.clone(),
+                            index: l.index,
+                            from: l.mtu,
+                            to: spec.mtu,
+                        });
+                    }
+                    for addr in l.flood.iter().filter(|a| !v.flood.contains_key(a)) {
+                        c.push(Change::RemoveFlood {
+                            dev: spec.name.clone(),
+                            address: *addr,
+                        });
+                    }
+                }
+            }
+        }
+        let existing_flood = links
+            .get(&spec.name)
+            .filter(|_| !recreated)
+            .map(|l| l.flood.clone())
+            .unwrap_or_default();
+        for (addr, peer) in &v.flood {
+            if !existing_flood.contains(addr) {
+                c.push(Change::AddFlood {
+                    dev: spec.name.clone(),
+                    peer: peer.clone(),
+                    address: *addr,
+                });
+            }
+        }
+        let vtep_up = links.get(&spec.name).is_some_and(|l| l.up) && !recreated;
+        if !vtep_up {
+            late.push(Change::SetUp {
+                dev: spec.name.clone(),
+            });
+        }
+        // Its OVS port.
+        match port(&spec.name) {
+            None => c.push(Change::AddPort {
+                name: spec.name.clone(),
+                vlan: v.id,
+                role: PortRole::Vtep,
+                orig_mtu: None,
+            }),
+            Some(p) if p.role.is_none() => conflicts.push(Conflict::ForeignPort {
+                port: p.name.clone(),
+                bridge: desired.bridge.clone(),
+            }),
+            Some(p) if recreated => {
+                c.push(Change::RemovePort {
+                    uuid: p.uuid.clone(),
+                    name: p.name.clone(),
+                    role: PortRole::Vtep,
+                });
+                c.push(Change::AddPort {
+                    name: spec.name.clone(),
+                    vlan: v.id,
+                    role: PortRole::Vtep,
+                    orig_mtu: None,
+                });
+            }
+            Some(p) if p.tag != Some(v.id) => c.push(Change::RetagPort {
+                uuid: p.uuid.clone(),
+                name: p.name.clone(),
+                from: p.tag,
+                to: v.id,
+            }),
+            Some(_) => {}
+        }
+
+        // Access ports.
+        for name in &v.access_ports {
+            wanted_ports.insert(name);
+            let Some(l) = links.get(name) else {
+                conflicts.push(Conflict::MissingInterface {
+                    port: name.clone(),
+                    vlan: v.id,
+                });
+                continue;
+            };
+            match port(name) {
+                None => {
+                    if let Some(other) = actual.switch.port_bridge.get(name) {
+                        if other != &desired.bridge {
+                            conflicts.push(Conflict::PortOnOtherBridge {
+                                port: name.clone(),
+                                bridge: other.clone(),
+                            });
+                            continue;
+                        }
+                    }
+                    c.push(Change::AddPort {
+                        name: name.clone(),
+                        vlan: v.id,
+                        role: PortRole::Access,
+                        orig_mtu: Some(l.mtu),
+                    });
+                }
+                Some(p) if p.role.is_none() => {
+                    conflicts.push(Conflict::ForeignPort {
+                        port: name.clone(),
+                        bridge: desired.bridge.clone(),
+                    });
+                    continue;
+                }
+                Some(p) if p.tag != Some(v.id) => c.push(Change::RetagPort {
+                    uuid: p.uuid.clone(),
+                    name: name.clone(),
+                    from: p.tag,
+                    to: v.id,
+                }),
+                Some(_) => {}
+            }
+            if l.mtu != desired.access_mtu {
+                c.push(Change::SetMtu {
+                    dev: name.clone(),
+                    index: l.index,
+                    from: l.mtu,
+                    to: desired.access_mtu,
+                });
+            }
+            if !l.up {
+                late.push(Change::SetUp { dev: name.clone() });
+            }
+        }
+    }
+
+    // Owned objects that are no longer wanted.
+    if let Some(ports) = ports {
+        for p in ports.values() {
+            let Some(role) = p.role else { continue };
+            if wanted_ports.contains(p.name.as_str()) {
+                continue;
+            }
+            c.push(Change::RemovePort {
+                uuid: p.uuid.clone(),
+                name: p.name.clone(),
+                role,
+            });
+            if role == PortRole::Access {
+                if let (Some(orig), Some(l)) = (p.orig_mtu, links.get(&p.name)) {
+                    if l.mtu != orig {
+                        late.push(Change::RestoreMtu {
+                            dev: p.name.clone(),
+                            to: orig,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for l in links.values() {
+        if l.vxlan.is_some()
+            && alias_owned_by(l.alias.as_deref(), &desired.bridge)
+            && !wanted_devs.contains(l.name.as_str())
+        {
+            late.push(Change::DeleteVxlan {
+                index: l.index,
+                name: l.name.clone(),
+            });
+        }
+    }
+
+    if !conflicts.is_empty() {
+        return Err(conflicts);
+    }
+    c.extend(late);
+    Ok(Plan { changes: c })
+}
+
+/// The plan that removes everything this instance owns (for `down`).
+pub fn teardown(bridge_name: &str, owner: &str, actual: &ActualState) -> Plan {
+    let mut c = vec![];
+    let links = &actual.links.links;
+    if let Some(b) = &actual.switch.bridge {
+        if b.owner.as_deref() == Some(owner) {
+            c.push(Change::DeleteBridge {
+                name: b.name.clone(),
+            });
+            for p in b.ports.values() {
+                if p.role == Some(PortRole::Access) {
+                    if let (Some(orig), Some(l)) = (p.orig_mtu, links.get(&p.name)) {
+                        if l.mtu != orig {
+                            c.push(Change::RestoreMtu {
+                                dev: p.name.clone(),
+                                to: orig,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for l in links.values() {
+        if l.vxlan.is_some() && alias_owned_by(l.alias.as_deref(), bridge_name) {
+            c.push(Change::DeleteVxlan {
+                index: l.index,
+                name: l.name.clone(),
+            });
+        }
+    }
+    Plan { changes: c }
+}

@@ -1,0 +1,561 @@
+//! A multi-site lab on one machine, built from real parts: each site is a network namespace
+//! with its own `ovsdb-server` + `ovs-vswitchd` (userspace datapath), joined to the others by
+//! veth links into an underlay namespace that holds a Linux bridge; each VNF is a namespace
+//! whose `eth0` is plugged into its site as an access interface. `l2s-vnf` runs inside each
+//! site's namespace.
+//!
+//! Everything a [`Lab`] starts is recorded and torn down when it is dropped — on success,
+//! failure and panic — and labs left behind by a killed test run are purged on the next start.
+//! Only addresses inside these namespaces are used (192.0.2.0/24 underlay, 10.x VNF subnets).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const LAB_PREFIX: &str = "l2slab";
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether we can build labs here (root, and OVS installed).
+pub fn skip_reason() -> Option<String> {
+    // SAFETY-free: geteuid through std is not available; read /proc/self/status.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+    if uid_line.split_whitespace().nth(2) != Some("0") {
+        return Some("end-to-end lab tests need root (network namespaces)".into());
+    }
+    for tool in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ip"] {
+        if which(tool).is_none() {
+            return Some(format!("`{tool}` is not installed (run tests/deps.sh)"));
+        }
+    }
+    None
+}
+
+/// Skip a test loudly when the lab cannot run here.
+#[macro_export]
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = $crate::skip_reason() {
+            eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+            return;
+        }
+    };
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let paths = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&format!("{paths}:/usr/sbin:/sbin"))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Path of the `l2s-vnf` binary: `$L2S_VNF_BIN`, else built once with cargo.
+pub fn l2s_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("L2S_VNF_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let release = cfg!(not(debug_assertions));
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&root)
+            .args(["build", "-q", "-p", "l2s-vnf", "--bin", "l2s-vnf"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !st.success() {
+            return Err("cargo build -p l2s-vnf failed".into());
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        Ok(target
+            .join(if release { "release" } else { "debug" })
+            .join("l2s-vnf"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// Run a command, returning its output (never fails on a non-zero exit).
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {desc}"))
+}
+
+/// Run a command that must succeed.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let desc = format!("{cmd:?}");
+    let out = run(cmd)?;
+    if !out.status.success() {
+        bail!(
+            "{desc} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    sh(Command::new("ip").args(args))
+}
+
+/// A command inside a namespace.
+pub fn netns(ns: &str, prog: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, prog]);
+    c
+}
+
+pub struct Site {
+    pub name: String,
+    pub ns: String,
+    pub dir: PathBuf,
+    /// Underlay address (the VTEP).
+    pub underlay_ip: String,
+    pub ovsdb_sock: PathBuf,
+}
+
+pub struct Vnf {
+    pub ns: String,
+    pub ip: String,
+    /// The access interface in the site namespace.
+    pub port: String,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub dir: PathBuf,
+    pub underlay_ns: String,
+    pub sites: Vec<Site>,
+    namespaces: Vec<String>,
+    pidfiles: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Stop a daemon by its pidfile, only if the pid still runs a command that names `dir`
+/// (so a recycled pid is never touched).
+fn stop_pidfile(pidfile: &Path, dir: &Path) {
+    let Ok(s) = std::fs::read_to_string(pidfile) else {
+        return;
+    };
+    let Ok(pid) = s.trim().parse::<i32>() else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+        return;
+    }
+    // SAFETY: plain kill(2) on a pid we started (checked through its command line above).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    while pid_alive(pid) && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pid_alive(pid) {
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Remove labs whose creating process is gone (a test run that was killed).
+fn purge_stale() {
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let ns = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = ns.strip_prefix(&format!("{LAB_PREFIX}-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let _ = ip(&["netns", "del", ns]);
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&format!("{LAB_PREFIX}-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        for site in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+            for pf in ["ovs/vswitchd.pid", "ovs/ovsdb.pid"] {
+                stop_pidfile(&site.path().join(pf), &e.path());
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+impl Lab {
+    /// A lab of `n` sites named a, b, c… with underlay 192.0.2.{1..n}/24.
+    pub fn new(n: usize) -> Result<Lab> {
+        purge_stale();
+        let id = format!(
+            "{LAB_PREFIX}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            id: id.clone(),
+            dir,
+            underlay_ns: format!("{id}-ul"),
+            sites: vec![],
+            namespaces: vec![],
+            pidfiles: vec![],
+            children: vec![],
+        };
+        lab.add_ns(&lab.underlay_ns.clone())?;
+        sh(netns(&lab.underlay_ns, "ip").args(["link", "add", "ul0", "type", "bridge"]))?;
+        sh(netns(&lab.underlay_ns, "ip").args(["link", "set", "ul0", "up"]))?;
+        for i in 0..n {
+            lab.add_site(i)?;
+        }
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<()> {
+        ip(&["netns", "add", ns])?;
+        self.namespaces.push(ns.to_string());
+        sh(netns(ns, "ip").args(["link", "set", "lo", "up"]))?;
+        Ok(())
+    }
+
+    fn add_site(&mut self, i: usize) -> Result<()> {
+        let name = ((b'a' + i as u8) as char).to_string();
+        let ns = format!("{}-{name}", self.id);
+        self.add_ns(&ns)?;
+        let peer = format!("ul-{name}");
+        sh(netns(&self.underlay_ns, "ip").args([
+            "link", "add", &peer, "type", "veth", "peer", "name", "eth1", "netns", &ns,
+        ]))?;
+        sh(netns(&self.underlay_ns, "ip").args(["link", "set", &peer, "master", "ul0", "up"]))?;
+        let underlay_ip = format!("192.0.2.{}", i + 1);
+        sh(netns(&ns, "ip").args(["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth1"]))?;
+        sh(netns(&ns, "ip").args(["link", "set", "eth1", "up"]))?;
+        let dir = self.dir.join(&name);
+        let ovs = dir.join("ovs");
+        std::fs::create_dir_all(&ovs)?;
+        let sock = self.start_ovs(&ns, &ovs)?;
+        self.sites.push(Site {
+            name,
+            ns,
+            dir,
+            underlay_ip,
+            ovsdb_sock: sock,
+        });
+        Ok(())
+    }
+
+    fn start_ovs(&mut self, ns: &str, d: &Path) -> Result<PathBuf> {
+        let db = d.join("conf.db");
+        let schema = [
+            "/usr/share/openvswitch/vswitch.ovsschema",
+            "/usr/local/share/openvswitch/vswitch.ovsschema",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("vswitch.ovsschema not found (is openvswitch-switch installed?)")?;
+        sh(Command::new("ovsdb-tool")
+            .arg("create")
+            .arg(&db)
+            .arg(schema))?;
+        let sock = d.join("db.sock");
+        let env = |c: &mut Command| {
+            c.env("OVS_RUNDIR", d)
+                .env("OVS_DBDIR", d)
+                .env("OVS_LOGDIR", d);
+        };
+        let mut c = netns(ns, "ovsdb-server");
+        env(&mut c);
+        c.arg(&db)
+            .arg(format!("--remote=punix:{}", sock.display()))
+            .arg(format!("--pidfile={}", d.join("ovsdb.pid").display()))
+            .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
+            .arg("--detach");
+        self.pidfiles.push(d.join("ovsdb.pid"));
+        sh(&mut c)?;
+        let mut c = netns(ns, "ovs-vsctl");
+        c.arg(format!("--db=unix:{}", sock.display()))
+            .args(["--no-wait", "init"]);
+        sh(&mut c)?;
+        let mut c = netns(ns, "ovs-vswitchd");
+        env(&mut c);
+        c.arg(format!("unix:{}", sock.display()))
+            .arg(format!("--pidfile={}", d.join("vswitchd.pid").display()))
+            .arg(format!("--log-file={}", d.join("vswitchd.log").display()))
+            .arg("--detach");
+        self.pidfiles.push(d.join("vswitchd.pid"));
+        sh(&mut c)?;
+        Ok(sock)
+    }
+
+    pub fn site(&self, name: &str) -> &Site {
+        self.sites
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no site {name}"))
+    }
+
+    /// Plug a VNF namespace into `site` through access interface `port` with address `cidr`.
+    pub fn add_vnf(&mut self, site: &str, port: &str, cidr: &str) -> Result<Vnf> {
+        let site_ns = self.site(site).ns.clone();
+        let ns = format!("{}-{site}-{port}", self.id);
+        self.add_ns(&ns)?;
+        sh(netns(&site_ns, "ip").args([
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]))?;
+        sh(netns(&site_ns, "ip").args(["link", "set", port, "up"]))?;
+        sh(netns(&ns, "ip").args(["addr", "add", cidr, "dev", "eth0"]))?;
+        sh(netns(&ns, "ip").args(["link", "set", "eth0", "up"]))?;
+        // The userspace datapath forwards unfinished checksums: compute them in the VNF.
+        let _ = run(netns(&ns, "ethtool").args(["-K", "eth0", "tx", "off"]));
+        let ip = cidr.split('/').next().unwrap_or(cidr).to_string();
+        Ok(Vnf {
+            ns,
+            ip,
+            port: port.to_string(),
+        })
+    }
+
+    /// Write a site's config file; returns its path.
+    pub fn write_config(&self, site: &str, toml: &str) -> Result<PathBuf> {
+        let p = self.site(site).dir.join("site.toml");
+        std::fs::write(&p, toml)?;
+        Ok(p)
+    }
+
+    /// A config for `site`: clear-text lab mode, the site's OVSDB, `peers` by site name and
+    /// `vlans` as (id, ports, peers) TOML fragments.
+    pub fn config(
+        &self,
+        site: &str,
+        peers: &[&str],
+        vlans: &[(u16, &[&str], Option<&[&str]>)],
+    ) -> String {
+        let s = self.site(site);
+        let mut t = String::new();
+        let _ = writeln!(t, "[site]\nname = \"site-{site}\"\nunderlay = \"eth1\"\n");
+        let _ = writeln!(
+            t,
+            "[switch]\nbridge = \"l2s0\"\ndatapath = \"auto\"\novsdb = \"unix:{}\"\n",
+            s.ovsdb_sock.display()
+        );
+        let _ = writeln!(t, "[ipsec]\nenabled = false\ninsecure = true\n");
+        let _ = writeln!(
+            t,
+            "[daemon]\ncontrol_socket = \"{}\"\n",
+            s.dir.join("control.sock").display()
+        );
+        for p in peers {
+            let _ = writeln!(
+                t,
+                "[[peer]]\nname = \"site-{p}\"\naddress = \"{}\"\n",
+                self.site(p).underlay_ip
+            );
+        }
+        for (id, ports, vp) in vlans {
+            let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}\"")).collect();
+            let _ = writeln!(t, "[[vlan]]\nid = {id}\nports = [{}]", ports.join(", "));
+            if let Some(vp) = vp {
+                let vp: Vec<String> = vp.iter().map(|p| format!("\"site-{p}\"")).collect();
+                let _ = writeln!(t, "peers = [{}]", vp.join(", "));
+            }
+            t.push('\n');
+        }
+        t
+    }
+
+    /// Run `l2s-vnf -c <site config> ARGS` inside the site's namespace.
+    pub fn l2s(&self, site: &str, args: &[&str]) -> Result<Output> {
+        self.l2s_with(site, &self.site(site).dir.join("site.toml"), args)
+    }
+
+    pub fn l2s_with(&self, site: &str, config: &Path, args: &[&str]) -> Result<Output> {
+        let bin = l2s_bin()?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.site(site).ns])
+            .arg(&bin)
+            .arg("-c")
+            .arg(config)
+            .args(args);
+        run(&mut c)
+    }
+
+    /// `l2s-vnf ARGS` that must succeed; returns stdout.
+    pub fn l2s_ok(&self, site: &str, args: &[&str]) -> Result<String> {
+        let out = self.l2s(site, args)?;
+        if !out.status.success() {
+            bail!(
+                "l2s-vnf {args:?} at site {site} failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ovs-vsctl` against a site's OVSDB.
+    pub fn vsctl(&self, site: &str, args: &[&str]) -> Result<String> {
+        let s = self.site(site);
+        let mut c = netns(&s.ns, "ovs-vsctl");
+        c.arg(format!("--db=unix:{}", s.ovsdb_sock.display()))
+            .args(args);
+        sh(&mut c)
+    }
+
+    /// Ping from a VNF; true when `count` replies came back.
+    pub fn ping(&self, from: &Vnf, to: &str, count: u32) -> bool {
+        run(netns(&from.ns, "ping").args([
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-q",
+            to,
+        ]))
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    }
+
+    /// Ping until it works (MAC learning and OVS start-up take a moment), up to `within`.
+    pub fn ping_eventually(&self, from: &Vnf, to: &str, within: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < within {
+            if self.ping(from, to, 1) {
+                return self.ping(from, to, 3);
+            }
+        }
+        false
+    }
+
+    /// Spawn a long-running process that is killed when the lab is dropped.
+    pub fn spawn(&mut self, cmd: &mut Command) -> Result<()> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// A TCP transfer of `bytes` from `client` to `server` (iperf3); returns bits/s.
+    pub fn tcp_transfer(&mut self, server: &Vnf, client: &Vnf, bytes: &str) -> Result<f64> {
+        let mut srv = netns(&server.ns, "iperf3");
+        srv.args(["-s", "-1", "-B", &server.ip]);
+        let mut child = srv
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let out = run(netns(&client.ns, "iperf3").args([
+            "-c",
+            &server.ip,
+            "-n",
+            bytes,
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ]));
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = out?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("iperf3 {} -> {} failed: {text}", client.ip, server.ip);
+        }
+        // "bits_per_second" of the receiver summary
+        let bps = text
+            .rsplit("\"sum_received\"")
+            .next()
+            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+            .and_then(|s| s.split([',', '\n', '}']).next())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        Ok(bps)
+    }
+
+    /// rx bytes of an interface inside a namespace.
+    pub fn rx_bytes(&self, ns: &str, dev: &str) -> u64 {
+        run(netns(ns, "cat").arg(format!("/sys/class/net/{dev}/statistics/rx_bytes")))
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Interface index of `dev` in `ns` (to prove an object was not recreated).
+    pub fn ifindex(&self, ns: &str, dev: &str) -> Option<u32> {
+        run(netns(ns, "cat").arg(format!("/sys/class/net/{dev}/ifindex")))
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+    }
+
+    /// Links in a namespace (`ip -o link` names).
+    pub fn links(&self, ns: &str) -> Vec<String> {
+        sh(netns(ns, "ip").args(["-o", "link", "show"]))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pf in self.pidfiles.iter().rev() {
+            stop_pidfile(pf, &self.dir);
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        if std::env::var_os("L2S_LAB_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
