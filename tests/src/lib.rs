@@ -353,6 +353,15 @@ impl Lab {
         })
     }
 
+    /// Give VNFs the access MTU, as DHCP on an access network created with the computed MTU
+    /// would (a VNF with a larger MTU than its access link black-holes large frames).
+    pub fn set_vnf_mtu(&self, vnfs: &[&Vnf], mtu: u32) -> Result<()> {
+        for v in vnfs {
+            sh(netns(&v.ns, "ip").args(["link", "set", "eth0", "mtu", &mtu.to_string()]))?;
+        }
+        Ok(())
+    }
+
     /// Write a site's config file; returns its path.
     pub fn write_config(&self, site: &str, toml: &str) -> Result<PathBuf> {
         let p = self.site(site).dir.join("site.toml");

@@ -105,6 +105,8 @@ fn three_site_switch() {
         assert!(out.contains("applied"), "{out}");
     }
     eprintln!("3 sites applied in {:?}", t0.elapsed());
+    lab.set_vnf_mtu(&[&t.a101, &t.b101, &t.c101, &t.a102, &t.b102], 1450)
+        .unwrap();
 
     // The bridge is OVS's, with the netdev datapath chosen automatically (no kernel OVS here).
     assert_eq!(

@@ -384,7 +384,9 @@ pub fn validate(
         } else {
             key("id")
         };
-        if !VNI_RANGE.contains(&vni) {
+        if rv.vni.is_none() && !VLAN_ID_RANGE.contains(&rv.id) {
+            // Already reported as a bad VLAN id.
+        } else if !VNI_RANGE.contains(&vni) {
             c.err(
                 &vni_key,
                 format!("VNI {vni} is out of range; allowed: 1..=16777215"),
