@@ -3,6 +3,8 @@
 //! else, must be reported in one run. `@DIR@` stands for a directory holding PSK files with
 //! various modes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

@@ -118,6 +118,9 @@ pub fn netns(ns: &str, prog: &str) -> Command {
     c
 }
 
+/// A VLAN in a generated lab config: (id, access ports, peers by site letter or all).
+pub type VlanSpec<'a> = (u16, &'a [&'a str], Option<&'a [&'a str]>);
+
 pub struct Site {
     pub name: String,
     pub ns: String,
@@ -371,12 +374,7 @@ impl Lab {
 
     /// A config for `site`: clear-text lab mode, the site's OVSDB, `peers` by site name and
     /// `vlans` as (id, ports, peers) TOML fragments.
-    pub fn config(
-        &self,
-        site: &str,
-        peers: &[&str],
-        vlans: &[(u16, &[&str], Option<&[&str]>)],
-    ) -> String {
+    pub fn config(&self, site: &str, peers: &[&str], vlans: &[VlanSpec<'_>]) -> String {
         let s = self.site(site);
         let mut t = String::new();
         let _ = writeln!(t, "[site]\nname = \"site-{site}\"\nunderlay = \"eth1\"\n");

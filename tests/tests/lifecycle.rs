@@ -1,5 +1,7 @@
 //! Idempotence, deltas, teardown and bad input on a real two/three-site lab.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::time::Duration;
 
 use std::os::unix::fs::PermissionsExt;

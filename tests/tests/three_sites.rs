@@ -1,6 +1,8 @@
 //! The paper's validation scenario on real parts: three sites (A, B, C), VLAN 101 at all
 //! three, VLAN 102 at A and B, clear-text lab mode (IPsec comes with its own issue).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::time::{Duration, Instant};
 
 use l2s_lab::{netns, require_lab, run, Lab, Vnf};
