@@ -6,4 +6,14 @@ cd "$(dirname "$0")/.."
 tests/deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+if grep -q 'SKIPPED' "$log"; then echo "warning: some end-to-end tests were SKIPPED (see above)"; fi
+echo "total: $passed passed, $failed failed"
+exit "$rc"
