@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::config::{ConfigIssue, SiteConfig};
+use crate::config::{BackendChoice, ConfigIssue, SiteConfig};
 use crate::discover;
-use crate::model::{DesiredState, Facts, VxlanSpec};
+use crate::guard::{self, GuardError};
+use crate::ipsec::{self, IpsecChange, ObservedConn};
+use crate::model::{DesiredState, Facts, IpsecBackend, VxlanSpec};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::ovsdb::{switch, Client, OvsdbError};
-use crate::plan::{self, ActualState, Change, Conflict, Plan};
+use crate::plan::{self, ActualState, Change, Conflict, ObservedSecurity, Plan};
+use crate::vici::{self, ViciError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -31,6 +34,10 @@ pub enum ApplyError {
     Ovsdb(#[from] OvsdbError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Vici(#[from] ViciError),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     #[error("{0}")]
     Refused(String),
     #[error("applying failed: {cause}; rolled back: {rollback}")]
@@ -56,25 +63,105 @@ fn render_conflicts(c: &[Conflict]) -> String {
 pub struct System {
     pub netlink: Netlink,
     pub ovsdb: Client,
+    /// charon, when IPsec is on (required) or when it happens to be reachable (for cleanup).
+    pub vici: Option<vici::Client>,
 }
 
 impl System {
-    /// Connect to netlink and OVSDB. A missing OVSDB socket is a clear error, before anything
-    /// is read or changed.
+    /// Connect to netlink, OVSDB and (with IPsec) charon. A missing socket is a clear error,
+    /// before anything is read or changed.
     pub async fn connect(cfg: &SiteConfig) -> Result<Self, ApplyError> {
         let netlink = Netlink::connect()?;
         let ovsdb = Client::connect(&cfg.switch.ovsdb).await?;
-        Ok(System { netlink, ovsdb })
+        let vici = if cfg.ipsec.enabled {
+            Some(vici::Client::connect(&cfg.ipsec.vici).await?)
+        } else {
+            // Only to clean up connections of an earlier secure config; absence is fine.
+            vici::Client::connect(&cfg.ipsec.vici).await.ok()
+        };
+        Ok(System {
+            netlink,
+            ovsdb,
+            vici,
+        })
+    }
+
+    /// Like `connect`, but charon is optional (for `down` and `status`).
+    pub async fn connect_lenient(cfg: &SiteConfig) -> Result<Self, ApplyError> {
+        let netlink = Netlink::connect()?;
+        let ovsdb = Client::connect(&cfg.switch.ovsdb).await?;
+        let vici = vici::Client::connect(&cfg.ipsec.vici).await.ok();
+        Ok(System {
+            netlink,
+            ovsdb,
+            vici,
+        })
     }
 
     pub async fn observe(&self, bridge: &str) -> Result<ActualState, ApplyError> {
         let (switch, links) =
             tokio::join!(switch::observe(&self.ovsdb, bridge), self.netlink.observe());
+        let mut vxlan_rules = vec![];
+        for v6 in [false, true] {
+            for r in self.netlink.owned_vxlan_rules(v6).await? {
+                if let Some(port) = r.attributes.iter().find_map(|a| match a {
+                    rtnetlink::packet_route::rule::RuleAttribute::DestinationPortRange(p) => {
+                        Some(p.start)
+                    }
+                    _ => None,
+                }) {
+                    vxlan_rules.push((port, v6));
+                }
+            }
+        }
+        let conns = match &self.vici {
+            None => None,
+            Some(v) => Some(
+                v.list_conns()
+                    .await?
+                    .into_iter()
+                    .filter(|(name, _)| ipsec::owned_conn(name, bridge))
+                    .map(|(name, children)| ObservedConn { name, children })
+                    .collect(),
+            ),
+        };
+        let sas = match &self.vici {
+            Some(v) => ipsec::sa_states(&v.list_sas(None).await?)
+                .into_iter()
+                .filter(|(n, _)| ipsec::owned_conn(n, bridge))
+                .collect(),
+            None => Default::default(),
+        };
+        let security = ObservedSecurity {
+            guard: guard::observe(&guard::table_name(bridge)),
+            vxlan_rules,
+            conns,
+            sas,
+        };
         Ok(ActualState {
             switch: switch?,
             links: links?,
+            security,
         })
     }
+}
+
+/// The IPsec backend: configured, or asked from charon (`auto`: kernel-libipsec loaded?).
+pub async fn resolve_backend(
+    cfg: &SiteConfig,
+    vici: &vici::Client,
+) -> Result<IpsecBackend, ApplyError> {
+    Ok(match cfg.ipsec.backend {
+        BackendChoice::Kernel => IpsecBackend::Kernel,
+        BackendChoice::Libipsec => IpsecBackend::Libipsec,
+        BackendChoice::Auto => {
+            if vici.plugins().await?.iter().any(|p| p == "kernel-libipsec") {
+                IpsecBackend::Libipsec
+            } else {
+                IpsecBackend::Kernel
+            }
+        }
+    })
 }
 
 /// Everything `plan` and `apply` need: facts, desired and actual state, and the diff.
@@ -86,7 +173,12 @@ pub struct Prepared {
 }
 
 pub async fn prepare(cfg: &SiteConfig, sys: &System) -> Result<Prepared, ApplyError> {
-    let facts = discover::facts(cfg, &sys.netlink).await?;
+    let mut facts = discover::facts(cfg, &sys.netlink).await?;
+    if cfg.ipsec.enabled {
+        if let Some(v) = &sys.vici {
+            facts.ipsec_backend = Some(resolve_backend(cfg, v).await?);
+        }
+    }
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
     let actual = sys.observe(&cfg.switch.bridge).await?;
     let plan = plan::diff(&desired, &actual).map_err(ApplyError::Conflicts)?;
@@ -152,6 +244,18 @@ pub async fn execute(
         .map(|(n, l)| (n.clone(), l.index))
         .collect();
     let mut undo: Vec<Undo> = vec![];
+
+    // Phase 0: the guard and the policy rule, before any VXLAN device exists or comes up.
+    for c in &plan.changes {
+        match c {
+            Change::EnsureGuard { spec, .. } => {
+                guard::ensure(spec)?;
+                info!(table = %spec.table, backend = ?spec.backend, "fail-closed guard in place");
+            }
+            Change::AddVxlanRule { port, v6 } => nl.add_vxlan_rule(*port, *v6).await?,
+            _ => {}
+        }
+    }
 
     // Phase 1: netlink, with undo.
     let mut phase1 = async {
@@ -281,6 +385,29 @@ pub async fn execute(
     for (port, err) in switch::interface_errors(&sys.ovsdb, &added).await? {
         failures.push(format!("ovs-vswitchd cannot use port {port}: {err}"));
     }
+
+    // Phase 4: IPsec, then removals of security objects (the guard last of all).
+    for c in &plan.changes {
+        let r: Result<(), ApplyError> = match c {
+            Change::Ipsec(change) => match &sys.vici {
+                Some(v) => ipsec_step(v, change).await,
+                None => Err(ApplyError::Refused("charon is not reachable".into())),
+            },
+            Change::RemoveVxlanRule { port, v6 } => remove_rules(nl, *port, *v6).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            warn!(error = %e, "IPsec step failed");
+            failures.push(e.to_string());
+        }
+    }
+    for c in &plan.changes {
+        if let Change::RemoveGuard { table } = c {
+            if let Err(e) = guard::remove(table) {
+                failures.push(e.to_string());
+            }
+        }
+    }
     if !failures.is_empty() {
         return Err(ApplyError::Finishing(failures));
     }
@@ -288,6 +415,57 @@ pub async fn execute(
         changes: plan.changes.len(),
         elapsed: started.elapsed(),
     })
+}
+
+async fn remove_rules(nl: &Netlink, port: u16, v6: bool) -> Result<(), ApplyError> {
+    for r in nl.owned_vxlan_rules(v6).await? {
+        let is_port = r.attributes.iter().any(|a| {
+            matches!(a, rtnetlink::packet_route::rule::RuleAttribute::DestinationPortRange(p) if p.start == port)
+        });
+        if is_port {
+            nl.remove_rule(r).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Read a PSK file; the content goes to charon only.
+fn read_psk(path: &std::path::Path) -> Result<Vec<u8>, ApplyError> {
+    let raw = std::fs::read(path).map_err(|e| {
+        ApplyError::Refused(format!("cannot read PSK file {}: {e}", path.display()))
+    })?;
+    let trimmed = raw.trim_ascii_end().to_vec();
+    if trimmed.is_empty() {
+        return Err(ApplyError::Refused(format!(
+            "PSK file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(trimmed)
+}
+
+async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyError> {
+    match change {
+        IpsecChange::Load { conn, why } => {
+            let psk = read_psk(&conn.psk_file)?;
+            v.load_shared(&conn.name, &psk, &[&conn.local_id, &conn.remote_id])
+                .await?;
+            v.load_conn(&conn.name, conn.message()).await?;
+            info!(conn = %conn.name, peer = %conn.peer, role = ?conn.role, why = %why, "IPsec connection loaded");
+        }
+        IpsecChange::Initiate { name, child } => {
+            v.initiate_async(name, child).await?;
+            info!(conn = %name, "initiating IKE_SA");
+        }
+        IpsecChange::Unload { name } => {
+            v.terminate_ike(name).await?;
+            v.unload_conn(name).await?;
+            // An already missing key is fine: the goal is "not there".
+            let _ = v.unload_shared(name).await;
+            info!(conn = %name, "IPsec connection unloaded");
+        }
+    }
+    Ok(())
 }
 
 fn observed_spec(l: &crate::plan::ObservedLink, wanted: &VxlanSpec) -> Option<VxlanSpec> {

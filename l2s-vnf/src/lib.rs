@@ -7,9 +7,12 @@
 pub mod apply;
 pub mod config;
 pub mod discover;
+pub mod guard;
+pub mod ipsec;
 pub mod model;
 pub mod mtu;
 pub mod netlink;
 pub mod ovsdb;
 pub mod plan;
 pub mod status;
+pub mod vici;

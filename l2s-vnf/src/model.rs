@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::config::{BackendChoice, ConfigIssue, DatapathChoice, MtuSetting, SiteConfig};
+use crate::guard::{self, GuardSpec};
+use crate::ipsec::{self, DesiredConn};
 use crate::mtu::{self, EspMode, EspOverhead, Family, MtuInputs, MtuResult, Protection};
 
 /// Every VXLAN device l2s-vnf creates is named `l2s-vx<VNI>` (at most 14 bytes).
@@ -103,6 +105,16 @@ pub struct DesiredVlan {
     pub flood: BTreeMap<IpAddr, String>,
 }
 
+/// IPsec and the guard as they should be (absent in insecure lab mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredSecurity {
+    pub backend: IpsecBackend,
+    pub guard: GuardSpec,
+    /// The libipsec policy rule: (VXLAN port, IPv6).
+    pub vxlan_rule: Option<(u16, bool)>,
+    pub conns: Vec<DesiredConn>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredState {
     pub owner: String,
@@ -112,6 +124,7 @@ pub struct DesiredState {
     pub access_mtu: u32,
     pub mtu: MtuResult,
     pub vlans: BTreeMap<u16, DesiredVlan>,
+    pub security: Option<DesiredSecurity>,
 }
 
 fn esp_protection(backend: IpsecBackend, esp: &[EspOverhead]) -> Protection {
@@ -294,7 +307,28 @@ impl DesiredState {
                 )
             })
             .collect();
+        let security = match (cfg.ipsec.enabled, facts.ipsec_backend) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(vec![cfg.issue(
+                    "ipsec.backend",
+                    "the IPsec backend could not be determined (charon not asked)",
+                )])
+            }
+            (true, Some(backend)) => Some(DesiredSecurity {
+                backend,
+                guard: GuardSpec {
+                    table: guard::table_name(&cfg.switch.bridge),
+                    backend,
+                    vxlan_port: cfg.vxlan_port,
+                },
+                vxlan_rule: (backend == IpsecBackend::Libipsec)
+                    .then_some((cfg.vxlan_port, facts.vtep_ip.is_ipv6())),
+                conns: ipsec::desired_conns(cfg, facts.vtep_ip, backend),
+            }),
+        };
         Ok(DesiredState {
+            security,
             owner: cfg.site.name.clone(),
             bridge: cfg.switch.bridge.clone(),
             datapath,

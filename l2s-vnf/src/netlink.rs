@@ -380,3 +380,109 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
     }
     v
 }
+
+/// The policy-routing rule l2s-vnf owns with the libipsec backend: everything that is *not*
+/// VXLAN looks up `main` first, so only VXLAN falls through to charon's table 220 and its TUN.
+pub const VXLAN_RULE_PRIORITY: u32 = 100;
+/// `FRA_PROTOCOL` value that marks the rule as ours.
+pub const VXLAN_RULE_PROTOCOL: u8 = 0x4c;
+const MAIN_TABLE: u32 = 254;
+
+use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::packet_route::rule::{
+    RuleAction, RuleAttribute, RuleFlags, RuleMessage, RulePortRange,
+};
+use rtnetlink::packet_route::IpProtocol;
+
+fn is_our_rule(r: &RuleMessage, port: u16) -> bool {
+    let has = |want: &RuleAttribute| r.attributes.iter().any(|a| a == want);
+    r.header.flags.contains(RuleFlags::Invert)
+        && has(&RuleAttribute::Protocol(RouteProtocol::Other(
+            VXLAN_RULE_PROTOCOL,
+        )))
+        && has(&RuleAttribute::DestinationPortRange(RulePortRange {
+            start: port,
+            end: port,
+        }))
+        && has(&RuleAttribute::Priority(VXLAN_RULE_PRIORITY))
+}
+
+impl Netlink {
+    async fn rules(&self, v6: bool) -> Result<Vec<RuleMessage>, NetlinkError> {
+        let ver = if v6 {
+            rtnetlink::IpVersion::V6
+        } else {
+            rtnetlink::IpVersion::V4
+        };
+        self.handle
+            .rule()
+            .get(ver)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("list policy rules"))
+    }
+
+    /// Our rules (any port), for `down`.
+    pub async fn owned_vxlan_rules(&self, v6: bool) -> Result<Vec<RuleMessage>, NetlinkError> {
+        Ok(self
+            .rules(v6)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.attributes
+                    .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
+                        VXLAN_RULE_PROTOCOL,
+                    )))
+            })
+            .collect())
+    }
+
+    pub async fn has_vxlan_rule(&self, port: u16, v6: bool) -> Result<bool, NetlinkError> {
+        Ok(self.rules(v6).await?.iter().any(|r| is_our_rule(r, port)))
+    }
+
+    /// `ip rule add pref 100 not ipproto udp dport PORT lookup main proto 0x4c`.
+    pub async fn add_vxlan_rule(&self, port: u16, v6: bool) -> Result<(), NetlinkError> {
+        let add = self
+            .handle
+            .rule()
+            .add()
+            .priority(VXLAN_RULE_PRIORITY)
+            .table_id(MAIN_TABLE)
+            .action(RuleAction::ToTable);
+        let mark = |m: &mut RuleMessage| {
+            m.header.flags |= RuleFlags::Invert;
+            m.attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+            m.attributes
+                .push(RuleAttribute::DestinationPortRange(RulePortRange {
+                    start: port,
+                    end: port,
+                }));
+            m.attributes
+                .push(RuleAttribute::Protocol(RouteProtocol::Other(
+                    VXLAN_RULE_PROTOCOL,
+                )));
+        };
+        let what = format!("add policy rule for VXLAN port {port}");
+        if v6 {
+            let mut add = add.v6().replace();
+            mark(add.message_mut());
+            add.execute().await.map_err(req(what))
+        } else {
+            let mut add = add.v4().replace();
+            mark(add.message_mut());
+            add.execute().await.map_err(req(what))
+        }
+    }
+
+    pub async fn remove_rule(&self, rule: RuleMessage) -> Result<(), NetlinkError> {
+        self.handle
+            .rule()
+            .del(rule)
+            .execute()
+            .await
+            .map_err(req("remove policy rule"))
+    }
+}

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::model::{alias_owned_by, Datapath, DesiredState, VxlanSpec};
+use crate::guard::GuardSpec;
+use crate::ipsec::{IpsecChange, ObservedConn};
+use crate::model::{alias_owned_by, Datapath, DesiredSecurity, DesiredState, VxlanSpec};
 
 /// A role recorded in a port's `external_ids`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,10 +91,24 @@ pub struct ObservedLinks {
     pub links: BTreeMap<String, ObservedLink>,
 }
 
+/// The guard, the policy rule and charon's connections as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedSecurity {
+    /// `nft list table` output of our guard table, if it exists.
+    pub guard: Option<String>,
+    /// Ports of our policy rules, per family (false = IPv4).
+    pub vxlan_rules: Vec<(u16, bool)>,
+    /// Our connections in charon; `None` when charon was not reachable.
+    pub conns: Option<Vec<ObservedConn>>,
+    /// Connections with an IKE_SA (any state), with the state of their SAs.
+    pub sas: BTreeMap<String, crate::ipsec::SaState>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualState {
     pub switch: ObservedSwitch,
     pub links: ObservedLinks,
+    pub security: ObservedSecurity,
 }
 
 /// One step of a plan.
@@ -164,6 +180,24 @@ pub enum Change {
         dev: String,
         to: u32,
     },
+    /// Install or replace the fail-closed nftables guard (before any VXLAN device is up).
+    EnsureGuard {
+        spec: GuardSpec,
+        why: &'static str,
+    },
+    RemoveGuard {
+        table: String,
+    },
+    /// libipsec: only VXLAN may reach charon's routing table (and its TUN).
+    AddVxlanRule {
+        port: u16,
+        v6: bool,
+    },
+    RemoveVxlanRule {
+        port: u16,
+        v6: bool,
+    },
+    Ipsec(IpsecChange),
 }
 
 impl fmt::Display for Change {
@@ -200,6 +234,29 @@ impl fmt::Display for Change {
             },
             Change::RemovePort { name, role, .. } => write!(f, "- port {name} ({})", role.as_str()),
             Change::RestoreMtu { dev, to } => write!(f, "~ mtu {dev} restored to {to}"),
+            Change::EnsureGuard { spec, why } => write!(
+                f,
+                "{} guard: nftables table inet {} ({:?} backend; {why})",
+                if *why == "new" { '+' } else { '~' },
+                spec.table,
+                spec.backend
+            ),
+            Change::RemoveGuard { table } => write!(f, "- guard: nftables table inet {table}"),
+            Change::AddVxlanRule { port, v6 } => {
+                write!(
+                    f,
+                    "+ rule: pref 100 not udp dport {port} lookup main ({})",
+                    if *v6 { "IPv6" } else { "IPv4" }
+                )
+            }
+            Change::RemoveVxlanRule { port, v6 } => {
+                write!(
+                    f,
+                    "- rule: pref 100 not udp dport {port} lookup main ({})",
+                    if *v6 { "IPv6" } else { "IPv4" }
+                )
+            }
+            Change::Ipsec(c) => write!(f, "{c}"),
         }
     }
 }
@@ -506,7 +563,75 @@ pub fn diff(desired: &DesiredState, actual: &ActualState) -> Result<Plan, Vec<Co
         return Err(conflicts);
     }
     c.extend(late);
-    Ok(Plan { changes: c })
+    let (pre, post) = diff_security(desired.security.as_ref(), &actual.security, &desired.bridge);
+    let mut changes = pre;
+    changes.extend(c);
+    changes.extend(post);
+    Ok(Plan { changes })
+}
+
+/// Security changes: `pre` must run before any VXLAN device exists or comes up (the guard and
+/// the policy rule), `post` after the switch is wired (IPsec connections, removals).
+pub fn diff_security(
+    desired: Option<&DesiredSecurity>,
+    obs: &ObservedSecurity,
+    bridge: &str,
+) -> (Vec<Change>, Vec<Change>) {
+    let mut pre = vec![];
+    let mut post = vec![];
+    match desired {
+        Some(d) => {
+            match &obs.guard {
+                None => pre.push(Change::EnsureGuard {
+                    spec: d.guard.clone(),
+                    why: "new",
+                }),
+                Some(listed) if !crate::guard::matches(&d.guard, listed) => {
+                    pre.push(Change::EnsureGuard {
+                        spec: d.guard.clone(),
+                        why: "rules differ",
+                    })
+                }
+                Some(_) => {}
+            }
+            if let Some((port, v6)) = d.vxlan_rule {
+                if !obs.vxlan_rules.contains(&(port, v6)) {
+                    pre.push(Change::AddVxlanRule { port, v6 });
+                }
+            }
+            for &(port, v6) in &obs.vxlan_rules {
+                if d.vxlan_rule != Some((port, v6)) {
+                    post.push(Change::RemoveVxlanRule { port, v6 });
+                }
+            }
+            let observed = obs.conns.as_deref().unwrap_or(&[]);
+            let with_sa: Vec<String> = obs.sas.keys().cloned().collect();
+            post.extend(
+                crate::ipsec::diff(&d.conns, observed, &with_sa, bridge)
+                    .into_iter()
+                    .map(Change::Ipsec),
+            );
+        }
+        None => {
+            // Insecure lab mode: nothing of ours may stay in the way of clear-text VXLAN.
+            if let Some(observed) = &obs.conns {
+                post.extend(
+                    crate::ipsec::diff(&[], observed, &[], bridge)
+                        .into_iter()
+                        .map(Change::Ipsec),
+                );
+            }
+            for &(port, v6) in &obs.vxlan_rules {
+                post.push(Change::RemoveVxlanRule { port, v6 });
+            }
+            if obs.guard.is_some() {
+                post.push(Change::RemoveGuard {
+                    table: crate::guard::table_name(bridge),
+                });
+            }
+        }
+    }
+    (pre, post)
 }
 
 /// The plan that removes everything this instance owns (for `down`).

@@ -5,6 +5,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
+use crate::config::SiteConfig;
+use crate::ipsec::{conn_name, SaState};
 use crate::model::{alias_owned_by, EXT_OWNER};
 use crate::plan::{ActualState, PortRole};
 
@@ -16,7 +20,28 @@ pub struct Status {
     pub bridge: Option<BridgeStatus>,
     pub vlans: Vec<VlanStatus>,
     pub access_mtu: Option<u32>,
+    pub ipsec: IpsecStatus,
+    pub peers: Vec<PeerStatus>,
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IpsecStatus {
+    pub enabled: bool,
+    /// Whether the fail-closed nftables table is installed.
+    pub guard: bool,
+    /// Whether charon answered.
+    pub charon: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub address: IpAddr,
+    pub connection: String,
+    pub loaded: bool,
+    pub up: bool,
+    pub sa: Option<SaState>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,7 +71,12 @@ pub struct VlanStatus {
     pub access_ports: Vec<PortStatus>,
 }
 
-pub fn build(site: &str, bridge: &str, actual: &ActualState) -> Status {
+pub fn build(
+    cfg: &SiteConfig,
+    actual: &ActualState,
+    sas: Option<&BTreeMap<String, SaState>>,
+) -> Status {
+    let (site, bridge) = (cfg.site.name.as_str(), cfg.switch.bridge.as_str());
     let mut warnings = vec![];
     let links = &actual.links.links;
     let b = actual.switch.bridge.as_ref();
@@ -120,7 +150,55 @@ pub fn build(site: &str, bridge: &str, actual: &ActualState) -> Status {
         }
     }
     let access_mtu = vlans.values().filter_map(|v| v.vtep_mtu).min();
+    let loaded: Vec<&str> = actual
+        .security
+        .conns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    let peers: Vec<PeerStatus> = cfg
+        .peers
+        .iter()
+        .map(|p| {
+            let connection = conn_name(bridge, &p.name);
+            let sa = sas.and_then(|m| m.get(&connection)).cloned();
+            PeerStatus {
+                name: p.name.clone(),
+                address: p.address,
+                loaded: loaded.contains(&connection.as_str()),
+                up: sa.as_ref().is_some_and(SaState::up),
+                connection,
+                sa,
+            }
+        })
+        .collect();
+    if cfg.ipsec.enabled {
+        if actual.security.guard.is_none() {
+            warnings.push(
+                "IPsec is enabled but the fail-closed guard is not installed (run apply)".into(),
+            );
+        }
+        if sas.is_none() {
+            warnings.push(format!(
+                "charon is not reachable at {}",
+                cfg.ipsec.vici.display()
+            ));
+        }
+        for p in peers.iter().filter(|p| !p.up) {
+            warnings.push(format!(
+                "no established SA with peer {} ({})",
+                p.name, p.address
+            ));
+        }
+    }
     Status {
+        ipsec: IpsecStatus {
+            enabled: cfg.ipsec.enabled,
+            guard: actual.security.guard.is_some(),
+            charon: sas.is_some(),
+        },
+        peers,
         schema: 1,
         source: "system",
         site: site.to_string(),
@@ -192,6 +270,49 @@ impl std::fmt::Display for Status {
                     },
                     p.mtu.map(|m| format!(", mtu {m}")).unwrap_or_default()
                 )?;
+            }
+        }
+        writeln!(
+            f,
+            "ipsec: {}, guard {}, charon {}",
+            if self.ipsec.enabled {
+                "enabled"
+            } else {
+                "DISABLED (insecure lab mode)"
+            },
+            if self.ipsec.guard {
+                "installed"
+            } else {
+                "absent"
+            },
+            if self.ipsec.charon {
+                "reachable"
+            } else {
+                "not reachable"
+            }
+        )?;
+        for p in &self.peers {
+            match &p.sa {
+                Some(sa) => writeln!(
+                    f,
+                    "peer {:<12} {:<16} IKE {} CHILD {} up {}s  in {} B/{} pkts  out {} B/{} pkts",
+                    p.name,
+                    p.address.to_string(),
+                    sa.ike_state.as_deref().unwrap_or("-"),
+                    sa.child_state.as_deref().unwrap_or("-"),
+                    sa.established_secs.unwrap_or(0),
+                    sa.bytes_in,
+                    sa.packets_in,
+                    sa.bytes_out,
+                    sa.packets_out
+                )?,
+                None => writeln!(
+                    f,
+                    "peer {:<12} {:<16} {}",
+                    p.name,
+                    p.address.to_string(),
+                    if p.loaded { "loaded, no SA" } else { "no SA" }
+                )?,
             }
         }
         for w in &self.warnings {

@@ -138,6 +138,8 @@ pub struct Vnf {
 }
 
 pub struct Lab {
+    /// charon per site name (a child process: `ip netns exec` execs into it).
+    charons: Vec<(String, Child)>,
     pub id: String,
     pub dir: PathBuf,
     pub underlay_ns: String,
@@ -235,6 +237,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
         let mut lab = Lab {
+            charons: vec![],
             id: id.clone(),
             dir,
             underlay_ns: format!("{id}-ul"),
@@ -354,6 +357,82 @@ impl Lab {
             ip,
             port: port.to_string(),
         })
+    }
+
+    /// Start charon at a site with kernel-libipsec (userspace ESP over the TUN `ipsec0`), its
+    /// VICI socket at `<site dir>/charon.vici`; waits until the socket answers.
+    pub fn start_charon(&mut self, site: &str) -> Result<PathBuf> {
+        let s = self.site(site);
+        let (ns, dir) = (s.ns.clone(), s.dir.clone());
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run)?;
+        let vici = dir.join("charon.vici");
+        let _ = std::fs::remove_file(&vici);
+        let conf = dir.join("strongswan.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "charon {{\n  load = random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink socket-default vici\n  retransmit_timeout = 1.0\n  retransmit_base = 1.2\n  retransmit_tries = 3\n  plugins {{\n    vici {{\n      socket = unix://{vici}\n    }}\n    kernel-libipsec {{\n      allow_peer_ts = yes\n    }}\n  }}\n  filelog {{\n    charon {{\n      path = {log}\n      default = 1\n      ike = 2\n      cfg = 2\n      flush_line = yes\n      time_format = %H:%M:%S\n    }}\n  }}\n}}\n",
+                vici = vici.display(),
+                log = dir.join("charon.log").display()
+            ),
+        )?;
+        let script = format!(
+            "mount --bind {run} /run && STRONGSWAN_CONF={conf} exec /usr/lib/ipsec/charon",
+            run = run.display(),
+            conf = conf.display()
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.charons.push((site.to_string(), child));
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if std::os::unix::net::UnixStream::connect(&vici).is_ok() {
+                return Ok(vici);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "charon at site {site} did not open {} (see {}/charon.log)",
+            vici.display(),
+            dir.display()
+        )
+    }
+
+    /// Kill charon at a site (SIGKILL: as a crash would).
+    pub fn kill_charon(&mut self, site: &str) {
+        let mut kept = vec![];
+        for (s, mut c) in self.charons.drain(..) {
+            if s == site {
+                let _ = c.kill();
+                let _ = c.wait();
+            } else {
+                kept.push((s, c));
+            }
+        }
+        self.charons = kept;
+    }
+
+    /// A PSK file (mode 0600) in the lab directory, shared by the sites that use it.
+    pub fn psk_file(&self, name: &str, secret: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.join(name);
+        std::fs::write(&p, secret)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        Ok(p)
+    }
+
+    /// Turn a clear-text lab config into an IPsec one (charon's VICI at the site, `psk`).
+    pub fn secure(&self, site: &str, config: &str, psk: &Path, extra: &str) -> String {
+        let vici = self.site(site).dir.join("charon.vici");
+        config.replace(
+            "[ipsec]\nenabled = false\ninsecure = true\n",
+            &format!("[ipsec]\nenabled = true\nbackend = \"auto\"\nvici = \"unix://{}\"\npsk_file = \"{}\"\n{extra}", vici.display(), psk.display()),
+        )
     }
 
     /// Give VNFs the access MTU, as DHCP on an access network created with the computed MTU
@@ -551,6 +630,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for (_, c) in &mut self.charons {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();

@@ -26,6 +26,9 @@ pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 pub const DEFAULT_IKE_PROPOSALS: &[&str] = &["aes256gcm16-prfsha384-x25519"];
 pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16"];
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
+pub const DEFAULT_CHILD_REKEY: Duration = Duration::from_secs(3600);
+pub const DEFAULT_DPD_DELAY: Duration = Duration::from_secs(10);
 
 /// One problem in a config file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +130,10 @@ pub struct Ipsec {
     pub psk_file: PathBuf,
     pub ike_proposals: Vec<String>,
     pub esp_proposals: Vec<EspOverhead>,
+    /// IKE_SA rekey interval (IKEv2 rekeying; never reauthentication).
+    pub ike_rekey_time: Duration,
+    pub child_rekey_time: Duration,
+    pub dpd_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,6 +59,9 @@ pub struct RawIpsec {
     pub psk_file: Option<String>,
     pub ike_proposals: Option<Vec<String>>,
     pub esp_proposals: Option<Vec<String>>,
+    pub ike_rekey_time: Option<String>,
+    pub child_rekey_time: Option<String>,
+    pub dpd_delay: Option<String>,
 }
 
 /// `access = "auto"` or `access = 1400`.

@@ -236,6 +236,52 @@ pub fn validate(
         }
     }
 
+    let mut duration = |key: &str,
+                        v: Option<String>,
+                        default: Duration,
+                        range: std::ops::RangeInclusive<Duration>| match v {
+        None => default,
+        Some(s) => match humantime::parse_duration(&s) {
+            Ok(d) if range.contains(&d) => d,
+            Ok(_) => {
+                c.err(
+                    key,
+                    format!(
+                        "`{s}` is out of range; allowed: {}..={}",
+                        humantime::format_duration(*range.start()),
+                        humantime::format_duration(*range.end())
+                    ),
+                );
+                default
+            }
+            Err(e) => {
+                c.err(
+                    key,
+                    format!("`{s}` is not a duration ({e}); write e.g. \"1h\" or \"30s\""),
+                );
+                default
+            }
+        },
+    };
+    let ike_rekey_time = duration(
+        "ipsec.ike_rekey_time",
+        ri.ike_rekey_time,
+        DEFAULT_IKE_REKEY,
+        Duration::from_secs(10)..=Duration::from_secs(7 * 86400),
+    );
+    let child_rekey_time = duration(
+        "ipsec.child_rekey_time",
+        ri.child_rekey_time,
+        DEFAULT_CHILD_REKEY,
+        Duration::from_secs(10)..=Duration::from_secs(86400),
+    );
+    let dpd_delay = duration(
+        "ipsec.dpd_delay",
+        ri.dpd_delay,
+        DEFAULT_DPD_DELAY,
+        Duration::from_secs(1)..=Duration::from_secs(3600),
+    );
+
     // [mtu]
     let mtu_access = match raw.mtu.access {
         None => MtuSetting::Auto,
@@ -566,6 +612,9 @@ pub fn validate(
             psk_file,
             ike_proposals,
             esp_proposals,
+            ike_rekey_time,
+            child_rekey_time,
+            dpd_delay,
         },
         mtu_access,
         peers,

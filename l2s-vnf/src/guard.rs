@@ -1,0 +1,203 @@
+//! The fail-closed guard: one nftables table, owned by this instance, that makes clear-text
+//! VXLAN on the underlay impossible whatever state charon, the SAs or the daemon are in.
+//!
+//! - kernel backend (XFRM, transport mode): VXLAN may leave only if its route carries an IPsec
+//!   transform (`rt ipsec exists`) and may be accepted only if it was decrypted
+//!   (`meta secpath exists`);
+//! - libipsec backend: VXLAN may leave and enter only through charon's TUN device (`ipsec0`);
+//!   anything else with the VXLAN port to or from a peer is dropped.
+//!
+//! The table is replaced atomically in one `nft -f -` batch, is in place before any VXLAN
+//! device comes up, stays when the daemon stops or crashes, and goes only with `down`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::model::IpsecBackend;
+
+/// kernel-libipsec's TUN device.
+pub const LIBIPSEC_TUN: &str = "ipsec0";
+
+/// nftables table name for an instance (`inet` family).
+pub fn table_name(bridge: &str) -> String {
+    let safe: String = bridge
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("l2s_vnf_{safe}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardSpec {
+    pub table: String,
+    pub backend: IpsecBackend,
+    pub vxlan_port: u16,
+}
+
+impl GuardSpec {
+    /// The complete ruleset text for the table. Rules are keyed on the VXLAN port only, never
+    /// on addresses: a forged clear-text frame from any source (not just a peer) is dropped.
+    pub fn ruleset(&self) -> String {
+        let port = self.vxlan_port;
+        let (out_rule, in_rule) = match self.backend {
+            IpsecBackend::Kernel => (
+                format!("udp dport {port} rt ipsec missing counter drop comment \"clear-text VXLAN out\""),
+                format!("udp dport {port} meta secpath missing counter drop comment \"clear-text VXLAN in\""),
+            ),
+            IpsecBackend::Libipsec => (
+                format!("udp dport {port} oifname != \"{LIBIPSEC_TUN}\" counter drop comment \"VXLAN not through IPsec out\""),
+                format!("udp dport {port} iifname != \"{LIBIPSEC_TUN}\" counter drop comment \"VXLAN not through IPsec in\""),
+            ),
+        };
+        format!(
+            "table inet {t} {{\n\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t\t{out_rule}\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t\t{in_rule}\n\t}}\n}}\n",
+            t = self.table
+        )
+    }
+
+    /// Batch that replaces the table atomically (create-if-missing, delete, recreate).
+    pub fn batch(&self) -> String {
+        format!(
+            "table inet {t}\ndelete table inet {t}\n{}",
+            self.ruleset(),
+            t = self.table
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("cannot run nft (is the nftables package installed?): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft refused the guard table {table}: {stderr}")]
+    Nft { table: String, stderr: String },
+}
+
+fn nft(input: &str, table: &str) -> Result<String, GuardError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(GuardError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(GuardError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(GuardError::Spawn)?;
+    if !out.status.success() {
+        return Err(GuardError::Nft {
+            table: table.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The table as nft lists it now, if it exists.
+pub fn observe(table: &str) -> Option<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the installed table carries the rules of `spec` (compared on rule lines).
+pub fn matches(spec: &GuardSpec, listed: &str) -> bool {
+    let norm = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| l.trim())
+            .filter(|l| l.contains("drop"))
+            .map(|l| {
+                // nft lists counters with values; compare the rule without them.
+                let mut l = l.to_string();
+                if let Some(i) = l.find("counter packets") {
+                    let rest = &l[i..];
+                    let end = rest.find(" drop").map(|e| i + e).unwrap_or(l.len());
+                    l.replace_range(i..end, "counter");
+                }
+                l
+            })
+            .collect()
+    };
+    let want = norm(&spec.ruleset());
+    let have = norm(listed);
+    want.len() == have.len()
+        && want
+            .iter()
+            .zip(&have)
+            .all(|(w, h)| h.starts_with(w.split(" comment").next().unwrap_or(w)))
+}
+
+/// Install or replace the guard in one atomic batch.
+pub fn ensure(spec: &GuardSpec) -> Result<(), GuardError> {
+    nft(&spec.batch(), &spec.table).map(|_| ())
+}
+
+/// Remove the guard table (absent is fine).
+pub fn remove(table: &str) -> Result<(), GuardError> {
+    nft(
+        &format!("table inet {table}\ndelete table inet {table}\n"),
+        table,
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(backend: IpsecBackend) -> GuardSpec {
+        GuardSpec {
+            table: table_name("l2s0"),
+            backend,
+            vxlan_port: 4789,
+        }
+    }
+
+    /// Snapshots of both rulesets; `L2S_BLESS=1` rewrites them.
+    #[test]
+    fn ruleset_snapshots() {
+        for (backend, file) in [
+            (IpsecBackend::Kernel, "guard-kernel.nft"),
+            (IpsecBackend::Libipsec, "guard-libipsec.nft"),
+        ] {
+            let got = spec(backend).ruleset();
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/snapshots")
+                .join(file);
+            if std::env::var_os("L2S_BLESS").is_some() {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &got).unwrap();
+            }
+            assert_eq!(
+                got,
+                std::fs::read_to_string(&path).unwrap_or_default(),
+                "snapshot {file} (L2S_BLESS=1 to regenerate)"
+            );
+        }
+    }
+
+    #[test]
+    fn table_names_are_nft_safe() {
+        assert_eq!(table_name("l2s0"), "l2s_vnf_l2s0");
+        assert_eq!(table_name("br-x.1"), "l2s_vnf_br_x_1");
+    }
+
+    #[test]
+    fn listed_table_matches_its_spec() {
+        let s = spec(IpsecBackend::Libipsec);
+        let listed = s
+            .ruleset()
+            .replace("counter drop", "counter packets 3 bytes 180 drop");
+        assert!(matches(&s, &listed));
+        let other = spec(IpsecBackend::Kernel);
+        assert!(!matches(&other, &listed));
+    }
+}

@@ -1,0 +1,528 @@
+//! IPsec between sites: one IKEv2 connection per peer through charon's VICI.
+//!
+//! Each connection protects exactly the VXLAN traffic between the two VTEPs (traffic selectors
+//! `local/32[udp]` ↔ `remote/32[udp]`; `[udp/4789]` would miss fragments). Mode is transport
+//! with the kernel backend and tunnel with kernel-libipsec (which cannot do transport).
+//!
+//! Ownership: connections are named `l2s-vnf:<bridge>:<peer>`; shared keys carry the same id.
+//! Nothing else in charon is touched. The CHILD_SA is named `vxlan-<fingerprint>`, a hash of
+//! every connection parameter (never of the PSK), so that a config change is visible as a
+//! change and an unchanged config is left alone.
+//!
+//! Initiator rule: the site with the lower VTEP address initiates (`start_action = start`,
+//! retrying forever, restarting on DPD timeout or close); the other only responds. A peer that
+//! comes later is reached by the initiator's retries; `unique = replace` removes duplicate
+//! IKE_SAs should both ever initiate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::config::SiteConfig;
+use crate::model::IpsecBackend;
+use crate::vici::Section;
+
+pub const CONN_PREFIX: &str = "l2s-vnf:";
+pub const CHILD_PREFIX: &str = "vxlan-";
+
+/// IKE SA lifetimes: rekey (not reauthenticate) so traffic is never dropped.
+pub const IKE_REKEY: &str = "4h";
+pub const CHILD_REKEY: &str = "1h";
+pub const DPD_DELAY: &str = "10s";
+
+pub fn conn_name(bridge: &str, peer: &str) -> String {
+    format!("{CONN_PREFIX}{bridge}:{peer}")
+}
+
+/// Whether a charon connection name is owned by the instance managing `bridge`.
+pub fn owned_conn(name: &str, bridge: &str) -> bool {
+    // Bridge names cannot contain ':', so the first ':' ends the bridge part.
+    name.strip_prefix(CONN_PREFIX)
+        .and_then(|r| r.split_once(':'))
+        .is_some_and(|(b, _)| b == bridge)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+/// One peer's connection as it should be in charon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredConn {
+    pub name: String,
+    pub peer: String,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub local_id: String,
+    pub remote_id: String,
+    pub psk_file: PathBuf,
+    pub backend: IpsecBackend,
+    pub role: Role,
+    pub ike_proposals: Vec<String>,
+    pub esp_proposals: Vec<String>,
+    /// Timing overrides for tests (`None` = the defaults above).
+    pub lifetimes: Lifetimes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub ike_rekey: String,
+    pub child_rekey: String,
+    pub dpd_delay: String,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            ike_rekey: IKE_REKEY.into(),
+            child_rekey: CHILD_REKEY.into(),
+            dpd_delay: DPD_DELAY.into(),
+        }
+    }
+}
+
+/// The lower VTEP address initiates.
+pub fn role(local: IpAddr, remote: IpAddr) -> Role {
+    if local < remote {
+        Role::Initiator
+    } else {
+        Role::Responder
+    }
+}
+
+impl Lifetimes {
+    pub fn from_config(cfg: &SiteConfig) -> Self {
+        let secs = |d: std::time::Duration| format!("{}s", d.as_secs());
+        Lifetimes {
+            ike_rekey: secs(cfg.ipsec.ike_rekey_time),
+            child_rekey: secs(cfg.ipsec.child_rekey_time),
+            dpd_delay: secs(cfg.ipsec.dpd_delay),
+        }
+    }
+}
+
+pub fn desired_conns(cfg: &SiteConfig, vtep: IpAddr, backend: IpsecBackend) -> Vec<DesiredConn> {
+    let lifetimes = Lifetimes::from_config(cfg);
+    cfg.peers
+        .iter()
+        .map(|p| DesiredConn {
+            name: conn_name(&cfg.switch.bridge, &p.name),
+            peer: p.name.clone(),
+            local: vtep,
+            remote: p.address,
+            local_id: cfg.site.name.clone(),
+            remote_id: p.id.clone(),
+            psk_file: p.psk_file.clone(),
+            backend,
+            role: role(vtep, p.address),
+            ike_proposals: cfg.ipsec.ike_proposals.clone(),
+            esp_proposals: cfg
+                .ipsec
+                .esp_proposals
+                .iter()
+                .map(|e| e.proposal.clone())
+                .collect(),
+            lifetimes: lifetimes.clone(),
+        })
+        .collect()
+}
+
+fn host_ts(ip: IpAddr) -> String {
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    format!("{ip}/{bits}[udp]")
+}
+
+impl DesiredConn {
+    /// The CHILD_SA section (without name).
+    fn child(&self) -> Section {
+        let initiator = self.role == Role::Initiator;
+        Section::new()
+            .kv(
+                "mode",
+                match self.backend {
+                    IpsecBackend::Kernel => "transport",
+                    IpsecBackend::Libipsec => "tunnel",
+                },
+            )
+            .list("local_ts", [host_ts(self.local)])
+            .list("remote_ts", [host_ts(self.remote)])
+            .list("esp_proposals", &self.esp_proposals)
+            .kv("rekey_time", &self.lifetimes.child_rekey)
+            .kv("start_action", if initiator { "start" } else { "none" })
+            .kv("dpd_action", if initiator { "restart" } else { "clear" })
+            .kv("close_action", if initiator { "restart" } else { "none" })
+    }
+
+    fn ike(&self, child_name: &str) -> Section {
+        let initiator = self.role == Role::Initiator;
+        let mut s = Section::new()
+            .kv("version", "2")
+            .list("local_addrs", [self.local.to_string()])
+            .list("remote_addrs", [self.remote.to_string()])
+            .list("proposals", &self.ike_proposals)
+            .kv("rekey_time", &self.lifetimes.ike_rekey)
+            .kv("reauth_time", "0")
+            .kv("dpd_delay", &self.lifetimes.dpd_delay)
+            .kv("unique", "replace")
+            .kv("mobike", "no")
+            .kv("keyingtries", if initiator { "0" } else { "1" });
+        if self.backend == IpsecBackend::Libipsec {
+            // kernel-libipsec always encapsulates ESP in UDP 4500.
+            s = s.kv("encap", "yes");
+        }
+        s.section(
+            "local",
+            Section::new().kv("auth", "psk").kv("id", &self.local_id),
+        )
+        .section(
+            "remote",
+            Section::new().kv("auth", "psk").kv("id", &self.remote_id),
+        )
+        .section("children", Section::new().section(child_name, self.child()))
+    }
+
+    /// A short, stable hash of every parameter (FNV-1a over the rendered message).
+    pub fn fingerprint(&self) -> String {
+        let text = self.ike("vxlan").to_string();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:08x}", h as u32)
+    }
+
+    pub fn child_name(&self) -> String {
+        format!("{CHILD_PREFIX}{}", self.fingerprint())
+    }
+
+    /// The `load-conn` body: a section named after the connection.
+    pub fn message(&self) -> Section {
+        self.ike(&self.child_name())
+    }
+}
+
+/// A connection as charon reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedConn {
+    pub name: String,
+    pub children: Vec<String>,
+}
+
+/// State of a peer's SAs, from `list-sas`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct SaState {
+    pub ike_state: Option<String>,
+    pub child_state: Option<String>,
+    pub established_secs: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+impl SaState {
+    pub fn up(&self) -> bool {
+        self.ike_state.as_deref() == Some("ESTABLISHED")
+            && self.child_state.as_deref() == Some("INSTALLED")
+    }
+}
+
+/// Summaries of `list-sas` events per connection name (the best child per IKE_SA).
+pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
+    let mut out: BTreeMap<String, SaState> = BTreeMap::new();
+    for (conn, ike) in sas {
+        let num = |s: &Section, k: &str| s.str(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let mut st = SaState {
+            ike_state: ike.str("state"),
+            established_secs: ike.str("established").and_then(|v| v.parse().ok()),
+            ..Default::default()
+        };
+        if let Some(children) = ike.sub("child-sas") {
+            for (_, item) in &children.items {
+                if let crate::vici::Item::Section(c) = item {
+                    let cs = c.str("state");
+                    if st.child_state.as_deref() != Some("INSTALLED") {
+                        st.child_state = cs;
+                    }
+                    st.bytes_in += num(c, "bytes-in");
+                    st.bytes_out += num(c, "bytes-out");
+                    st.packets_in += num(c, "packets-in");
+                    st.packets_out += num(c, "packets-out");
+                }
+            }
+        }
+        let entry = out.entry(conn.clone()).or_default();
+        if !entry.up() {
+            *entry = st;
+        }
+    }
+    out
+}
+
+/// One IPsec step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpsecChange {
+    Load {
+        conn: DesiredConn,
+        why: &'static str,
+    },
+    /// No IKE_SA exists for a loaded connection (the peer was not ready when the initiator
+    /// tried, or the SA died): start one.
+    Initiate {
+        name: String,
+        child: String,
+    },
+    Unload {
+        name: String,
+    },
+}
+
+impl fmt::Display for IpsecChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpsecChange::Load { conn, why } => {
+                let sign = if *why == "new" { '+' } else { '~' };
+                write!(
+                    f,
+                    "{sign} ipsec {} -> {} ({}, {:?}, {why})",
+                    conn.name,
+                    conn.remote,
+                    match conn.backend {
+                        IpsecBackend::Kernel => "transport",
+                        IpsecBackend::Libipsec => "tunnel",
+                    },
+                    conn.role
+                )
+            }
+            IpsecChange::Initiate { name, .. } => write!(f, "~ ipsec {name}: initiate (no SA)"),
+            IpsecChange::Unload { name } => write!(f, "- ipsec {name}"),
+        }
+    }
+}
+
+/// Diff desired connections against what charon has loaded (owned ones only) and the IKE_SAs
+/// that exist (`with_sa`: connection names with an IKE_SA in any state).
+pub fn diff(
+    desired: &[DesiredConn],
+    observed: &[ObservedConn],
+    with_sa: &[String],
+    bridge: &str,
+) -> Vec<IpsecChange> {
+    let mut out = vec![];
+    for d in desired {
+        let initiate = IpsecChange::Initiate {
+            name: d.name.clone(),
+            child: d.child_name(),
+        };
+        let has_sa = with_sa.contains(&d.name);
+        match observed.iter().find(|o| o.name == d.name) {
+            None => {
+                out.push(IpsecChange::Load {
+                    conn: d.clone(),
+                    why: "new",
+                });
+                // The initiator's load starts it; a responder kicks once in case the
+                // initiator already gave up on us.
+                if d.role == Role::Responder && !has_sa {
+                    out.push(initiate);
+                }
+            }
+            Some(o) if !o.children.contains(&d.child_name()) => {
+                out.push(IpsecChange::Load {
+                    conn: d.clone(),
+                    why: "config changed",
+                });
+                if d.role == Role::Responder && !has_sa {
+                    out.push(initiate);
+                }
+            }
+            Some(_) if !has_sa => out.push(initiate),
+            Some(_) => {}
+        }
+    }
+    for o in observed {
+        if owned_conn(&o.name, bridge) && !desired.iter().any(|d| d.name == o.name) {
+            out.push(IpsecChange::Unload {
+                name: o.name.clone(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(backend: IpsecBackend, local: &str, remote: &str) -> DesiredConn {
+        let local: IpAddr = local.parse().unwrap();
+        let remote: IpAddr = remote.parse().unwrap();
+        DesiredConn {
+            name: conn_name("l2s0", "site-b"),
+            peer: "site-b".into(),
+            local,
+            remote,
+            local_id: "site-a".into(),
+            remote_id: "site-b".into(),
+            psk_file: "/etc/l2s-vnf/psk".into(),
+            backend,
+            role: role(local, remote),
+            ike_proposals: vec!["aes256gcm16-prfsha384-x25519".into()],
+            esp_proposals: vec!["aes256gcm16".into()],
+            lifetimes: Lifetimes::default(),
+        }
+    }
+
+    /// Snapshot of the VICI `load-conn` messages (kernel/transport and libipsec/tunnel).
+    /// `L2S_BLESS=1` rewrites the snapshot files.
+    #[test]
+    fn load_conn_snapshots() {
+        for (backend, local, remote, file) in [
+            (
+                IpsecBackend::Kernel,
+                "192.0.2.1",
+                "192.0.2.2",
+                "load-conn-kernel-initiator.txt",
+            ),
+            (
+                IpsecBackend::Libipsec,
+                "192.0.2.3",
+                "192.0.2.2",
+                "load-conn-libipsec-responder.txt",
+            ),
+        ] {
+            let c = conn(backend, local, remote);
+            let got = Section::new().section(&c.name, c.message()).to_string();
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/snapshots")
+                .join(file);
+            if std::env::var_os("L2S_BLESS").is_some() {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &got).unwrap();
+            }
+            let want = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                got, want,
+                "snapshot {file} differs (L2S_BLESS=1 to regenerate)"
+            );
+        }
+    }
+
+    #[test]
+    fn transport_with_kernel_tunnel_with_libipsec() {
+        let k = conn(IpsecBackend::Kernel, "192.0.2.1", "192.0.2.2")
+            .message()
+            .to_string();
+        assert!(
+            k.contains("mode = transport") && !k.contains("encap"),
+            "{k}"
+        );
+        let l = conn(IpsecBackend::Libipsec, "192.0.2.1", "192.0.2.2")
+            .message()
+            .to_string();
+        assert!(
+            l.contains("mode = tunnel") && l.contains("encap = yes"),
+            "{l}"
+        );
+        assert!(
+            l.contains("local_ts = [192.0.2.1/32[udp]]")
+                && l.contains("remote_ts = [192.0.2.2/32[udp]]"),
+            "{l}"
+        );
+        assert!(
+            l.contains("reauth_time = 0"),
+            "rekey, never reauthenticate: {l}"
+        );
+    }
+
+    #[test]
+    fn exactly_one_side_initiates() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(role(a, b), Role::Initiator);
+        assert_eq!(role(b, a), Role::Responder);
+    }
+
+    #[test]
+    fn diff_loads_changes_and_unloads_only_owned() {
+        let c = conn(IpsecBackend::Libipsec, "192.0.2.1", "192.0.2.2");
+        let current = ObservedConn {
+            name: c.name.clone(),
+            children: vec![c.child_name()],
+        };
+        let up = vec![c.name.clone()];
+        assert!(diff(
+            std::slice::from_ref(&c),
+            std::slice::from_ref(&current),
+            &up,
+            "l2s0"
+        )
+        .is_empty());
+        assert!(matches!(
+            diff(
+                std::slice::from_ref(&c),
+                std::slice::from_ref(&current),
+                &[],
+                "l2s0"
+            )[..],
+            [IpsecChange::Initiate { .. }]
+        ));
+        let stale = ObservedConn {
+            name: c.name.clone(),
+            children: vec!["vxlan-00000000".into()],
+        };
+        assert!(matches!(
+            diff(std::slice::from_ref(&c), &[stale], &up, "l2s0")[..],
+            [IpsecChange::Load {
+                why: "config changed",
+                ..
+            }]
+        ));
+        let foreign = ObservedConn {
+            name: "office-vpn".into(),
+            children: vec![],
+        };
+        let other_instance = ObservedConn {
+            name: conn_name("l2s1", "site-b"),
+            children: vec![],
+        };
+        let ours_gone = ObservedConn {
+            name: conn_name("l2s0", "site-z"),
+            children: vec![],
+        };
+        let prefix_twin = ObservedConn {
+            name: conn_name("l2s0-x", "p"),
+            children: vec![],
+        };
+        let d = diff(
+            &[],
+            &[foreign, other_instance, ours_gone, prefix_twin],
+            &[],
+            "l2s0",
+        );
+        assert_eq!(
+            d,
+            vec![IpsecChange::Unload {
+                name: conn_name("l2s0", "site-z")
+            }]
+        );
+    }
+
+    #[test]
+    fn fingerprint_changes_with_parameters_only() {
+        let a = conn(IpsecBackend::Kernel, "192.0.2.1", "192.0.2.2");
+        let mut b = a.clone();
+        b.psk_file = "/elsewhere".into();
+        assert_eq!(
+            a.fingerprint(),
+            b.fingerprint(),
+            "the PSK file path is not a charon parameter"
+        );
+        b.esp_proposals = vec!["aes128gcm16".into()];
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+}

@@ -1,0 +1,364 @@
+//! strongSwan VICI: our own small codec ([`codec`]) and an async client ([`Client`]) for the
+//! commands l2s-vnf needs, plus event subscriptions on a separate connection.
+//!
+//! Every command reply that carries `success` is checked; a `no` becomes
+//! [`ViciError::Failed`] with charon's `errmsg`. Secrets (PSKs) are sent but never logged or
+//! shown in errors.
+
+pub mod codec;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, Mutex};
+
+pub use codec::{Item, PacketType, Section};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViciError {
+    #[error("cannot connect to charon's VICI socket {path}: {source} (is charon running with the vici plugin, and is [ipsec].vici right?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("VICI connection to {0} lost: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("charon did not answer {cmd} within {timeout:?}")]
+    Timeout { cmd: String, timeout: Duration },
+    #[error("charon does not know the command `{0}`")]
+    UnknownCommand(String),
+    #[error("charon does not know the event `{0}`")]
+    UnknownEvent(String),
+    #[error("charon refused {cmd}: {errmsg}")]
+    Failed { cmd: String, errmsg: String },
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+    #[error("unexpected VICI packet {0:?} while waiting for {1}")]
+    Unexpected(PacketType, String),
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A command connection to charon. Commands are serialized on it.
+pub struct Client {
+    path: PathBuf,
+    conn: Mutex<UnixStream>,
+}
+
+async fn read_packet(
+    s: &mut UnixStream,
+    path: &Path,
+) -> Result<(PacketType, Option<String>, Section), ViciError> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)
+        .await
+        .map_err(|e| ViciError::Io(path.to_path_buf(), e))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > codec::MAX_PACKET {
+        return Err(codec::CodecError::Malformed(format!("packet of {len} bytes")).into());
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .await
+        .map_err(|e| ViciError::Io(path.to_path_buf(), e))?;
+    Ok(codec::decode_packet(&body)?)
+}
+
+async fn write_packet(
+    s: &mut UnixStream,
+    path: &Path,
+    ty: PacketType,
+    name: Option<&str>,
+    msg: Option<&Section>,
+) -> Result<(), ViciError> {
+    let p = codec::encode_packet(ty, name, msg)?;
+    s.write_all(&p)
+        .await
+        .map_err(|e| ViciError::Io(path.to_path_buf(), e))
+}
+
+async fn connect_stream(path: &Path) -> Result<UnixStream, ViciError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| ViciError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// `success = no` → error with `errmsg`.
+fn check_success(cmd: &str, reply: Section) -> Result<Section, ViciError> {
+    match reply.str("success").as_deref() {
+        Some("no") => Err(ViciError::Failed {
+            cmd: cmd.to_string(),
+            errmsg: reply
+                .str("errmsg")
+                .unwrap_or_else(|| "no reason given".into()),
+        }),
+        _ => Ok(reply),
+    }
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Self, ViciError> {
+        Ok(Client {
+            path: path.to_path_buf(),
+            conn: Mutex::new(connect_stream(path).await?),
+        })
+    }
+
+    /// Connect, retrying with exponential backoff for up to `total` (charon starting up).
+    pub async fn connect_with_retry(path: &Path, total: Duration) -> Result<Self, ViciError> {
+        let deadline = tokio::time::Instant::now() + total;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match Self::connect(path).await {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() + wait > deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run a command; a streaming command's events (named `event`) are collected and returned
+    /// with the final reply. `success` is checked.
+    pub async fn call(
+        &self,
+        cmd: &str,
+        msg: &Section,
+        event: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Vec<Section>, Section), ViciError> {
+        let mut s = self.conn.lock().await;
+        let path = self.path.clone();
+        let fut = async {
+            if let Some(ev) = event {
+                write_packet(&mut s, &path, PacketType::EventRegister, Some(ev), None).await?;
+                match read_packet(&mut s, &path).await? {
+                    (PacketType::EventConfirm, _, _) => {}
+                    (PacketType::EventUnknown, _, _) => {
+                        return Err(ViciError::UnknownEvent(ev.to_string()))
+                    }
+                    (t, _, _) => {
+                        return Err(ViciError::Unexpected(t, format!("registration of {ev}")))
+                    }
+                }
+            }
+            write_packet(&mut s, &path, PacketType::CmdRequest, Some(cmd), Some(msg)).await?;
+            let mut events = vec![];
+            let reply = loop {
+                match read_packet(&mut s, &path).await? {
+                    (PacketType::CmdResponse, _, m) => break m,
+                    (PacketType::CmdUnknown, _, _) => {
+                        return Err(ViciError::UnknownCommand(cmd.to_string()))
+                    }
+                    (PacketType::Event, Some(name), m) if Some(name.as_str()) == event => {
+                        events.push(m)
+                    }
+                    (PacketType::Event, _, _) => {}
+                    (t, _, _) => return Err(ViciError::Unexpected(t, cmd.to_string())),
+                }
+            };
+            if let Some(ev) = event {
+                write_packet(&mut s, &path, PacketType::EventUnregister, Some(ev), None).await?;
+                loop {
+                    match read_packet(&mut s, &path).await? {
+                        (PacketType::EventConfirm | PacketType::EventUnknown, _, _) => break,
+                        (PacketType::Event, _, _) => {}
+                        (t, _, _) => {
+                            return Err(ViciError::Unexpected(t, format!("unregistration of {ev}")))
+                        }
+                    }
+                }
+            }
+            Ok((events, reply))
+        };
+        let (events, reply) =
+            tokio::time::timeout(timeout, fut)
+                .await
+                .map_err(|_| ViciError::Timeout {
+                    cmd: cmd.to_string(),
+                    timeout,
+                })??;
+        Ok((events, check_success(cmd, reply)?))
+    }
+
+    pub async fn request(&self, cmd: &str, msg: &Section) -> Result<Section, ViciError> {
+        Ok(self.call(cmd, msg, None, DEFAULT_TIMEOUT).await?.1)
+    }
+
+    pub async fn version(&self) -> Result<Section, ViciError> {
+        self.request("version", &Section::new()).await
+    }
+
+    /// Names of the plugins charon loaded (from `stats`).
+    pub async fn plugins(&self) -> Result<Vec<String>, ViciError> {
+        Ok(self
+            .request("stats", &Section::new())
+            .await?
+            .strings("plugins"))
+    }
+
+    /// Load a PSK for the given owner identities, replacing an earlier one with the same `id`.
+    /// The secret is sent to charon and nowhere else.
+    pub async fn load_shared(
+        &self,
+        id: &str,
+        secret: &[u8],
+        owners: &[&str],
+    ) -> Result<(), ViciError> {
+        let msg = Section::new()
+            .kv("id", id)
+            .kv("type", "IKE")
+            .kv("data", secret)
+            .list("owners", owners.iter().copied());
+        self.request("load-shared", &msg).await.map(|_| ())
+    }
+
+    pub async fn unload_shared(&self, id: &str) -> Result<(), ViciError> {
+        self.request("unload-shared", &Section::new().kv("id", id))
+            .await
+            .map(|_| ())
+    }
+
+    /// Load (or replace) one connection: `conn` is the section named after the connection.
+    pub async fn load_conn(&self, name: &str, conn: Section) -> Result<(), ViciError> {
+        self.request("load-conn", &Section::new().section(name, conn))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn unload_conn(&self, name: &str) -> Result<(), ViciError> {
+        self.request("unload-conn", &Section::new().kv("name", name))
+            .await
+            .map(|_| ())
+    }
+
+    /// Connection names loaded over VICI.
+    pub async fn get_conns(&self) -> Result<Vec<String>, ViciError> {
+        Ok(self
+            .request("get-conns", &Section::new())
+            .await?
+            .strings("conns"))
+    }
+
+    /// Initiate a CHILD_SA (and its IKE_SA); waits up to `timeout` for the result.
+    pub async fn initiate(
+        &self,
+        ike: &str,
+        child: &str,
+        timeout: Duration,
+    ) -> Result<(), ViciError> {
+        let ms = timeout.as_millis().to_string();
+        let msg = Section::new()
+            .kv("ike", ike)
+            .kv("child", child)
+            .kv("timeout", ms)
+            .kv("init-limits", "no");
+        self.call("initiate", &msg, None, timeout + Duration::from_secs(2))
+            .await
+            .map(|_| ())
+    }
+
+    /// Start initiating without waiting for the result.
+    pub async fn initiate_async(&self, ike: &str, child: &str) -> Result<(), ViciError> {
+        let msg = Section::new()
+            .kv("ike", ike)
+            .kv("child", child)
+            .kv("timeout", "-1");
+        self.request("initiate", &msg).await.map(|_| ())
+    }
+
+    /// Terminate every IKE_SA of a connection (without waiting).
+    pub async fn terminate_ike(&self, ike: &str) -> Result<(), ViciError> {
+        let msg = Section::new().kv("ike", ike).kv("timeout", "-1");
+        match self.request("terminate", &msg).await {
+            // Nothing to terminate is not an error for "ensure absent".
+            Err(ViciError::Failed { errmsg, .. }) if errmsg.contains("no matching") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Loaded connections with the names of their children (streams `list-conn` events).
+    pub async fn list_conns(&self) -> Result<Vec<(String, Vec<String>)>, ViciError> {
+        let (events, _) = self
+            .call(
+                "list-conns",
+                &Section::new(),
+                Some("list-conn"),
+                DEFAULT_TIMEOUT,
+            )
+            .await?;
+        Ok(events
+            .into_iter()
+            .flat_map(|e| e.items.into_iter())
+            .filter_map(|(name, item)| match item {
+                Item::Section(s) => {
+                    let children = s
+                        .sub("children")
+                        .map(|c| c.items.iter().map(|(n, _)| n.clone()).collect())
+                        .unwrap_or_default();
+                    Some((name, children))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// IKE_SAs (each a section named after its connection), optionally for one connection.
+    pub async fn list_sas(&self, ike: Option<&str>) -> Result<Vec<(String, Section)>, ViciError> {
+        let mut msg = Section::new().kv("noblock", "yes");
+        if let Some(i) = ike {
+            msg = msg.kv("ike", i);
+        }
+        let (events, _) = self
+            .call("list-sas", &msg, Some("list-sa"), DEFAULT_TIMEOUT)
+            .await?;
+        Ok(events
+            .into_iter()
+            .flat_map(|e| e.items.into_iter())
+            .filter_map(|(name, item)| match item {
+                Item::Section(s) => Some((name, s)),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// Subscribe to events on a connection of its own; events arrive on the returned channel
+/// until charon goes away (then the channel closes: reconnect).
+pub async fn subscribe(
+    path: &Path,
+    events: &[&str],
+) -> Result<mpsc::UnboundedReceiver<(String, Section)>, ViciError> {
+    let mut s = connect_stream(path).await?;
+    for ev in events {
+        write_packet(&mut s, path, PacketType::EventRegister, Some(ev), None).await?;
+        match read_packet(&mut s, path).await? {
+            (PacketType::EventConfirm, _, _) => {}
+            (PacketType::EventUnknown, _, _) => {
+                return Err(ViciError::UnknownEvent(ev.to_string()))
+            }
+            (t, _, _) => return Err(ViciError::Unexpected(t, format!("registration of {ev}"))),
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        while let Ok((PacketType::Event, Some(name), msg)) = read_packet(&mut s, &path).await {
+            if tx.send((name, msg)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
