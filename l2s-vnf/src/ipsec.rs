@@ -267,7 +267,7 @@ pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpsecChange {
     Load {
-        conn: DesiredConn,
+        conn: Box<DesiredConn>,
         why: &'static str,
     },
     /// No IKE_SA exists for a loaded connection (the peer was not ready when the initiator
@@ -322,7 +322,7 @@ pub fn diff(
         match observed.iter().find(|o| o.name == d.name) {
             None => {
                 out.push(IpsecChange::Load {
-                    conn: d.clone(),
+                    conn: Box::new(d.clone()),
                     why: "new",
                 });
                 // The initiator's load starts it; a responder kicks once in case the
@@ -333,7 +333,7 @@ pub fn diff(
             }
             Some(o) if !o.children.contains(&d.child_name()) => {
                 out.push(IpsecChange::Load {
-                    conn: d.clone(),
+                    conn: Box::new(d.clone()),
                     why: "config changed",
                 });
                 if d.role == Role::Responder && !has_sa {
