@@ -28,7 +28,10 @@ pub fn skip_reason() -> Option<String> {
     if uid_line.split_whitespace().nth(2) != Some("0") {
         return Some("end-to-end lab tests need root (network namespaces)".into());
     }
-    for tool in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ip"] {
+    if !Path::new("/usr/lib/ipsec/charon").exists() {
+        return Some("strongSwan's charon is not installed (run tests/deps.sh)".into());
+    }
+    for tool in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ip", "nft", "tcpdump", "iperf3"] {
         if which(tool).is_none() {
             return Some(format!("`{tool}` is not installed (run tests/deps.sh)"));
         }
