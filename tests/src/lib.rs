@@ -31,7 +31,15 @@ pub fn skip_reason() -> Option<String> {
     if !Path::new("/usr/lib/ipsec/charon").exists() {
         return Some("strongSwan's charon is not installed (run tests/deps.sh)".into());
     }
-    for tool in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ip", "nft", "tcpdump", "iperf3"] {
+    for tool in [
+        "ovsdb-server",
+        "ovs-vswitchd",
+        "ovsdb-tool",
+        "ip",
+        "nft",
+        "tcpdump",
+        "iperf3",
+    ] {
         if which(tool).is_none() {
             return Some(format!("`{tool}` is not installed (run tests/deps.sh)"));
         }
