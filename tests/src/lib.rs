@@ -349,6 +349,20 @@ impl Lab {
             .unwrap_or_else(|| panic!("no site {name}"))
     }
 
+    /// Another host on the underlay (e.g. a rogue one); returns its namespace.
+    pub fn add_underlay_host(&mut self, name: &str, cidr: &str) -> Result<String> {
+        let ns = format!("{}-{name}", self.id);
+        self.add_ns(&ns)?;
+        let port = format!("ul-{name}");
+        sh(netns(&self.underlay_ns, "ip").args([
+            "link", "add", &port, "type", "veth", "peer", "name", "eth1", "netns", &ns,
+        ]))?;
+        sh(netns(&self.underlay_ns, "ip").args(["link", "set", &port, "master", "ul0", "up"]))?;
+        sh(netns(&ns, "ip").args(["addr", "add", cidr, "dev", "eth1"]))?;
+        sh(netns(&ns, "ip").args(["link", "set", "eth1", "up"]))?;
+        Ok(ns)
+    }
+
     /// Plug a VNF namespace into `site` through access interface `port` with address `cidr`.
     pub fn add_vnf(&mut self, site: &str, port: &str, cidr: &str) -> Result<Vnf> {
         let site_ns = self.site(site).ns.clone();
