@@ -3,7 +3,7 @@
 //!
 //! - kernel backend (XFRM, transport mode): VXLAN may leave only if its route carries an IPsec
 //!   transform (`rt ipsec exists`) and may be accepted only if it was decrypted
-//!   (`meta secpath exists`);
+//!   (`meta ipsec exists`, listed by nft as such);
 //! - libipsec backend: VXLAN may leave and enter only through charon's TUN device (`ipsec0`);
 //!   anything else with the VXLAN port to or from a peer is dropped.
 //!
@@ -42,7 +42,7 @@ impl GuardSpec {
         let (out_rule, in_rule) = match self.backend {
             IpsecBackend::Kernel => (
                 format!("udp dport {port} rt ipsec missing counter drop comment \"clear-text VXLAN out\""),
-                format!("udp dport {port} meta secpath missing counter drop comment \"clear-text VXLAN in\""),
+                format!("udp dport {port} meta ipsec missing counter drop comment \"clear-text VXLAN in\""),
             ),
             IpsecBackend::Libipsec => (
                 format!("udp dport {port} oifname != \"{LIBIPSEC_TUN}\" counter drop comment \"VXLAN not through IPsec out\""),

@@ -540,3 +540,81 @@ fn resilience_under_capture_charon_restart_peer_churn_and_rekeys() {
         "clear-text VXLAN on the underlay during crash, churn or rekeys"
     );
 }
+
+#[test]
+fn kernel_backend_transport_mode_negotiates_ike_and_stays_closed() {
+    require_lab!();
+    let mut lab = Lab::new(2).unwrap();
+    let a = lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
+    let b = lab.add_vnf("b", "acc101", "10.101.0.2/24").unwrap();
+    let psk = lab
+        .psk_file("psk", "kernel-backend-secret-value\n")
+        .unwrap();
+    for s in ["a", "b"] {
+        lab.start_charon_with(s, false).unwrap();
+    }
+    let vlans: &[l2s_lab::VlanSpec] = &[(101, &["acc101"], None)];
+    for (s, p) in [("a", "b"), ("b", "a")] {
+        let cfg = lab.secure(s, &lab.config(s, &[p], vlans), &psk, "");
+        lab.write_config(s, &cfg).unwrap();
+    }
+    let mut cap = Capture::start(&lab, "kernel");
+    let plan = lab.l2s_ok("a", &["plan"]).unwrap();
+    assert!(
+        plan.contains("Kernel backend") && plan.contains("transport"),
+        "auto must pick the kernel backend: {plan}"
+    );
+    assert!(
+        !plan.contains("+ rule"),
+        "no policy rule without libipsec: {plan}"
+    );
+    for s in ["b", "a"] {
+        lab.l2s_ok(s, &["apply"]).unwrap();
+    }
+    // The kernel ruleset is installed (XFRM-aware matches).
+    let guard =
+        run(netns(&lab.site("a").ns, "nft").args(["list", "table", "inet", "l2s_vnf_l2s0"]))
+            .unwrap();
+    let guard = String::from_utf8_lossy(&guard.stdout);
+    assert!(
+        guard.contains("rt ipsec missing") && guard.contains("meta ipsec missing"),
+        "{guard}"
+    );
+    let again = lab.l2s_ok("a", &["plan"]).unwrap();
+    assert!(
+        !again.contains("guard"),
+        "the installed kernel guard must be recognised as up to date: {again}"
+    );
+    // charon accepts the transport-mode connection and negotiates IKE with the peer.
+    let t = Instant::now();
+    let log =
+        |s: &str| std::fs::read_to_string(lab.site(s).dir.join("charon.log")).unwrap_or_default();
+    while !log("a").contains("established between") && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let la = log("a");
+    assert!(
+        la.contains("IKE_SA l2s-vnf:l2s0:site-b[")
+            && la.contains("established between 192.0.2.1[site-a]...192.0.2.2[site-b]"),
+        "IKE not negotiated:\n{}",
+        la.lines()
+            .filter(|l| l.contains("[IKE]"))
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(la.contains("mode = TRANSPORT"), "transport mode expected");
+    // Without ESP in this kernel no CHILD_SA can be installed: VXLAN must not leave in clear.
+    lab.set_vnf_mtu(&[&a, &b], 1350).unwrap();
+    assert!(!lab.ping(&a, &b.ip, 3));
+    cap.stop();
+    assert_eq!(
+        cap.count("udp port 4789"),
+        0,
+        "clear-text VXLAN with the kernel backend and no SA"
+    );
+    assert!(
+        cap.count("udp port 500 or udp port 4500") > 0,
+        "no IKE traffic seen"
+    );
+}
