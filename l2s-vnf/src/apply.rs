@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{BackendChoice, ConfigIssue, SiteConfig};
 use crate::discover;
@@ -98,43 +98,83 @@ impl System {
         })
     }
 
+    /// Read everything this instance may own, all sources at once.
     pub async fn observe(&self, bridge: &str) -> Result<ActualState, ApplyError> {
-        let (switch, links) =
-            tokio::join!(switch::observe(&self.ovsdb, bridge), self.netlink.observe());
-        let mut vxlan_rules = vec![];
-        for v6 in [false, true] {
-            for r in self.netlink.owned_vxlan_rules(v6).await? {
-                if let Some(port) = r.attributes.iter().find_map(|a| match a {
-                    rtnetlink::packet_route::rule::RuleAttribute::DestinationPortRange(p) => {
-                        Some(p.start)
+        let rules = async {
+            let mut out = vec![];
+            for v6 in [false, true] {
+                for r in self.netlink.owned_vxlan_rules(v6).await? {
+                    if let Some(port) = r.attributes.iter().find_map(|a| match a {
+                        rtnetlink::packet_route::rule::RuleAttribute::DestinationPortRange(p) => {
+                            Some(p.start)
+                        }
+                        _ => None,
+                    }) {
+                        out.push((port, v6));
                     }
-                    _ => None,
-                }) {
-                    vxlan_rules.push((port, v6));
                 }
             }
-        }
-        let conns = match &self.vici {
-            None => None,
-            Some(v) => Some(
-                v.list_conns()
-                    .await?
-                    .into_iter()
-                    .filter(|(name, _)| ipsec::owned_conn(name, bridge))
-                    .map(|(name, children)| ObservedConn { name, children })
-                    .collect(),
-            ),
+            Ok::<_, ApplyError>(out)
         };
-        let sas = match &self.vici {
-            Some(v) => ipsec::sa_states(&v.list_sas(None).await?)
+        let charon = async {
+            let Some(v) = &self.vici else {
+                return Ok::<_, ApplyError>((None, Default::default()));
+            };
+            let conns: Vec<ObservedConn> = v
+                .list_conns()
+                .await?
+                .into_iter()
+                .filter(|(name, _)| ipsec::owned_conn(name, bridge))
+                .map(|(name, children)| ObservedConn { name, children })
+                .collect();
+            let sas = ipsec::sa_states(&v.list_sas(None).await?)
                 .into_iter()
                 .filter(|(n, _)| ipsec::owned_conn(n, bridge))
-                .collect(),
-            None => Default::default(),
+                .collect();
+            Ok((Some(conns), sas))
         };
+        let table = guard::table_name(bridge);
+        let guard_listing = async {
+            tokio::task::spawn_blocking(move || guard::observe(&table))
+                .await
+                .ok()
+                .flatten()
+        };
+        let t = Instant::now();
+        let timed = |what: &'static str| {
+            move || debug!(what, ms = t.elapsed().as_secs_f64() * 1e3, "observed")
+        };
+        let (switch, links, rules, charon, guard_listing) = tokio::join!(
+            async {
+                let r = switch::observe(&self.ovsdb, bridge).await;
+                timed("ovsdb")();
+                r
+            },
+            async {
+                let r = self.netlink.observe().await;
+                timed("links")();
+                r
+            },
+            async {
+                let r = rules.await;
+                timed("rules")();
+                r
+            },
+            async {
+                let r = charon.await;
+                timed("charon")();
+                r
+            },
+            async {
+                let r = guard_listing.await;
+                timed("guard")();
+                r
+            }
+        );
+        let (conns, sas) = charon?;
         let security = ObservedSecurity {
-            guard: guard::observe(&guard::table_name(bridge)),
-            vxlan_rules,
+            guard: guard_listing,
+            vxlan_rules: rules?,
             conns,
             sas,
         };
@@ -173,7 +213,9 @@ pub struct Prepared {
 }
 
 pub async fn prepare(cfg: &SiteConfig, sys: &System) -> Result<Prepared, ApplyError> {
+    let t = Instant::now();
     let mut facts = discover::facts(cfg, &sys.netlink).await?;
+    debug!(ms = t.elapsed().as_secs_f64() * 1e3, "discovered facts");
     if cfg.ipsec.enabled {
         if let Some(v) = &sys.vici {
             facts.ipsec_backend = Some(resolve_backend(cfg, v).await?);
@@ -181,7 +223,13 @@ pub async fn prepare(cfg: &SiteConfig, sys: &System) -> Result<Prepared, ApplyEr
     }
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
     let actual = sys.observe(&cfg.switch.bridge).await?;
+    debug!(ms = t.elapsed().as_secs_f64() * 1e3, "observed the system");
     let plan = plan::diff(&desired, &actual).map_err(ApplyError::Conflicts)?;
+    debug!(
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        changes = plan.changes.len(),
+        "planned"
+    );
     Ok(Prepared {
         facts,
         desired,
@@ -327,6 +375,10 @@ pub async fn execute(
     }
     .await;
 
+    debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "netlink phase done"
+    );
     // Phase 2: one OVSDB transaction.
     if phase1.is_ok() {
         let ovs: Vec<&Change> = plan
@@ -353,6 +405,10 @@ pub async fn execute(
         });
     }
 
+    debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "OVSDB phase done (ovs-vswitchd applied it)"
+    );
     // Phase 3: finishing steps; every one is tried.
     let mut failures = vec![];
     for c in &plan.changes {

@@ -14,7 +14,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -73,14 +73,17 @@ impl Netlink {
 
     /// Every link, with VXLAN attributes and flood entries for VXLAN devices.
     pub async fn observe(&self) -> Result<ObservedLinks, NetlinkError> {
+        // Statistics are most of a link dump and we need none of them.
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
             .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
             .execute()
             .try_collect()
             .await
             .map_err(req("list links"))?;
+        tracing::debug!(links = msgs.len(), "link dump received");
         let mut links: BTreeMap<String, ObservedLink> = BTreeMap::new();
         for m in msgs {
             if let Some(l) = parse_link(&m) {
@@ -102,6 +105,7 @@ impl Netlink {
                 .try_collect()
                 .await
                 .map_err(req("list FDB entries"))?;
+            tracing::debug!(entries = fdb.len(), "FDB dump received");
             for n in fdb {
                 let Some(name) = vxlan_index.get(&n.header.ifindex) else {
                     continue;

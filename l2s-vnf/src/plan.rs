@@ -665,5 +665,170 @@ pub fn teardown(bridge_name: &str, owner: &str, actual: &ActualState) -> Plan {
             });
         }
     }
+    // Security goes last: the guard stays until no VXLAN device of ours is left.
+    let (_, post) = diff_security(None, &actual.security, bridge_name);
+    c.extend(post);
     Plan { changes: c }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SiteConfig;
+    use crate::model::{Facts, IpsecBackend};
+
+    fn desired(ipsec: bool) -> DesiredState {
+        let sec = if ipsec {
+            "[ipsec]\nbackend = \"libipsec\"\n"
+        } else {
+            "[ipsec]\nenabled = false\ninsecure = true\n"
+        };
+        let text = format!(
+            "[site]\nname = \"a\"\nunderlay = \"eth1\"\n{sec}[[peer]]\nname = \"b\"\naddress = \"192.0.2.2\"\n[[vlan]]\nid = 101\nports = [\"ens4\"]\n"
+        );
+        // PSK files are checked at load: point the default at a real 0600 file.
+        let dir = tempfile::tempdir().unwrap();
+        let psk = dir.path().join("psk");
+        std::fs::write(&psk, "secret").unwrap();
+        std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let text = text.replace(
+            "[ipsec]\n",
+            &format!("[ipsec]\npsk_file = \"{}\"\n", psk.display()),
+        );
+        let cfg = SiteConfig::from_str_at(std::path::Path::new("t.toml"), &text).unwrap();
+        let facts = Facts {
+            underlay_index: 2,
+            vtep_ip: "192.0.2.1".parse().unwrap(),
+            underlay_mtu: 1500,
+            kernel_has_ovs_datapath: false,
+            ipsec_backend: ipsec.then_some(IpsecBackend::Libipsec),
+        };
+        DesiredState::build(&cfg, &facts).unwrap()
+    }
+
+    fn link(name: &str, index: u32, mtu: u32) -> ObservedLink {
+        ObservedLink {
+            index,
+            name: name.into(),
+            mtu,
+            up: true,
+            alias: None,
+            kind: None,
+            vxlan: None,
+            flood: BTreeSet::new(),
+        }
+    }
+
+    fn actual_with_port() -> ActualState {
+        let mut a = ActualState::default();
+        a.links.links.insert("ens4".into(), link("ens4", 5, 1500));
+        a
+    }
+
+    #[test]
+    fn from_empty_creates_everything_in_order() {
+        let p = diff(&desired(false), &actual_with_port()).unwrap();
+        let text: Vec<String> = p.changes.iter().map(|c| c.to_string()).collect();
+        assert_eq!(text[0], "+ bridge l2s0 (datapath netdev)");
+        assert!(
+            text.contains(
+                &"+ vxlan l2s-vx101 (vni 101, local 192.0.2.1, dstport 4789, mtu 1450)".to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(text.contains(&"+ flood l2s-vx101 -> 192.0.2.2 (b)".to_string()));
+        assert!(text.contains(&"~ mtu ens4: 1500 -> 1450".to_string()));
+        assert_eq!(
+            text.last().map(String::as_str),
+            Some("~ link l2s-vx101 up"),
+            "links come up last: {text:?}"
+        );
+    }
+
+    #[test]
+    fn the_guard_comes_first_and_ipsec_after_the_switch() {
+        let p = diff(&desired(true), &actual_with_port()).unwrap();
+        assert!(
+            matches!(p.changes[0], Change::EnsureGuard { .. }),
+            "{:?}",
+            p.changes[0]
+        );
+        assert!(matches!(
+            p.changes[1],
+            Change::AddVxlanRule {
+                port: 4789,
+                v6: false
+            }
+        ));
+        let first_vxlan = p
+            .changes
+            .iter()
+            .position(|c| matches!(c, Change::CreateVxlan { .. }))
+            .unwrap();
+        let first_ipsec = p
+            .changes
+            .iter()
+            .position(|c| matches!(c, Change::Ipsec(_)))
+            .unwrap();
+        assert!(first_vxlan < first_ipsec);
+    }
+
+    #[test]
+    fn conflicts_stop_the_plan() {
+        let mut a = ActualState::default();
+        a.switch.bridge = Some(ObservedBridge {
+            uuid: "u".into(),
+            name: "l2s0".into(),
+            datapath: Datapath::Netdev,
+            owner: None,
+            ports: BTreeMap::new(),
+        });
+        let err = diff(&desired(false), &a).unwrap_err();
+        assert!(err.contains(&Conflict::ForeignBridge("l2s0".into())));
+        assert!(err.contains(&Conflict::MissingInterface {
+            port: "ens4".into(),
+            vlan: 101
+        }));
+    }
+
+    #[test]
+    fn teardown_removes_security_last() {
+        let mut a = actual_with_port();
+        a.switch.bridge = Some(ObservedBridge {
+            uuid: "u".into(),
+            name: "l2s0".into(),
+            datapath: Datapath::Netdev,
+            owner: Some("a".into()),
+            ports: BTreeMap::new(),
+        });
+        a.security = ObservedSecurity {
+            guard: Some("table inet l2s_vnf_l2s0 {}".into()),
+            vxlan_rules: vec![(4789, false)],
+            conns: Some(vec![
+                ObservedConn {
+                    name: "l2s-vnf:l2s0:b".into(),
+                    children: vec![],
+                },
+                ObservedConn {
+                    name: "other".into(),
+                    children: vec![],
+                },
+            ]),
+            sas: BTreeMap::new(),
+        };
+        let p = teardown("l2s0", "a", &a);
+        let text: Vec<String> = p.changes.iter().map(|c| c.to_string()).collect();
+        assert_eq!(text.first().map(String::as_str), Some("- bridge l2s0"));
+        assert_eq!(
+            text.last().map(String::as_str),
+            Some("- guard: nftables table inet l2s_vnf_l2s0"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"- ipsec l2s-vnf:l2s0:b".to_string())
+                && !text.iter().any(|t| t.contains("other")),
+            "{text:?}"
+        );
+    }
 }

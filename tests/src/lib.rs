@@ -633,6 +633,46 @@ impl Lab {
         Ok(bps)
     }
 
+    /// One iperf3 TCP run of `secs` seconds from `client_ns` to a server at `server_ip` in
+    /// `server_ns`; returns the receiver's bits/s.
+    pub fn iperf(
+        &mut self,
+        server_ns: &str,
+        server_ip: &str,
+        client_ns: &str,
+        secs: u32,
+    ) -> Result<f64> {
+        let mut child = netns(server_ns, "iperf3")
+            .args(["-s", "-1", "-B", server_ip])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let out = run(netns(client_ns, "iperf3").args([
+            "-c",
+            server_ip,
+            "-t",
+            &secs.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ]));
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = out?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("iperf3 to {server_ip} failed: {text}");
+        }
+        text.rsplit("\"sum_received\"")
+            .next()
+            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+            .and_then(|s| s.split([',', '\n', '}']).next())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .context("no bits_per_second in iperf3 output")
+    }
+
     /// rx bytes of an interface inside a namespace.
     pub fn rx_bytes(&self, ns: &str, dev: &str) -> u64 {
         run(netns(ns, "cat").arg(format!("/sys/class/net/{dev}/statistics/rx_bytes")))

@@ -150,6 +150,19 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
     let mtu = access_mtu(lab, "a");
     assert_eq!(mtu, 1350, "libipsec: the TUN MTU 1400 caps the access MTU");
 
+    // VICI events on a connection of their own: ike-updown/child-updown arrive at A.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let vici_a = lab.site("a").dir.join("charon.vici");
+    let mut events = rt
+        .block_on(l2s_vnf::vici::subscribe(
+            &vici_a,
+            &["ike-updown", "child-updown", "ike-rekey", "child-rekey"],
+        ))
+        .unwrap();
+
     let t0 = Instant::now();
     for s in ["a", "b", "c"] {
         lab.l2s_ok(s, &["apply"]).unwrap();
@@ -162,6 +175,23 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
     assert!(
         lab.l2s_ok("a", &["apply"]).unwrap().contains("no changes"),
         "second apply must be a no-op"
+    );
+    let got: Vec<String> = rt.block_on(async {
+        let mut names = vec![];
+        while let Ok(Some((name, _))) =
+            tokio::time::timeout(Duration::from_millis(500), events.recv()).await
+        {
+            names.push(name);
+        }
+        names
+    });
+    assert!(
+        got.iter().filter(|n| *n == "child-updown").count() >= 2,
+        "child-updown events for both peers: {got:?}"
+    );
+    assert!(
+        got.iter().any(|n| n == "ike-updown"),
+        "ike-updown events: {got:?}"
     );
 
     lab.set_vnf_mtu(&[&t.a101, &t.b101, &t.c101, &t.a102, &t.b102], mtu)
@@ -206,6 +236,35 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
     let bps = lab.tcp_transfer(b101, a101, "10M").unwrap();
     lab.tcp_transfer(c101, b101, "5M").unwrap();
     eprintln!("TCP A->B over IPsec: {:.0} Mbit/s", bps / 1e6);
+
+    // `down` removes every object it owns: connections in charon, guard, rule, devices.
+    let down = lab.l2s_ok("c", &["down"]).unwrap();
+    assert!(
+        down.contains("- ipsec l2s-vnf:l2s0:site-a")
+            && down.contains("- guard")
+            && down.contains("- rule"),
+        "{down}"
+    );
+    let c_ns = lab.site("c").ns.clone();
+    let nft = run(netns(&c_ns, "nft").args(["list", "tables"])).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&nft.stdout).contains("l2s_vnf"),
+        "guard left behind"
+    );
+    let conns = run(netns(&c_ns, "swanctl").args([
+        "--list-conns",
+        "--uri",
+        &format!("unix://{}", lab.site("c").dir.join("charon.vici").display()),
+    ]))
+    .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&conns.stdout).contains("l2s-vnf:"),
+        "connections left in charon"
+    );
+    assert!(lab
+        .l2s_ok("c", &["down"])
+        .unwrap()
+        .contains("nothing to remove"));
 
     cap.stop();
     let clear = cap.count("udp port 4789");

@@ -53,7 +53,10 @@ fn l2s_timed(lab: &Lab, cmd: &str) -> Result<(Duration, i64)> {
         .arg("-c")
         .arg(&cfg)
         .arg(cmd)
-        .env("L2S_VNF_LOG", "error")
+        .env(
+            "L2S_VNF_LOG",
+            std::env::var("L2S_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let pid = child.id() as i32;
