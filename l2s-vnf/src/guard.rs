@@ -169,18 +169,7 @@ mod tests {
             (IpsecBackend::Libipsec, "guard-libipsec.nft"),
         ] {
             let got = spec(backend).ruleset();
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/snapshots")
-                .join(file);
-            if std::env::var_os("L2S_BLESS").is_some() {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, &got).unwrap();
-            }
-            assert_eq!(
-                got,
-                std::fs::read_to_string(&path).unwrap_or_default(),
-                "snapshot {file} (L2S_BLESS=1 to regenerate)"
-            );
+            crate::snapshot::assert_snapshot(file, &got);
         }
     }
 

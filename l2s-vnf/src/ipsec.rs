@@ -397,18 +397,7 @@ mod tests {
         ] {
             let c = conn(backend, local, remote);
             let got = Section::new().section(&c.name, c.message()).to_string();
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/snapshots")
-                .join(file);
-            if std::env::var_os("L2S_BLESS").is_some() {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, &got).unwrap();
-            }
-            let want = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(
-                got, want,
-                "snapshot {file} differs (L2S_BLESS=1 to regenerate)"
-            );
+            crate::snapshot::assert_snapshot(file, &got);
         }
     }
 

@@ -14,5 +14,7 @@ pub mod mtu;
 pub mod netlink;
 pub mod ovsdb;
 pub mod plan;
+#[cfg(test)]
+mod snapshot;
 pub mod status;
 pub mod vici;

@@ -106,10 +106,14 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
 /// Run a command that must succeed.
 pub fn sh(cmd: &mut Command) -> Result<String> {
     let desc = format!("{cmd:?}");
-    let out = run(cmd)?;
+    succeeded(&desc, run(cmd)?)
+}
+
+/// stdout of a finished command, or an error with everything it printed.
+fn succeeded(desc: &str, out: Output) -> Result<String> {
     if !out.status.success() {
         bail!(
-            "{desc} failed ({}): {}{}",
+            "{desc} failed ({}):\n{}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -537,16 +541,10 @@ impl Lab {
 
     /// `l2s-vnf ARGS` that must succeed; returns stdout.
     pub fn l2s_ok(&self, site: &str, args: &[&str]) -> Result<String> {
-        let out = self.l2s(site, args)?;
-        if !out.status.success() {
-            bail!(
-                "l2s-vnf {args:?} at site {site} failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        succeeded(
+            &format!("l2s-vnf {args:?} at site {site}"),
+            self.l2s(site, args)?,
+        )
     }
 
     /// `ovs-vsctl` against a site's OVSDB.
@@ -719,5 +717,99 @@ impl Drop for Lab {
         if std::env::var_os("L2S_LAB_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// The paper's validation scenario: sites A, B, C; VLAN 101 at all three (VNFs 10.101.0.1-3),
+/// VLAN 102 at A and B (10.102.0.1-2). Configs are written in clear-text lab mode;
+/// [`PaperLab::secure`] turns them into IPsec ones with a charon per site.
+pub struct PaperLab {
+    pub lab: Lab,
+    pub a101: Vnf,
+    pub b101: Vnf,
+    pub c101: Vnf,
+    pub a102: Vnf,
+    pub b102: Vnf,
+}
+
+impl PaperLab {
+    pub fn new() -> Result<Self> {
+        let mut lab = Lab::new(3)?;
+        let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24")?;
+        let b101 = lab.add_vnf("b", "acc101", "10.101.0.2/24")?;
+        let c101 = lab.add_vnf("c", "acc101", "10.101.0.3/24")?;
+        let a102 = lab.add_vnf("a", "acc102", "10.102.0.1/24")?;
+        let b102 = lab.add_vnf("b", "acc102", "10.102.0.2/24")?;
+        for (site, peers, vlans) in Self::layout() {
+            lab.write_config(site, &lab.config(site, &peers, vlans))?;
+        }
+        Ok(PaperLab {
+            lab,
+            a101,
+            b101,
+            c101,
+            a102,
+            b102,
+        })
+    }
+
+    /// (site, peers, VLANs) of the scenario.
+    fn layout() -> [(
+        &'static str,
+        [&'static str; 2],
+        &'static [VlanSpec<'static>],
+    ); 3] {
+        [
+            (
+                "a",
+                ["b", "c"],
+                &[(101, &["acc101"], None), (102, &["acc102"], Some(&["b"]))],
+            ),
+            (
+                "b",
+                ["a", "c"],
+                &[(101, &["acc101"], None), (102, &["acc102"], Some(&["a"]))],
+            ),
+            ("c", ["a", "b"], &[(101, &["acc101"], None)]),
+        ]
+    }
+
+    /// Start charon at every site and write IPsec configs sharing one PSK (`extra`: more
+    /// `[ipsec]` keys).
+    pub fn secure(&mut self, extra: &str) -> Result<()> {
+        let psk = self
+            .lab
+            .psk_file("psk", "correct-horse-battery-staple-l2s\n")?;
+        for (site, peers, vlans) in Self::layout() {
+            self.lab.start_charon(site)?;
+            let cfg = self
+                .lab
+                .secure(site, &self.lab.config(site, &peers, vlans), &psk, extra);
+            self.lab.write_config(site, &cfg)?;
+        }
+        Ok(())
+    }
+
+    pub fn vnfs(&self) -> [&Vnf; 5] {
+        [&self.a101, &self.b101, &self.c101, &self.a102, &self.b102]
+    }
+
+    /// Ping across sites on both VLANs (each may take up to 20 s to start working); returns
+    /// the pairs that failed, each described.
+    pub fn ping_mesh(&self) -> Vec<String> {
+        [
+            (&self.a101, &self.b101, "VLAN 101 A -> B"),
+            (&self.a101, &self.c101, "VLAN 101 A -> C"),
+            (&self.b101, &self.c101, "VLAN 101 B -> C"),
+            (&self.a102, &self.b102, "VLAN 102 A -> B"),
+        ]
+        .into_iter()
+        .filter(|(from, to, _)| {
+            !self
+                .lab
+                .ping_eventually(from, &to.ip, Duration::from_secs(20))
+        })
+        .map(|(from, to, what)| format!("{what} ({} -> {})", from.ip, to.ip))
+        .collect()
     }
 }

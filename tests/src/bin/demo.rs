@@ -5,10 +5,8 @@
 //! VLAN 102 only A and B. The demo shows each site's check and plan, applies them, pings
 //! across sites on both VLANs, shows status, and tears everything down.
 
-use std::time::Duration;
-
 use anyhow::{bail, Result};
-use l2s_lab::Lab;
+use l2s_lab::PaperLab;
 
 fn banner(s: &str) {
     println!("\n==== {s} ====");
@@ -19,32 +17,8 @@ fn main() -> Result<()> {
         bail!("cannot run the demo: {why}");
     }
     banner("building the lab: 3 sites, real ovsdb-server/ovs-vswitchd per site");
-    let mut lab = Lab::new(3)?;
-    let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24")?;
-    let b101 = lab.add_vnf("b", "acc101", "10.101.0.2/24")?;
-    let c101 = lab.add_vnf("c", "acc101", "10.101.0.3/24")?;
-    let a102 = lab.add_vnf("a", "acc102", "10.102.0.1/24")?;
-    let b102 = lab.add_vnf("b", "acc102", "10.102.0.2/24")?;
-    lab.write_config(
-        "a",
-        &lab.config(
-            "a",
-            &["b", "c"],
-            &[(101, &["acc101"], None), (102, &["acc102"], Some(&["b"]))],
-        ),
-    )?;
-    lab.write_config(
-        "b",
-        &lab.config(
-            "b",
-            &["a", "c"],
-            &[(101, &["acc101"], None), (102, &["acc102"], Some(&["a"]))],
-        ),
-    )?;
-    lab.write_config(
-        "c",
-        &lab.config("c", &["a", "b"], &[(101, &["acc101"], None)]),
-    )?;
+    let t = PaperLab::new()?;
+    let lab = &t.lab;
     println!(
         "site A config:\n{}",
         std::fs::read_to_string(lab.site("a").dir.join("site.toml"))?
@@ -61,31 +35,22 @@ fn main() -> Result<()> {
         print!("{}", lab.l2s_ok(s, &["apply"])?);
     }
     // VNFs learn the access MTU as DHCP on the access network would tell them.
-    lab.set_vnf_mtu(&[&a101, &b101, &c101, &a102, &b102], 1450)?;
+    lab.set_vnf_mtu(&t.vnfs(), 1450)?;
 
     banner("VNFs pinging across sites");
-    let mut ok = true;
-    for (from, to, what) in [
-        (&a101, &b101, "VLAN 101  A -> B"),
-        (&a101, &c101, "VLAN 101  A -> C"),
-        (&b101, &c101, "VLAN 101  B -> C"),
-        (&a102, &b102, "VLAN 102  A -> B"),
-    ] {
-        let good = lab.ping_eventually(from, &to.ip, Duration::from_secs(20));
-        println!(
-            "{what}  {} -> {}: {}",
-            from.ip,
-            to.ip,
-            if good { "ok" } else { "FAILED" }
-        );
-        ok &= good;
+    let failed = t.ping_mesh();
+    for f in &failed {
+        println!("FAILED: {f}");
     }
-    let isolated = !lab.ping(&a102, &c101.ip, 2);
+    if failed.is_empty() {
+        println!("VLAN 101 A<->B, A<->C, B<->C and VLAN 102 A<->B: all ok");
+    }
+    let isolated = !lab.ping(&t.a102, &t.c101.ip, 2);
     println!(
         "VLAN 102 -> VLAN 101 (must fail): {}",
         if isolated { "isolated" } else { "LEAKED" }
     );
-    ok &= isolated;
+    let ok = failed.is_empty() && isolated;
 
     for s in ["a", "b", "c"] {
         banner(&format!("l2s-vnf status (site {})", s.to_uppercase()));
@@ -97,7 +62,7 @@ fn main() -> Result<()> {
     for s in ["a", "b", "c"] {
         print!("{}", lab.l2s_ok(s, &["down"])?);
     }
-    drop(lab);
+    drop(t);
     if !ok {
         bail!("the demo found a problem (see above)");
     }
