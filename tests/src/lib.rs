@@ -133,6 +133,35 @@ pub fn netns(ns: &str, prog: &str) -> Command {
     c
 }
 
+/// One iperf3 TCP run (one-shot server in `server_ns`, client with `how`: `-n BYTES` or
+/// `-t SECS`); returns the receiver's bits/s.
+fn iperf3(server_ns: &str, server_ip: &str, client_ns: &str, how: &[&str]) -> Result<f64> {
+    let mut server = netns(server_ns, "iperf3")
+        .args(["-s", "-1", "-B", server_ip])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(netns(client_ns, "iperf3")
+        .args(["-c", server_ip, "-J", "--connect-timeout", "3000"])
+        .args(how));
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("iperf3 to {server_ip} failed: {text}");
+    }
+    // "bits_per_second" of the receiver's summary
+    text.rsplit("\"sum_received\"")
+        .next()
+        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+        .and_then(|s| s.split([',', '\n', '}']).next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .context("no bits_per_second in iperf3's output")
+}
+
 /// A VLAN in a generated lab config: (id, access ports, peers by site letter or all).
 pub type VlanSpec<'a> = (u16, &'a [&'a str], Option<&'a [&'a str]>);
 
@@ -596,39 +625,7 @@ impl Lab {
 
     /// A TCP transfer of `bytes` from `client` to `server` (iperf3); returns bits/s.
     pub fn tcp_transfer(&mut self, server: &Vnf, client: &Vnf, bytes: &str) -> Result<f64> {
-        let mut srv = netns(&server.ns, "iperf3");
-        srv.args(["-s", "-1", "-B", &server.ip]);
-        let mut child = srv
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(300));
-        let out = run(netns(&client.ns, "iperf3").args([
-            "-c",
-            &server.ip,
-            "-n",
-            bytes,
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ]));
-        let _ = child.kill();
-        let _ = child.wait();
-        let out = out?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!("iperf3 {} -> {} failed: {text}", client.ip, server.ip);
-        }
-        // "bits_per_second" of the receiver summary
-        let bps = text
-            .rsplit("\"sum_received\"")
-            .next()
-            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
-            .and_then(|s| s.split([',', '\n', '}']).next())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        Ok(bps)
+        iperf3(&server.ns, &server.ip, &client.ns, &["-n", bytes])
     }
 
     /// One iperf3 TCP run of `secs` seconds from `client_ns` to a server at `server_ip` in
@@ -640,35 +637,7 @@ impl Lab {
         client_ns: &str,
         secs: u32,
     ) -> Result<f64> {
-        let mut child = netns(server_ns, "iperf3")
-            .args(["-s", "-1", "-B", server_ip])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(300));
-        let out = run(netns(client_ns, "iperf3").args([
-            "-c",
-            server_ip,
-            "-t",
-            &secs.to_string(),
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ]));
-        let _ = child.kill();
-        let _ = child.wait();
-        let out = out?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!("iperf3 to {server_ip} failed: {text}");
-        }
-        text.rsplit("\"sum_received\"")
-            .next()
-            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
-            .and_then(|s| s.split([',', '\n', '}']).next())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .context("no bits_per_second in iperf3 output")
+        iperf3(server_ns, server_ip, client_ns, &["-t", &secs.to_string()])
     }
 
     /// rx bytes of an interface inside a namespace.
