@@ -103,16 +103,13 @@ impl System {
         let rules = async {
             let mut out = vec![];
             for v6 in [false, true] {
-                for r in self.netlink.owned_vxlan_rules(v6).await? {
-                    if let Some(port) = r.attributes.iter().find_map(|a| match a {
-                        rtnetlink::packet_route::rule::RuleAttribute::DestinationPortRange(p) => {
-                            Some(p.start)
-                        }
-                        _ => None,
-                    }) {
-                        out.push((port, v6));
-                    }
-                }
+                out.extend(
+                    self.netlink
+                        .owned_vxlan_rules(v6)
+                        .await?
+                        .into_iter()
+                        .map(|(port, _)| (port, v6)),
+                );
             }
             Ok::<_, ApplyError>(out)
         };
@@ -474,12 +471,9 @@ pub async fn execute(
 }
 
 async fn remove_rules(nl: &Netlink, port: u16, v6: bool) -> Result<(), ApplyError> {
-    for r in nl.owned_vxlan_rules(v6).await? {
-        let is_port = r.attributes.iter().any(|a| {
-            matches!(a, rtnetlink::packet_route::rule::RuleAttribute::DestinationPortRange(p) if p.start == port)
-        });
-        if is_port {
-            nl.remove_rule(r).await?;
+    for (p, rule) in nl.owned_vxlan_rules(v6).await? {
+        if p == port {
+            nl.remove_rule(rule).await?;
         }
     }
     Ok(())

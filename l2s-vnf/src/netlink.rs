@@ -398,19 +398,6 @@ use rtnetlink::packet_route::rule::{
 };
 use rtnetlink::packet_route::IpProtocol;
 
-fn is_our_rule(r: &RuleMessage, port: u16) -> bool {
-    let has = |want: &RuleAttribute| r.attributes.iter().any(|a| a == want);
-    r.header.flags.contains(RuleFlags::Invert)
-        && has(&RuleAttribute::Protocol(RouteProtocol::Other(
-            VXLAN_RULE_PROTOCOL,
-        )))
-        && has(&RuleAttribute::DestinationPortRange(RulePortRange {
-            start: port,
-            end: port,
-        }))
-        && has(&RuleAttribute::Priority(VXLAN_RULE_PRIORITY))
-}
-
 impl Netlink {
     async fn rules(&self, v6: bool) -> Result<Vec<RuleMessage>, NetlinkError> {
         let ver = if v6 {
@@ -427,23 +414,25 @@ impl Netlink {
             .map_err(req("list policy rules"))
     }
 
-    /// Our rules (any port), for `down`.
-    pub async fn owned_vxlan_rules(&self, v6: bool) -> Result<Vec<RuleMessage>, NetlinkError> {
+    /// Our rules (marked with our protocol), each with the VXLAN port it is for.
+    pub async fn owned_vxlan_rules(
+        &self,
+        v6: bool,
+    ) -> Result<Vec<(u16, RuleMessage)>, NetlinkError> {
+        let ours = RuleAttribute::Protocol(RouteProtocol::Other(VXLAN_RULE_PROTOCOL));
         Ok(self
             .rules(v6)
             .await?
             .into_iter()
-            .filter(|r| {
-                r.attributes
-                    .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
-                        VXLAN_RULE_PROTOCOL,
-                    )))
+            .filter(|r| r.attributes.contains(&ours))
+            .filter_map(|r| {
+                let port = r.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::DestinationPortRange(p) => Some(p.start),
+                    _ => None,
+                })?;
+                Some((port, r))
             })
             .collect())
-    }
-
-    pub async fn has_vxlan_rule(&self, port: u16, v6: bool) -> Result<bool, NetlinkError> {
-        Ok(self.rules(v6).await?.iter().any(|r| is_our_rule(r, port)))
     }
 
     /// `ip rule add pref 100 not ipproto udp dport PORT lookup main proto 0x4c`.
