@@ -146,7 +146,7 @@ fn esp_protection(backend: IpsecBackend, esp: &[EspOverhead]) -> Protection {
 }
 
 /// The MTU inputs for a config; several when the backend is not yet known (the smallest wins).
-pub fn mtu_inputs_for_check(
+fn mtu_inputs(
     underlay_mtu: u32,
     family: Family,
     ipsec_enabled: bool,
@@ -175,6 +175,28 @@ pub fn mtu_inputs_for_check(
         .collect()
 }
 
+/// The largest access MTU for these inputs, with its derivation: the smallest over the
+/// candidate backends. `None` when nothing fits.
+pub fn max_access_mtu(
+    underlay_mtu: u32,
+    family: Family,
+    ipsec_enabled: bool,
+    backend: BackendChoice,
+    esp: &[EspOverhead],
+) -> Option<MtuResult> {
+    mtu_inputs(underlay_mtu, family, ipsec_enabled, backend, esp)
+        .iter()
+        .filter_map(mtu::compute)
+        .min_by_key(|r| r.access_mtu)
+}
+
+/// The error for an explicit `mtu.access` the path cannot carry.
+pub fn mtu_too_large(want: u32, underlay_mtu: u32, max: u32) -> String {
+    format!(
+        "{want} is too large for this path: with underlay MTU {underlay_mtu} the largest access MTU that does not fragment is {max}"
+    )
+}
+
 /// Compute the access MTU for a config on this machine, with its derivation.
 pub fn access_mtu(cfg: &SiteConfig, facts: &Facts) -> Result<(u32, MtuResult), ConfigIssue> {
     let family = Family::of(&facts.vtep_ip);
@@ -187,17 +209,13 @@ pub fn access_mtu(cfg: &SiteConfig, facts: &Facts) -> Result<(u32, MtuResult), C
         }
         (BackendChoice::Auto, None) => BackendChoice::Auto,
     };
-    let results: Vec<MtuResult> = mtu_inputs_for_check(
+    let Some(best) = max_access_mtu(
         facts.underlay_mtu,
         family,
         cfg.ipsec.enabled,
         backend,
         &cfg.ipsec.esp_proposals,
-    )
-    .iter()
-    .filter_map(mtu::compute)
-    .collect();
-    let Some(best) = results.iter().min_by_key(|r| r.access_mtu).cloned() else {
+    ) else {
         return Err(cfg.issue(
             "site.underlay_mtu",
             format!(
@@ -215,15 +233,13 @@ pub fn access_mtu(cfg: &SiteConfig, facts: &Facts) -> Result<(u32, MtuResult), C
     match cfg.mtu_access {
         MtuSetting::Auto => Ok((best.access_mtu, best)),
         MtuSetting::Fixed(m) if m <= best.access_mtu => {
-            best.derivation.push(format!("configured access MTU {m} (fits)"));
+            best.derivation
+                .push(format!("configured access MTU {m} (fits)"));
             Ok((m, best))
         }
         MtuSetting::Fixed(m) => Err(cfg.issue(
             "mtu.access",
-            format!(
-                "{m} is too large for this path: with underlay MTU {} the largest access MTU that does not fragment is {}",
-                facts.underlay_mtu, best.access_mtu
-            ),
+            mtu_too_large(m, facts.underlay_mtu, best.access_mtu),
         )),
     }
 }

@@ -563,16 +563,12 @@ pub fn validate(
     // is checked when planning).
     if let (MtuSetting::Fixed(want), Some(u)) = (mtu_access, underlay_mtu) {
         let fam = family.as_ref().map(|(f, _)| *f).unwrap_or(mtu::Family::V4);
-        let inputs = crate::model::mtu_inputs_for_check(u, fam, enabled, backend, &esp_proposals);
-        if let Some(max) = inputs
-            .iter()
-            .filter_map(mtu::compute)
-            .map(|r| r.access_mtu)
-            .min()
-        {
-            if want > max {
-                c.err("mtu.access", format!("{want} is too large for this path: with underlay MTU {u} the largest access MTU that does not fragment is {max}"));
-            }
+        let max = crate::model::max_access_mtu(u, fam, enabled, backend, &esp_proposals);
+        if let Some(max) = max.filter(|m| want > m.access_mtu) {
+            c.err(
+                "mtu.access",
+                crate::model::mtu_too_large(want, u, max.access_mtu),
+            );
         }
     }
     if let Some(u) = underlay_mtu {
