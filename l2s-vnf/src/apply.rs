@@ -71,26 +71,24 @@ impl System {
     /// Connect to netlink, OVSDB and (with IPsec) charon. A missing socket is a clear error,
     /// before anything is read or changed.
     pub async fn connect(cfg: &SiteConfig) -> Result<Self, ApplyError> {
-        let netlink = Netlink::connect()?;
-        let ovsdb = Client::connect(&cfg.switch.ovsdb).await?;
-        let vici = if cfg.ipsec.enabled {
-            Some(vici::Client::connect(&cfg.ipsec.vici).await?)
-        } else {
-            // Only to clean up connections of an earlier secure config; absence is fine.
-            vici::Client::connect(&cfg.ipsec.vici).await.ok()
-        };
-        Ok(System {
-            netlink,
-            ovsdb,
-            vici,
-        })
+        Self::open(cfg, cfg.ipsec.enabled).await
     }
 
     /// Like `connect`, but charon is optional (for `down` and `status`).
     pub async fn connect_lenient(cfg: &SiteConfig) -> Result<Self, ApplyError> {
+        Self::open(cfg, false).await
+    }
+
+    /// Without `require_charon`, charon is still used when reachable: to clean up the
+    /// connections of an earlier secure config, or to report SA state.
+    async fn open(cfg: &SiteConfig, require_charon: bool) -> Result<Self, ApplyError> {
         let netlink = Netlink::connect()?;
         let ovsdb = Client::connect(&cfg.switch.ovsdb).await?;
-        let vici = vici::Client::connect(&cfg.ipsec.vici).await.ok();
+        let vici = match vici::Client::connect(&cfg.ipsec.vici).await {
+            Ok(v) => Some(v),
+            Err(e) if require_charon => return Err(e.into()),
+            Err(_) => None,
+        };
         Ok(System {
             netlink,
             ovsdb,
@@ -137,36 +135,12 @@ impl System {
                 .ok()
                 .flatten()
         };
-        let t = Instant::now();
-        let timed = |what: &'static str| {
-            move || debug!(what, ms = t.elapsed().as_secs_f64() * 1e3, "observed")
-        };
         let (switch, links, rules, charon, guard_listing) = tokio::join!(
-            async {
-                let r = switch::observe(&self.ovsdb, bridge).await;
-                timed("ovsdb")();
-                r
-            },
-            async {
-                let r = self.netlink.observe().await;
-                timed("links")();
-                r
-            },
-            async {
-                let r = rules.await;
-                timed("rules")();
-                r
-            },
-            async {
-                let r = charon.await;
-                timed("charon")();
-                r
-            },
-            async {
-                let r = guard_listing.await;
-                timed("guard")();
-                r
-            }
+            switch::observe(&self.ovsdb, bridge),
+            self.netlink.observe(),
+            rules,
+            charon,
+            guard_listing
         );
         let (conns, sas) = charon?;
         let security = ObservedSecurity {
