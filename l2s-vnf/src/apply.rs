@@ -184,6 +184,15 @@ pub struct Prepared {
 }
 
 pub async fn prepare(cfg: &SiteConfig, sys: &System) -> Result<Prepared, ApplyError> {
+    prepare_with(cfg, sys, plan::DiffOptions::default()).await
+}
+
+/// [`prepare`] with diff options (the daemon waits for missing access interfaces).
+pub async fn prepare_with(
+    cfg: &SiteConfig,
+    sys: &System,
+    opts: plan::DiffOptions,
+) -> Result<Prepared, ApplyError> {
     let t = Instant::now();
     let mut facts = discover::facts(cfg, &sys.netlink).await?;
     debug!(ms = t.elapsed().as_secs_f64() * 1e3, "discovered facts");
@@ -195,7 +204,7 @@ pub async fn prepare(cfg: &SiteConfig, sys: &System) -> Result<Prepared, ApplyEr
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
     let actual = sys.observe(&cfg.switch.bridge).await?;
     debug!(ms = t.elapsed().as_secs_f64() * 1e3, "observed the system");
-    let plan = plan::diff(&desired, &actual).map_err(ApplyError::Conflicts)?;
+    let plan = plan::diff_with(&desired, &actual, opts).map_err(ApplyError::Conflicts)?;
     debug!(
         ms = t.elapsed().as_secs_f64() * 1e3,
         changes = plan.changes.len(),
@@ -466,6 +475,20 @@ fn read_psk(path: &std::path::Path) -> Result<Vec<u8>, ApplyError> {
         )));
     }
     Ok(trimmed)
+}
+
+/// Give charon the current content of every connection's PSK file. A key rotated in its
+/// file takes effect at the next IKE authentication; established SAs are not touched.
+pub async fn reload_psks(
+    v: &vici::Client,
+    conns: &[ipsec::DesiredConn],
+) -> Result<usize, ApplyError> {
+    for conn in conns {
+        let psk = read_psk(&conn.psk_file)?;
+        v.load_shared(&conn.name, &psk, &[&conn.local_id, &conn.remote_id])
+            .await?;
+    }
+    Ok(conns.len())
 }
 
 async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyError> {

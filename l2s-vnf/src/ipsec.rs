@@ -213,7 +213,7 @@ pub struct ObservedConn {
 }
 
 /// State of a peer's SAs, from `list-sas`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SaState {
     pub ike_state: Option<String>,
     pub child_state: Option<String>,
@@ -222,6 +222,10 @@ pub struct SaState {
     pub bytes_out: u64,
     pub packets_in: u64,
     pub packets_out: u64,
+    /// Seconds until charon rekeys the IKE_SA.
+    pub ike_rekey_in_secs: Option<u64>,
+    /// Seconds until charon rekeys the installed CHILD_SA.
+    pub child_rekey_in_secs: Option<u64>,
 }
 
 impl SaState {
@@ -239,6 +243,7 @@ pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
         let mut st = SaState {
             ike_state: ike.str("state"),
             established_secs: ike.str("established").and_then(|v| v.parse().ok()),
+            ike_rekey_in_secs: ike.str("rekey-time").and_then(|v| v.parse().ok()),
             ..Default::default()
         };
         if let Some(children) = ike.sub("child-sas") {
@@ -246,6 +251,7 @@ pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
                 if let crate::vici::Item::Section(c) = item {
                     let cs = c.str("state");
                     if st.child_state.as_deref() != Some("INSTALLED") {
+                        st.child_rekey_in_secs = c.str("rekey-time").and_then(|v| v.parse().ok());
                         st.child_state = cs;
                     }
                     st.bytes_in += num(c, "bytes-in");

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod daemon;
 pub mod discover;
 pub mod guard;
 pub mod ipsec;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use l2s_vnf::apply::{self, ApplyError, System};
 use l2s_vnf::config::{self, SiteConfig};
+use l2s_vnf::daemon::{self, control};
 use l2s_vnf::model::{DesiredState, Facts};
 use l2s_vnf::{discover, netlink, plan, status};
 use tracing::warn;
@@ -36,9 +37,14 @@ enum Command {
     Apply,
     /// Remove every object this instance owns, nothing else.
     Down,
-    /// Show the bridge, VLANs, VTEPs, ports and MTUs as they are on this system.
+    /// Daemon: converge, then stay converged (events, periodic checks); reload on SIGHUP.
+    Run,
+    /// Ask the running daemon to reread its config and apply the difference (as SIGHUP does).
+    Reload,
+    /// Show the bridge, VLANs, VTEPs, ports, peers and MTUs: from the running daemon, or read
+    /// from the system directly when no daemon runs.
     Status {
-        /// Machine-readable output (stable schema).
+        /// Machine-readable output (stable schema, documented in the README).
         #[arg(long)]
         json: bool,
     },
@@ -81,6 +87,12 @@ fn main() -> ExitCode {
             Command::Apply => apply_cmd(&cfg).await,
             Command::Down => down(&cfg).await,
             Command::Status { json } => status_cmd(&cfg, json).await,
+            Command::Run => {
+                warn_insecure(&cfg);
+                daemon::run(cli.config.clone(), cfg).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Reload => reload_cmd(&cfg).await,
         }
     });
     match r {
@@ -237,7 +249,72 @@ async fn down(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn reload_cmd(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
+    let reply = control::request(
+        &cfg.daemon.control_socket,
+        control::Request::Reload,
+        std::time::Duration::from_secs(120),
+    )
+    .await
+    .map_err(|e| ApplyError::Refused(e.to_string()))?;
+    if !reply.ok {
+        eprintln!(
+            "error: {}",
+            reply.error.as_deref().unwrap_or("the daemon refused")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let r = reply.reload.unwrap_or_default();
+    if r.changes.is_empty() {
+        println!("reloaded: no changes ({:.1} ms)", r.duration_ms);
+    } else {
+        for c in &r.changes {
+            println!("  {c}");
+        }
+        println!(
+            "reloaded: {} change(s) applied in {:.1} ms",
+            r.changes.len(),
+            r.duration_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(s: &status::Status, json: bool) -> Result<(), ApplyError> {
+    if json {
+        match serde_json::to_string_pretty(s) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return Err(ApplyError::Refused(format!("cannot encode status: {e}"))),
+        }
+    } else {
+        print!("{s}");
+    }
+    Ok(())
+}
+
 async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError> {
+    match control::request(
+        &cfg.daemon.control_socket,
+        control::Request::Status,
+        std::time::Duration::from_secs(15),
+    )
+    .await
+    {
+        Ok(reply) => match reply.status {
+            Some(s) if reply.ok => {
+                print_status(&s, json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => {
+                return Err(ApplyError::Refused(format!(
+                    "the daemon did not give its status: {}",
+                    reply.error.unwrap_or_default()
+                )))
+            }
+        },
+        Err(control::ControlError::NotRunning { .. }) => {}
+        Err(e) => return Err(ApplyError::Refused(e.to_string())),
+    }
     let sys = System::connect_lenient(cfg).await?;
     let actual = sys.observe(&cfg.switch.bridge).await?;
     let sas = match &sys.vici {
@@ -245,13 +322,6 @@ async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError
         None => None,
     };
     let s = status::build(cfg, &actual, sas.as_ref());
-    if json {
-        match serde_json::to_string_pretty(&s) {
-            Ok(j) => println!("{j}"),
-            Err(e) => return Err(ApplyError::Refused(format!("cannot encode status: {e}"))),
-        }
-    } else {
-        print!("{s}");
-    }
+    print_status(&s, json)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -283,6 +283,17 @@ pub enum Conflict {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub changes: Vec<Change>,
+    /// Access interfaces that do not exist yet, left alone (only with
+    /// [`DiffOptions::wait_for_missing_ports`]): their OVS ports stay; they join when they appear.
+    pub waiting: Vec<Conflict>,
+}
+
+/// How strict a diff is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiffOptions {
+    /// A missing access interface is not a conflict but a port to wait for (the daemon: a
+    /// VNF's interface may be plugged in later). `apply` is strict: nothing changes.
+    pub wait_for_missing_ports: bool,
 }
 
 impl Plan {
@@ -340,7 +351,17 @@ fn vxlan_mismatch(spec: &VxlanSpec, obs: &ObservedLink) -> Option<String> {
 
 /// Compute the changes that take `actual` to `desired`, touching only owned objects.
 pub fn diff(desired: &DesiredState, actual: &ActualState) -> Result<Plan, Vec<Conflict>> {
+    diff_with(desired, actual, DiffOptions::default())
+}
+
+/// [`diff`] with options.
+pub fn diff_with(
+    desired: &DesiredState,
+    actual: &ActualState,
+    opts: DiffOptions,
+) -> Result<Plan, Vec<Conflict>> {
     let mut conflicts = vec![];
+    let mut waiting = vec![];
     let mut c = vec![];
     let links = &actual.links.links;
 
@@ -470,10 +491,15 @@ pub fn diff(desired: &DesiredState, actual: &ActualState) -> Result<Plan, Vec<Co
         for name in &v.access_ports {
             wanted_ports.insert(name);
             let Some(l) = links.get(name) else {
-                conflicts.push(Conflict::MissingInterface {
+                let missing = Conflict::MissingInterface {
                     port: name.clone(),
                     vlan: v.id,
-                });
+                };
+                if opts.wait_for_missing_ports {
+                    waiting.push(missing);
+                } else {
+                    conflicts.push(missing);
+                }
                 continue;
             };
             match port(name) {
@@ -567,7 +593,7 @@ pub fn diff(desired: &DesiredState, actual: &ActualState) -> Result<Plan, Vec<Co
     let mut changes = pre;
     changes.extend(c);
     changes.extend(post);
-    Ok(Plan { changes })
+    Ok(Plan { changes, waiting })
 }
 
 /// Security changes: `pre` must run before any VXLAN device exists or comes up (the guard and
@@ -668,7 +694,10 @@ pub fn teardown(bridge_name: &str, owner: &str, actual: &ActualState) -> Plan {
     // Security goes last: the guard stays until no VXLAN device of ours is left.
     let (_, post) = diff_security(None, &actual.security, bridge_name);
     c.extend(post);
-    Plan { changes: c }
+    Plan {
+        changes: c,
+        waiting: vec![],
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
-//! `status`: what l2s-vnf owns on this system right now, read directly from OVSDB and netlink.
-//! The JSON form is a stable schema (`schema` = 1): fields are only ever added.
+//! `status`: what l2s-vnf owns on this system right now — read directly from OVSDB, netlink
+//! and charon, or (with a running daemon) asked from the daemon, which adds what only it
+//! knows: its reconciles, repairs and reloads.
+//!
+//! The JSON form is a stable schema (`schema` = 1): fields are only ever added. The README's
+//! "Status schema" section documents every field.
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
@@ -12,10 +16,11 @@ use crate::ipsec::{conn_name, SaState};
 use crate::model::{alias_owned_by, EXT_OWNER};
 use crate::plan::{ActualState, PortRole};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub schema: u32,
-    pub source: &'static str,
+    /// `system` (read directly; no daemon answered) or `daemon`.
+    pub source: String,
     pub site: String,
     pub bridge: Option<BridgeStatus>,
     pub vlans: Vec<VlanStatus>,
@@ -23,9 +28,54 @@ pub struct Status {
     pub ipsec: IpsecStatus,
     pub peers: Vec<PeerStatus>,
     pub warnings: Vec<String>,
+    /// Present when a running daemon answered.
+    #[serde(default)]
+    pub daemon: Option<DaemonStatus>,
 }
 
-#[derive(Debug, Serialize)]
+/// What the daemon knows beyond the system's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    pub config: String,
+    pub started_unix: u64,
+    pub uptime_secs: u64,
+    pub reconcile_interval_secs: u64,
+    /// Reconciles run since start (start, events, periodic, reloads).
+    pub reconciles: u64,
+    pub last_reconcile: Option<ReconcileRecord>,
+    /// Changes made to undo drift (anything not asked for by a start or a reload).
+    pub repairs_total: u64,
+    /// The latest repairs, newest last (at most 20).
+    pub recent_repairs: Vec<RepairRecord>,
+    pub reloads: u64,
+    pub reloads_failed: u64,
+    pub last_reload_error: Option<String>,
+    /// IKE/CHILD rekeys seen on owned connections since start.
+    pub rekeys: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReconcileRecord {
+    pub at_unix: u64,
+    pub duration_ms: f64,
+    /// What caused it: `start`, `reload`, `periodic`, or the events (e.g. `netlink: link
+    /// l2s-vx101 deleted`).
+    pub trigger: String,
+    /// The changes made, as `plan` prints them.
+    pub changes: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepairRecord {
+    pub at_unix: u64,
+    pub trigger: String,
+    pub change: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IpsecStatus {
     pub enabled: bool,
     /// Whether the fail-closed nftables table is installed.
@@ -34,7 +84,7 @@ pub struct IpsecStatus {
     pub charon: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub name: String,
     pub address: IpAddr,
@@ -44,14 +94,14 @@ pub struct PeerStatus {
     pub sa: Option<SaState>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BridgeStatus {
     pub name: String,
     pub datapath: String,
     pub owned: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PortStatus {
     pub name: String,
     pub exists: bool,
@@ -59,7 +109,7 @@ pub struct PortStatus {
     pub mtu: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VlanStatus {
     pub id: u16,
     pub vni: Option<u32>,
@@ -68,6 +118,9 @@ pub struct VlanStatus {
     pub vtep_mtu: Option<u32>,
     pub local: Option<IpAddr>,
     pub flood: Vec<IpAddr>,
+    /// The configured peers behind `flood` (an address no peer has shows as itself).
+    #[serde(default)]
+    pub flood_peers: Vec<String>,
     pub access_ports: Vec<PortStatus>,
 }
 
@@ -90,6 +143,7 @@ pub fn build(
             vtep_mtu: None,
             local: None,
             flood: vec![],
+            flood_peers: vec![],
             access_ports: vec![],
         }
     };
@@ -109,6 +163,17 @@ pub fn build(
                         v.vni = l.vxlan.as_ref().and_then(|x| x.vni);
                         v.local = l.vxlan.as_ref().and_then(|x| x.local);
                         v.flood = l.flood.iter().copied().collect();
+                        v.flood_peers = v
+                            .flood
+                            .iter()
+                            .map(|a| {
+                                cfg.peers
+                                    .iter()
+                                    .find(|p| p.address == *a)
+                                    .map(|p| p.name.clone())
+                                    .unwrap_or_else(|| a.to_string())
+                            })
+                            .collect();
                     } else {
                         warnings.push(format!("VXLAN device {} of vlan {tag} is missing", p.name));
                     }
@@ -200,7 +265,7 @@ pub fn build(
         },
         peers,
         schema: 1,
-        source: "system",
+        source: "system".into(),
         site: site.to_string(),
         bridge: b.map(|b| BridgeStatus {
             name: b.name.clone(),
@@ -210,16 +275,28 @@ pub fn build(
         vlans: vlans.into_values().collect(),
         access_mtu,
         warnings,
+        daemon: None,
     }
 }
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "site {} (read from the system; no daemon asked)",
-            self.site
-        )?;
+        match &self.daemon {
+            Some(d) => writeln!(
+                f,
+                "site {} (daemon pid {}, up {}, l2s-vnf {}, config {})",
+                self.site,
+                d.pid,
+                duration(d.uptime_secs),
+                d.version,
+                d.config
+            )?,
+            None => writeln!(
+                f,
+                "site {} (no daemon running: read from the system directly)",
+                self.site
+            )?,
+        }
         match &self.bridge {
             None => writeln!(f, "bridge: absent")?,
             Some(b) => writeln!(
@@ -246,7 +323,20 @@ impl std::fmt::Display for Status {
                     .unwrap_or_else(|| "?".into()),
                 v.local.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
             )?;
-            let flood: Vec<String> = v.flood.iter().map(|a| a.to_string()).collect();
+            let flood: Vec<String> = v
+                .flood
+                .iter()
+                .zip(
+                    v.flood_peers
+                        .iter()
+                        .map(Some)
+                        .chain(std::iter::repeat(None)),
+                )
+                .map(|(a, p)| match p {
+                    Some(p) if *p != a.to_string() => format!("{p} ({a})"),
+                    _ => a.to_string(),
+                })
+                .collect();
             writeln!(
                 f,
                 "           flood to: {}",
@@ -295,12 +385,14 @@ impl std::fmt::Display for Status {
             match &p.sa {
                 Some(sa) => writeln!(
                     f,
-                    "peer {:<12} {:<16} IKE {} CHILD {} up {}s  in {} B/{} pkts  out {} B/{} pkts",
+                    "peer {:<12} {:<16} IKE {} CHILD {}, established {} ago, rekey in {} (IKE {})\n                                  in {} B/{} pkts  out {} B/{} pkts",
                     p.name,
                     p.address.to_string(),
                     sa.ike_state.as_deref().unwrap_or("-"),
                     sa.child_state.as_deref().unwrap_or("-"),
-                    sa.established_secs.unwrap_or(0),
+                    opt_duration(sa.established_secs),
+                    opt_duration(sa.child_rekey_in_secs),
+                    opt_duration(sa.ike_rekey_in_secs),
                     sa.bytes_in,
                     sa.packets_in,
                     sa.bytes_out,
@@ -315,9 +407,71 @@ impl std::fmt::Display for Status {
                 )?,
             }
         }
+        if let Some(d) = &self.daemon {
+            match &d.last_reconcile {
+                Some(r) => writeln!(
+                    f,
+                    "last reconcile {} ago ({}): {:.1} ms, {}{}",
+                    duration(unix_now().saturating_sub(r.at_unix)),
+                    r.trigger,
+                    r.duration_ms,
+                    match r.changes.len() {
+                        0 => "no changes".to_string(),
+                        n => format!("{n} change(s)"),
+                    },
+                    r.error
+                        .as_ref()
+                        .map(|e| format!(", FAILED: {e}"))
+                        .unwrap_or_default()
+                )?,
+                None => writeln!(f, "last reconcile: none yet")?,
+            }
+            writeln!(
+                f,
+                "reconciles {}, repairs {}, reloads {} ({} refused), rekeys {}, periodic every {}",
+                d.reconciles,
+                d.repairs_total,
+                d.reloads,
+                d.reloads_failed,
+                d.rekeys,
+                duration(d.reconcile_interval_secs)
+            )?;
+            for r in d.recent_repairs.iter().rev().take(5) {
+                writeln!(
+                    f,
+                    "  repaired {} ago: {} (after {})",
+                    duration(unix_now().saturating_sub(r.at_unix)),
+                    r.change.trim_start(),
+                    r.trigger
+                )?;
+            }
+            if let Some(e) = &d.last_reload_error {
+                writeln!(f, "last refused reload: {e}")?;
+            }
+        }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
         }
         Ok(())
     }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `3h02m`, `4m10s`, `12s`.
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn opt_duration(secs: Option<u64>) -> String {
+    secs.map(duration).unwrap_or_else(|| "-".into())
 }

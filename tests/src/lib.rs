@@ -184,6 +184,8 @@ pub struct Vnf {
 pub struct Lab {
     /// charon per site name (a child process: `ip netns exec` execs into it).
     charons: Vec<(String, Child)>,
+    /// `l2s-vnf run` per site name (also exec'd into: the child's pid is the daemon's).
+    daemons: Vec<(String, Child)>,
     pub id: String,
     pub dir: PathBuf,
     pub underlay_ns: String,
@@ -282,6 +284,7 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         let mut lab = Lab {
             charons: vec![],
+            daemons: vec![],
             id: id.clone(),
             dir,
             underlay_ns: format!("{id}-ul"),
@@ -345,6 +348,12 @@ impl Lab {
             .arg("create")
             .arg(&db)
             .arg(schema))?;
+        self.spawn_ovs(ns, d)
+    }
+
+    /// ovsdb-server (on `<d>/conf.db`) and ovs-vswitchd, detached, pidfiles in `d`.
+    fn spawn_ovs(&mut self, ns: &str, d: &Path) -> Result<PathBuf> {
+        let db = d.join("conf.db");
         let sock = d.join("db.sock");
         let env = |c: &mut Command| {
             c.env("OVS_RUNDIR", d)
@@ -358,7 +367,9 @@ impl Lab {
             .arg(format!("--pidfile={}", d.join("ovsdb.pid").display()))
             .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
             .arg("--detach");
-        self.pidfiles.push(d.join("ovsdb.pid"));
+        if !self.pidfiles.contains(&d.join("ovsdb.pid")) {
+            self.pidfiles.push(d.join("ovsdb.pid"));
+        }
         sh(&mut c)?;
         let mut c = netns(ns, "ovs-vsctl");
         c.arg(format!("--db=unix:{}", sock.display()))
@@ -370,7 +381,9 @@ impl Lab {
             .arg(format!("--pidfile={}", d.join("vswitchd.pid").display()))
             .arg(format!("--log-file={}", d.join("vswitchd.log").display()))
             .arg("--detach");
-        self.pidfiles.push(d.join("vswitchd.pid"));
+        if !self.pidfiles.contains(&d.join("vswitchd.pid")) {
+            self.pidfiles.push(d.join("vswitchd.pid"));
+        }
         sh(&mut c)?;
         Ok(sock)
     }
@@ -466,6 +479,137 @@ impl Lab {
             vici.display(),
             dir.display()
         )
+    }
+
+    /// Start `l2s-vnf run` at a site with its `site.toml` (log in `<site dir>/daemon.log`,
+    /// appended across restarts); waits until its control socket answers. Returns its pid.
+    pub fn start_daemon(&mut self, site: &str) -> Result<u32> {
+        let s = self.site(site);
+        let (ns, dir) = (s.ns.clone(), s.dir.clone());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(l2s_bin()?)
+            .arg("-c")
+            .arg(dir.join("site.toml"))
+            .arg("run")
+            .env("L2S_VNF_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let pid = child.id();
+        self.daemons.push((site.to_string(), child));
+        let sock = dir.join("control.sock");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                return Ok(pid);
+            }
+            if !pid_alive(pid as i32) || self.daemon_exited(site) {
+                bail!(
+                    "l2s-vnf run at site {site} exited at start:\n{}",
+                    self.daemon_log(site)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("l2s-vnf run at site {site} did not open its control socket")
+    }
+
+    fn daemon_exited(&mut self, site: &str) -> bool {
+        self.daemons
+            .iter_mut()
+            .filter(|(s, _)| s == site)
+            .any(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// The daemon's pid at a site, if one was started and still runs.
+    pub fn daemon_pid(&mut self, site: &str) -> Option<u32> {
+        self.daemons
+            .iter_mut()
+            .filter(|(s, _)| s == site)
+            .find_map(|(_, c)| matches!(c.try_wait(), Ok(None)).then(|| c.id()))
+    }
+
+    /// Send a signal to the site's daemon (e.g. `libc::SIGHUP`).
+    pub fn signal_daemon(&mut self, site: &str, sig: i32) -> Result<()> {
+        let pid = self
+            .daemon_pid(site)
+            .with_context(|| format!("no daemon runs at site {site}"))?;
+        // SAFETY: kill(2) on the pid of a child this lab started and has not reaped.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::kill(pid as i32, sig) };
+        if r != 0 {
+            bail!("kill({pid}, {sig}) failed");
+        }
+        Ok(())
+    }
+
+    /// Stop the site's daemon with `sig` (SIGTERM: clean stop; SIGKILL: a crash) and reap it;
+    /// returns its exit status code (None when killed by a signal).
+    pub fn stop_daemon(&mut self, site: &str, sig: i32) -> Result<Option<i32>> {
+        self.signal_daemon(site, sig)?;
+        let mut code = None;
+        let mut kept = vec![];
+        for (s, mut c) in self.daemons.drain(..) {
+            if s == site {
+                let t = Instant::now();
+                loop {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        code = st.code();
+                        break;
+                    }
+                    if t.elapsed() > Duration::from_secs(10) {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        bail!("the daemon at site {site} did not stop within 10 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            } else {
+                kept.push((s, c));
+            }
+        }
+        self.daemons = kept;
+        Ok(code)
+    }
+
+    pub fn daemon_log(&self, site: &str) -> String {
+        std::fs::read_to_string(self.site(site).dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Kill a site's ovsdb-server and ovs-vswitchd (SIGKILL, as a crash would).
+    pub fn kill_ovs(&self, site: &str) {
+        let d = self.site(site).dir.join("ovs");
+        for pf in ["vswitchd.pid", "ovsdb.pid"] {
+            if let Some(pid) = std::fs::read_to_string(d.join(pf))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a daemon this lab started (its pidfile is in our dir).
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                let t = Instant::now();
+                while pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = std::fs::remove_file(d.join(pf));
+        }
+    }
+
+    /// Start a site's ovsdb-server and ovs-vswitchd again on the database they had.
+    pub fn restart_ovs(&mut self, site: &str) -> Result<()> {
+        let s = self.site(site);
+        let (ns, d) = (s.ns.clone(), s.dir.join("ovs"));
+        self.spawn_ovs(&ns, &d)?;
+        Ok(())
     }
 
     /// Kill charon at a site (SIGKILL: as a crash would).
@@ -669,6 +813,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for (_, c) in &mut self.daemons {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for (_, c) in &mut self.charons {
             let _ = c.kill();
             let _ = c.wait();

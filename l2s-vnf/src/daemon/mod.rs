@@ -1,0 +1,554 @@
+//! `l2s-vnf run`: converge, then stay converged.
+//!
+//! One loop owns the system connections and does all the work, so reconciles never overlap:
+//! - **start**: adopt what exists (the diff changes only what differs; nothing is torn down,
+//!   so restarting the daemon under traffic loses nothing), then tell systemd READY;
+//! - **events** ([`watch`]): OVSDB, netlink, nftables and charon wake the loop; after a short
+//!   debounce it reconciles, and every change it makes then is a *repair*, logged with what
+//!   was wrong and what woke it;
+//! - **periodic**: a full reconcile every `[daemon] reconcile_interval`;
+//! - **reload** (SIGHUP or `l2s-vnf reload` over the [`control`] socket): validate → diff →
+//!   apply the delta; an invalid config is reported and the running one kept;
+//! - **stop** (SIGTERM/SIGINT): leave the data plane and the guard in place, exit 0.
+
+pub mod control;
+pub mod lock;
+pub mod metrics;
+pub mod watch;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::apply::{self, ApplyError, System};
+use crate::config::SiteConfig;
+use crate::ipsec::{self, DesiredConn};
+use crate::plan::{ActualState, DiffOptions};
+use crate::status::{self, unix_now, DaemonStatus, ReconcileRecord, RepairRecord, Status};
+use control::{Job, ReloadOutcome, Reply, Request};
+use metrics::Metrics;
+use watch::{IpsecEvents, Trigger, Watchers};
+
+/// Events that arrive within this window are handled by one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// First and longest wait before retrying a failed reconcile (the watchers also wake the
+/// loop as soon as a source that was gone is back).
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+const RECENT_REPAIRS: usize = 20;
+
+/// Why a reconcile runs.
+#[derive(Debug, Clone)]
+enum Cause {
+    Start,
+    Reload(&'static str),
+    /// Events or the periodic check: whatever it changes is drift being repaired.
+    Repair(String),
+}
+
+impl Cause {
+    fn describe(&self) -> String {
+        match self {
+            Cause::Start => "start".into(),
+            Cause::Reload(via) => format!("reload ({via})"),
+            Cause::Repair(t) => t.clone(),
+        }
+    }
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    cfg: SiteConfig,
+    sys: Option<System>,
+    started: Instant,
+    started_unix: u64,
+    stats: DaemonStatus,
+    recent: VecDeque<RepairRecord>,
+    /// Access interfaces configured but absent (their ports wait for them).
+    waiting: Vec<String>,
+    /// The IPsec connections of the last successful plan (for PSK reloads).
+    conns: Vec<DesiredConn>,
+    metrics: Arc<Metrics>,
+    events: Arc<IpsecEvents>,
+}
+
+impl Daemon {
+    /// Observe, diff and apply once.
+    async fn converge(&mut self, cause: &Cause) -> Result<Vec<String>, ApplyError> {
+        if self.sys.is_none() {
+            self.sys = Some(System::connect(&self.cfg).await?);
+        }
+        let Some(sys) = &self.sys else {
+            return Err(ApplyError::Refused("no system connection".into()));
+        };
+        let opts = DiffOptions {
+            wait_for_missing_ports: true,
+        };
+        let p = apply::prepare_with(&self.cfg, sys, opts).await?;
+        let waiting: Vec<String> = p.plan.waiting.iter().map(|c| c.to_string()).collect();
+        for w in waiting.iter().filter(|w| !self.waiting.contains(w)) {
+            warn!("{w} (its port waits for it)");
+        }
+        self.waiting = waiting;
+        self.conns = p
+            .desired
+            .security
+            .as_ref()
+            .map(|s| s.conns.clone())
+            .unwrap_or_default();
+        if p.plan.is_empty() {
+            return Ok(vec![]);
+        }
+        let changes: Vec<String> = p.plan.changes.iter().map(|c| c.to_string()).collect();
+        match cause {
+            Cause::Repair(trigger) => {
+                for c in &changes {
+                    warn!(after = %trigger, "repairing drift: {c}");
+                    self.recent.push_back(RepairRecord {
+                        at_unix: unix_now(),
+                        trigger: trigger.clone(),
+                        change: c.clone(),
+                    });
+                    if self.recent.len() > RECENT_REPAIRS {
+                        self.recent.pop_front();
+                    }
+                }
+                self.stats.repairs_total += changes.len() as u64;
+                self.metrics.repairs.inc_by(changes.len() as u64);
+            }
+            _ => {
+                for c in &changes {
+                    info!(cause = %cause.describe(), "{c}");
+                }
+            }
+        }
+        apply::execute(sys, &p.plan, &p.actual).await?;
+        Ok(changes)
+    }
+
+    async fn reconcile(&mut self, cause: Cause) -> Result<Vec<String>, ApplyError> {
+        let t = Instant::now();
+        let r = self.converge(&cause).await;
+        let elapsed = t.elapsed();
+        self.metrics
+            .reconcile_seconds
+            .observe(elapsed.as_secs_f64());
+        self.stats.reconciles += 1;
+        self.stats.last_reconcile = Some(ReconcileRecord {
+            at_unix: unix_now(),
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            trigger: cause.describe(),
+            changes: r.as_ref().map(Clone::clone).unwrap_or_default(),
+            error: r.as_ref().err().map(ToString::to_string),
+        });
+        match &r {
+            Ok(c) if !c.is_empty() => info!(
+                changes = c.len(),
+                ms = elapsed.as_secs_f64() * 1e3,
+                "converged"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                self.metrics.reconcile_failures.inc();
+                // A backend that failed may be gone: reconnect everything next time.
+                if !matches!(e, ApplyError::Config(_) | ApplyError::Conflicts(_)) {
+                    self.sys = None;
+                }
+            }
+        }
+        r
+    }
+
+    /// Re-read the config; apply it if valid, keep the running one otherwise.
+    async fn reload(
+        &mut self,
+        via: &'static str,
+        watchers: &mut Watchers,
+        tx: &watch::Triggers,
+    ) -> Reply {
+        let refuse = |d: &mut Daemon, msg: String| {
+            d.stats.reloads_failed += 1;
+            d.stats.last_reload_error = Some(msg.clone());
+            error!(
+                via,
+                "reload refused; the running config stays in force: {msg}"
+            );
+            Reply::error(format!(
+                "reload refused; the running config stays in force:\n{msg}"
+            ))
+        };
+        let new = match SiteConfig::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => return refuse(self, e.to_string()),
+        };
+        if let Some(why) = needs_restart(&self.cfg, &new) {
+            return refuse(self, why);
+        }
+        let old = std::mem::replace(&mut self.cfg, new);
+        let t = Instant::now();
+        match self.reconcile(Cause::Reload(via)).await {
+            Ok(changes) => {
+                self.stats.reloads += 1;
+                self.stats.last_reload_error = None;
+                self.metrics.reloads.inc();
+                *watchers = Watchers::start(&self.cfg, tx.clone(), self.events.clone());
+                if let Err(e) = self.reload_psks().await {
+                    warn!(error = %e, "could not hand the PSKs to charon again");
+                }
+                info!(via, changes = changes.len(), "config reloaded");
+                Reply {
+                    ok: true,
+                    reload: Some(ReloadOutcome {
+                        changes,
+                        duration_ms: t.elapsed().as_secs_f64() * 1e3,
+                    }),
+                    ..Default::default()
+                }
+            }
+            Err(e) => {
+                // Nothing of a refused plan was applied (conflicts, config issues) or it was
+                // rolled back; the next reconcile converges back to the running config.
+                self.cfg = old;
+                refuse(self, e.to_string())
+            }
+        }
+    }
+
+    async fn reload_psks(&self) -> Result<(), ApplyError> {
+        if let (Some(sys), false) = (&self.sys, self.conns.is_empty()) {
+            if let Some(v) = &sys.vici {
+                let n = apply::reload_psks(v, &self.conns).await?;
+                info!(keys = n, "pre-shared keys handed to charon again");
+            }
+        }
+        Ok(())
+    }
+
+    fn daemon_status(&self) -> DaemonStatus {
+        DaemonStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            config: self.config_path.display().to_string(),
+            started_unix: self.started_unix,
+            uptime_secs: self.started.elapsed().as_secs(),
+            reconcile_interval_secs: self.cfg.daemon.reconcile_interval.as_secs(),
+            recent_repairs: self.recent.iter().cloned().collect(),
+            rekeys: self.events.ike_rekeys.load(Ordering::Relaxed)
+                + self.events.child_rekeys.load(Ordering::Relaxed),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The system as it is now, plus what only the daemon knows.
+    async fn status(&mut self) -> Status {
+        let mut warnings = vec![];
+        let lenient;
+        let sys = match &self.sys {
+            Some(s) => Some(s),
+            None => match System::connect_lenient(&self.cfg).await {
+                Ok(s) => {
+                    lenient = s;
+                    Some(&lenient)
+                }
+                Err(e) => {
+                    warnings.push(format!("cannot read the system: {e}"));
+                    None
+                }
+            },
+        };
+        let (actual, sas) = match sys {
+            Some(sys) => {
+                let actual = match sys.observe(&self.cfg.switch.bridge).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warnings.push(format!("cannot read the system: {e}"));
+                        ActualState::default()
+                    }
+                };
+                let sas = match &sys.vici {
+                    Some(v) => v.list_sas(None).await.ok().map(|l| ipsec::sa_states(&l)),
+                    None => None,
+                };
+                (actual, sas)
+            }
+            None => (ActualState::default(), None),
+        };
+        let mut s = status::build(&self.cfg, &actual, sas.as_ref());
+        s.source = "daemon".into();
+        s.warnings.extend(warnings);
+        s.warnings.extend(self.waiting.iter().cloned());
+        if let Some(e) = self
+            .stats
+            .last_reconcile
+            .as_ref()
+            .and_then(|r| r.error.clone())
+        {
+            s.warnings
+                .push(format!("last reconcile failed (retrying): {e}"));
+        }
+        s.daemon = Some(self.daemon_status());
+        s
+    }
+
+    fn notify_status(&self) {
+        let text = match &self.stats.last_reconcile {
+            Some(ReconcileRecord { error: Some(e), .. }) => format!("not converged: {e}"),
+            _ => format!(
+                "converged: {} VLAN(s), {} peer(s), {} repair(s)",
+                self.cfg.vlans.len(),
+                self.cfg.peers.len(),
+                self.stats.repairs_total
+            ),
+        };
+        let line = text.lines().next().unwrap_or_default().to_string();
+        let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
+    }
+}
+
+/// Settings a running daemon cannot take over: they name its own sockets and the objects it
+/// owns.
+fn needs_restart(old: &SiteConfig, new: &SiteConfig) -> Option<String> {
+    let mut why = vec![];
+    if old.switch.bridge != new.switch.bridge {
+        why.push("[switch] bridge");
+    }
+    if old.switch.ovsdb != new.switch.ovsdb {
+        why.push("[switch] ovsdb");
+    }
+    if old.ipsec.vici != new.ipsec.vici {
+        why.push("[ipsec] vici");
+    }
+    if old.daemon.control_socket != new.daemon.control_socket {
+        why.push("[daemon] control_socket");
+    }
+    if old.metrics != new.metrics {
+        why.push("[metrics] listen");
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "changing {} needs a restart of the daemon (systemctl restart l2s-vnf)",
+            why.join(", ")
+        )
+    })
+}
+
+/// Describe a batch of triggers: `netlink: link l2s-vx101 deleted; ovsdb: Port: 1 row(s)`.
+fn describe(triggers: &[Trigger]) -> String {
+    let mut seen: Vec<String> = vec![];
+    for t in triggers {
+        let s = format!("{}: {}", t.source, t.detail);
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+    }
+    let more = seen.len().saturating_sub(3);
+    seen.truncate(3);
+    let mut s = seen.join("; ");
+    if more > 0 {
+        s.push_str(&format!(" (+{more} more)"));
+    }
+    s
+}
+
+fn fatal(what: &str, e: impl std::fmt::Display) -> ApplyError {
+    ApplyError::Refused(format!("{what}: {e}"))
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError> {
+    let lock_file = lock::lock_path(&cfg.daemon.control_socket);
+    let _lock = lock::InstanceLock::acquire(&lock_file).map_err(|e| fatal("cannot start", e))?;
+    let listener =
+        control::bind(&cfg.daemon.control_socket).map_err(|e| fatal("cannot start", e))?;
+    let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
+    let control_task = tokio::spawn(control::serve(listener, jobs_tx.clone()));
+    let metrics = Metrics::new();
+    let events = Arc::new(IpsecEvents::default());
+    let metrics_task = match cfg.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| fatal(&format!("cannot listen for metrics on {addr}"), e))?;
+            info!("metrics at http://{addr}/metrics");
+            Some(tokio::spawn(metrics::serve(
+                l,
+                metrics.clone(),
+                events.clone(),
+                jobs_tx.clone(),
+            )))
+        }
+        None => None,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| fatal("signals", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| fatal("signals", e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| fatal("signals", e))?;
+
+    let (tx, mut triggers) = mpsc::unbounded_channel::<Trigger>();
+    let mut watchers = Watchers::start(&cfg, tx.clone(), events.clone());
+    info!(
+        config = %config_path.display(),
+        control = %cfg.daemon.control_socket.display(),
+        interval = ?cfg.daemon.reconcile_interval,
+        "l2s-vnf daemon starting"
+    );
+    let mut periodic = tokio::time::interval(cfg.daemon.reconcile_interval);
+    periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    periodic.tick().await;
+    let mut d = Daemon {
+        config_path,
+        cfg,
+        sys: None,
+        started: Instant::now(),
+        started_unix: unix_now(),
+        stats: DaemonStatus::default(),
+        recent: VecDeque::new(),
+        waiting: vec![],
+        conns: vec![],
+        metrics,
+        events,
+    };
+    let mut retry = RETRY_MIN;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut after = |ok: bool, retry_at: &mut Option<tokio::time::Instant>| {
+        if ok {
+            retry = RETRY_MIN;
+            *retry_at = None;
+        } else {
+            *retry_at = Some(tokio::time::Instant::now() + retry);
+            retry = (retry * 2).min(RETRY_MAX);
+        }
+    };
+    match d.reconcile(Cause::Start).await {
+        Ok(c) => info!(changes = c.len(), "converged; watching for drift"),
+        Err(e) => error!("cannot converge yet (retrying): {e}"),
+    }
+    after(
+        d.stats
+            .last_reconcile
+            .as_ref()
+            .is_some_and(|r| r.error.is_none()),
+        &mut retry_at,
+    );
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    d.notify_status();
+    let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+
+    loop {
+        let outcome: Option<bool> = tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                let r = d.reload("SIGHUP", &mut watchers, &tx).await;
+                r.ok.then_some(true)
+            }
+            Some((req, back)) = jobs.recv() => {
+                let reply = match req {
+                    Request::Status => Reply {
+                        ok: true,
+                        status: Some(Box::new(d.status().await)),
+                        ..Default::default()
+                    },
+                    Request::Reload => d.reload("control socket", &mut watchers, &tx).await,
+                };
+                let ok = reply.ok;
+                let _ = back.send(reply);
+                (req == Request::Reload && ok).then_some(true)
+            }
+            Some(first) = triggers.recv() => {
+                let mut batch = vec![first];
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(t) = triggers.try_recv() {
+                    batch.push(t);
+                }
+                Some(d.reconcile(Cause::Repair(describe(&batch))).await.is_ok())
+            }
+            _ = periodic.tick() => {
+                Some(d.reconcile(Cause::Repair("periodic check".into())).await.is_ok())
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                Some(d.reconcile(Cause::Repair("retry".into())).await.is_ok())
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                None
+            }
+        };
+        if let Some(ok) = outcome {
+            if let Some(Err(e)) = (!ok).then(|| {
+                d.stats
+                    .last_reconcile
+                    .as_ref()
+                    .and_then(|r| r.error.clone())
+                    .map_or(Ok(()), Err)
+            }) {
+                warn!("reconcile failed (retrying): {e}");
+            }
+            after(ok, &mut retry_at);
+            d.notify_status();
+        }
+    }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    info!("stopping; the bridge, VTEPs, IPsec connections and the guard stay in place");
+    drop(watchers);
+    control_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&d.cfg.daemon.control_socket);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> SiteConfig {
+        SiteConfig::from_str_at(
+            std::path::Path::new("t.toml"),
+            &format!("[site]\nname = \"a\"\nunderlay = \"eth1\"\n[ipsec]\nenabled = false\ninsecure = true\n{extra}"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sockets_and_bridge_need_a_restart_vlans_do_not() {
+        let a = cfg("");
+        assert_eq!(needs_restart(&a, &cfg("[[vlan]]\nid = 5\n")), None);
+        let why = needs_restart(
+            &a,
+            &cfg("[switch]\nbridge = \"br9\"\n[metrics]\nlisten = \"127.0.0.1:9\"\n"),
+        )
+        .unwrap();
+        assert!(
+            why.contains("[switch] bridge") && why.contains("[metrics] listen"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn triggers_are_described_once_each_and_capped() {
+        let t = |s: &'static str, d: &str| Trigger {
+            source: s,
+            detail: d.into(),
+        };
+        let batch = [
+            t("netlink", "link l2s-vx101 deleted"),
+            t("netlink", "link l2s-vx101 deleted"),
+            t("ovsdb", "Port: 1 row(s)"),
+            t("nftables", "table x changed"),
+            t("charon", "IKE_SA down"),
+        ];
+        assert_eq!(
+            describe(&batch),
+            "netlink: link l2s-vx101 deleted; ovsdb: Port: 1 row(s); nftables: table x changed (+1 more)"
+        );
+    }
+}
