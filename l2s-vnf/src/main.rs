@@ -56,6 +56,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -63,13 +64,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let cfg = match SiteConfig::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let loaded = SiteConfig::load(&cli.config);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,6 +73,30 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // `reload` and `status` talk to the daemon even when the file on disk is broken (the
+    // daemon validates a reload itself and keeps its running config).
+    let socket = config::control_socket_hint(&cli.config);
+    let cfg = match (loaded, &cli.command) {
+        (Ok(c), _) => c,
+        (Err(_), Command::Reload) => return rt.block_on(reload_cmd(&socket)),
+        (Err(e), Command::Status { json }) => {
+            return match rt.block_on(daemon_status(&socket, *json)) {
+                Ok(Some(code)) => code,
+                Ok(None) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        (Err(e), _) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
     let r = rt.block_on(async {
@@ -92,7 +111,7 @@ fn main() -> ExitCode {
                 daemon::run(cli.config.clone(), cfg).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Reload => reload_cmd(&cfg).await,
+            Command::Reload => Ok(reload_cmd(&cfg.daemon.control_socket).await),
         }
     });
     match r {
@@ -249,20 +268,27 @@ async fn down(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reload_cmd(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
-    let reply = control::request(
-        &cfg.daemon.control_socket,
+/// Ask the daemon to reload; prints what it applied or why it refused.
+async fn reload_cmd(socket: &Path) -> ExitCode {
+    let reply = match control::request(
+        socket,
         control::Request::Reload,
         std::time::Duration::from_secs(120),
     )
     .await
-    .map_err(|e| ApplyError::Refused(e.to_string()))?;
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if !reply.ok {
         eprintln!(
             "error: {}",
             reply.error.as_deref().unwrap_or("the daemon refused")
         );
-        return Ok(ExitCode::from(2));
+        return ExitCode::from(2);
     }
     let r = reply.reload.unwrap_or_default();
     if r.changes.is_empty() {
@@ -277,7 +303,31 @@ async fn reload_cmd(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
             r.duration_ms
         );
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
+}
+
+/// The running daemon's status, printed; `None` when no daemon runs.
+async fn daemon_status(socket: &Path, json: bool) -> Result<Option<ExitCode>, ApplyError> {
+    match control::request(
+        socket,
+        control::Request::Status,
+        std::time::Duration::from_secs(15),
+    )
+    .await
+    {
+        Ok(reply) => match reply.status {
+            Some(s) if reply.ok => {
+                print_status(&s, json)?;
+                Ok(Some(ExitCode::SUCCESS))
+            }
+            _ => Err(ApplyError::Refused(format!(
+                "the daemon did not give its status: {}",
+                reply.error.unwrap_or_default()
+            ))),
+        },
+        Err(control::ControlError::NotRunning { .. }) => Ok(None),
+        Err(e) => Err(ApplyError::Refused(e.to_string())),
+    }
 }
 
 fn print_status(s: &status::Status, json: bool) -> Result<(), ApplyError> {
@@ -293,27 +343,8 @@ fn print_status(s: &status::Status, json: bool) -> Result<(), ApplyError> {
 }
 
 async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError> {
-    match control::request(
-        &cfg.daemon.control_socket,
-        control::Request::Status,
-        std::time::Duration::from_secs(15),
-    )
-    .await
-    {
-        Ok(reply) => match reply.status {
-            Some(s) if reply.ok => {
-                print_status(&s, json)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            _ => {
-                return Err(ApplyError::Refused(format!(
-                    "the daemon did not give its status: {}",
-                    reply.error.unwrap_or_default()
-                )))
-            }
-        },
-        Err(control::ControlError::NotRunning { .. }) => {}
-        Err(e) => return Err(ApplyError::Refused(e.to_string())),
+    if let Some(code) = daemon_status(&cfg.daemon.control_socket, json).await? {
+        return Ok(code);
     }
     let sys = System::connect_lenient(cfg).await?;
     let actual = sys.observe(&cfg.switch.bridge).await?;

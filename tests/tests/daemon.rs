@@ -376,13 +376,24 @@ fn reload_applies_the_delta_keeps_a_broken_config_out_and_does_not_leak() {
             .and_then(|v| v.parse().ok())
             .unwrap()
     };
+    // Every other reload adds VLAN 104 (a VTEP and its flood entries, new watchers), the
+    // next removes it again: the create and delete paths both run 100 times.
+    let cfg_a = std::fs::read_to_string(t.lab.site("a").dir.join("site.toml")).unwrap();
+    let with_104 = format!("{cfg_a}\n[[vlan]]\nid = 104\nports = []\n");
     let reload = |n: usize| {
-        for _ in 0..n {
+        for i in 0..n {
+            let cfg = if i % 2 == 0 { &with_104 } else { &cfg_a };
+            t.lab.write_config("a", cfg).unwrap();
             let out = t.lab.l2s("a", &["reload"]).unwrap();
             assert!(
                 out.status.success(),
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("l2s-vx104"),
+                "reload {i} did not apply: {text}"
             );
         }
     };

@@ -160,6 +160,22 @@ pub struct Daemon {
     pub reconcile_interval: Duration,
 }
 
+/// The control socket a config names, read leniently (for `reload` and `status`, which must
+/// reach the daemon even when the file on disk has just been broken). The default when the
+/// file cannot say.
+pub fn control_socket_hint(path: &Path) -> PathBuf {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            t.get("daemon")?
+                .get("control_socket")?
+                .as_str()
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
+}
+
 /// A validated site configuration.
 #[derive(Debug, Clone)]
 pub struct SiteConfig {

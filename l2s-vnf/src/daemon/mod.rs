@@ -191,6 +191,8 @@ impl Daemon {
         if let Some(why) = needs_restart(&self.cfg, &new) {
             return refuse(self, why);
         }
+        let rewatch = watch::Interest::of(&self.cfg) != watch::Interest::of(&new)
+            || self.cfg.ipsec.enabled != new.ipsec.enabled;
         let old = std::mem::replace(&mut self.cfg, new);
         let t = Instant::now();
         match self.reconcile(Cause::Reload(via)).await {
@@ -198,7 +200,9 @@ impl Daemon {
                 self.stats.reloads += 1;
                 self.stats.last_reload_error = None;
                 self.metrics.reloads.inc();
-                *watchers = Watchers::start(&self.cfg, tx.clone(), self.events.clone());
+                if rewatch {
+                    *watchers = Watchers::start(&self.cfg, tx.clone(), self.events.clone());
+                }
                 if let Err(e) = self.reload_psks().await {
                     warn!(error = %e, "could not hand the PSKs to charon again");
                 }
@@ -341,8 +345,15 @@ fn needs_restart(old: &SiteConfig, new: &SiteConfig) -> Option<String> {
 
 /// Describe a batch of triggers: `netlink: link l2s-vx101 deleted; ovsdb: Port: 1 row(s)`.
 fn describe(triggers: &[Trigger]) -> String {
+    // What vanished says most about what was wrong: put it first.
+    let mut ordered: Vec<&Trigger> = triggers.iter().collect();
+    ordered.sort_by_key(|t| {
+        !["deleted", "lost", "went away", "down"]
+            .iter()
+            .any(|w| t.detail.contains(w))
+    });
     let mut seen: Vec<String> = vec![];
-    for t in triggers {
+    for t in ordered {
         let s = format!("{}: {}", t.source, t.detail);
         if !seen.contains(&s) {
             seen.push(s);
@@ -548,7 +559,7 @@ mod tests {
         ];
         assert_eq!(
             describe(&batch),
-            "netlink: link l2s-vx101 deleted; ovsdb: Port: 1 row(s); nftables: table x changed (+1 more)"
+            "netlink: link l2s-vx101 deleted; charon: IKE_SA down; ovsdb: Port: 1 row(s) (+1 more)"
         );
     }
 }

@@ -155,7 +155,7 @@ async fn ovsdb_watch(path: PathBuf, tx: Triggers) {
 
 /// The links whose events matter: access ports, VTEPs (by name, prefix or alias) and the
 /// underlay.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interest {
     names: BTreeSet<String>,
 }
@@ -229,15 +229,21 @@ async fn netlink_watch(interest: Interest, tx: Triggers) {
     loop {
         match rtnetlink::new_multicast_connection(&groups) {
             Ok((conn, _handle, mut messages)) => {
-                let task = tokio::spawn(conn);
-                while let Some((m, _)) = messages.next().await {
-                    if let NetlinkPayload::InnerMessage(inner) = &m.payload {
-                        if let Some(what) = classify(inner, &interest) {
-                            fire(&tx, "netlink", what);
+                // The connection runs in this task (not spawned), so that stopping the
+                // watcher closes its socket.
+                let events = async {
+                    while let Some((m, _)) = messages.next().await {
+                        if let NetlinkPayload::InnerMessage(inner) = &m.payload {
+                            if let Some(what) = classify(inner, &interest) {
+                                fire(&tx, "netlink", what);
+                            }
                         }
                     }
+                };
+                tokio::select! {
+                    _ = conn => {}
+                    _ = events => {}
                 }
-                task.abort();
                 warn!("the netlink event socket closed; reopening");
             }
             Err(e) => warn!(error = %e, "cannot open a netlink event socket; retrying"),

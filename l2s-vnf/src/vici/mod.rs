@@ -354,9 +354,19 @@ pub async fn subscribe(
     let (tx, rx) = mpsc::unbounded_channel();
     let path = path.to_path_buf();
     tokio::spawn(async move {
-        while let Ok((PacketType::Event, Some(name), msg)) = read_packet(&mut s, &path).await {
-            if tx.send((name, msg)).is_err() {
-                break;
+        loop {
+            // Stop (and close the socket) as soon as the subscriber is gone.
+            let packet = tokio::select! {
+                p = read_packet(&mut s, &path) => p,
+                _ = tx.closed() => break,
+            };
+            match packet {
+                Ok((PacketType::Event, Some(name), msg)) => {
+                    if tx.send((name, msg)).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
             }
         }
     });
