@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, ApplyError, System};
 use crate::config::SiteConfig;
@@ -43,6 +43,8 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 const RECENT_REPAIRS: usize = 20;
+/// Above this many changes, a start or reload logs a summary (each change at debug level).
+const LOG_EACH_CHANGE: usize = 40;
 
 /// Why a reconcile runs.
 #[derive(Debug, Clone)]
@@ -123,9 +125,23 @@ impl Daemon {
                 self.stats.repairs_total += changes.len() as u64;
                 self.metrics.repairs.inc_by(changes.len() as u64);
             }
-            _ => {
+            _ if changes.len() <= LOG_EACH_CHANGE => {
                 for c in &changes {
                     info!(cause = %cause.describe(), "{c}");
+                }
+            }
+            _ => {
+                let count = |p: &str| changes.iter().filter(|c| c.starts_with(p)).count();
+                info!(
+                    cause = %cause.describe(),
+                    "{} changes: {} to add, {} to change, {} to remove (each at debug level)",
+                    changes.len(),
+                    count("+"),
+                    count("~"),
+                    count("-")
+                );
+                for c in &changes {
+                    debug!(cause = %cause.describe(), "{c}");
                 }
             }
         }

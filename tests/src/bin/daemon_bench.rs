@@ -1,0 +1,193 @@
+//! Daemon benchmark against a real ovsdb-server/ovs-vswitchd in a namespace: `l2s-vnf run`
+//! with V VLANs × P peers (clear text: the figures are the daemon's own work, not charon's).
+//!
+//! Measures, in one run:
+//! - resident memory after converging (VmRSS, and the peak VmHWM);
+//! - idle CPU over `--idle` seconds (utime + stime from /proc, periodic reconciles included);
+//! - a reconcile that finds nothing to do (`l2s-vnf reload` of the same file: the daemon's own
+//!   figure, config parsing included), and the periodic one as the daemon reports it;
+//! - drift → repair: a VXLAN device deleted, and an OVS port deleted, each until it is back
+//!   (polled from outside, so the figure includes up to one poll of ~5 ms).
+//!
+//! Usage: `l2s-daemon-bench [--vlans 100] [--peers 8] [--idle 30] [--repeat 15]`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use l2s_lab::{netns, run, sh, Lab};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config(lab: &Lab, vlans: u64, peers: u64) -> String {
+    let s = lab.site("a");
+    let mut t = format!(
+        "[site]\nname = \"bench\"\nunderlay = \"eth1\"\n[switch]\nbridge = \"l2s0\"\novsdb = \"unix:{}\"\n[ipsec]\nenabled = false\ninsecure = true\n[daemon]\ncontrol_socket = \"{}\"\nreconcile_interval = \"10s\"\n",
+        s.ovsdb_sock.display(),
+        s.dir.join("control.sock").display()
+    );
+    for p in 0..peers {
+        t += &format!(
+            "[[peer]]\nname = \"p{p}\"\naddress = \"192.0.2.{}\"\n",
+            10 + p
+        );
+    }
+    for v in 0..vlans {
+        t += &format!("[[vlan]]\nid = {}\n", 100 + v);
+    }
+    t
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn proc_status(pid: u32, key: &str) -> Result<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{key} of pid {pid}"))
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit(')').next().context("stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn status(lab: &Lab) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &lab.l2s_ok("a", &["status", "--json"])?,
+    )?)
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ok() {
+            return Ok(t.elapsed());
+        }
+    }
+    bail!("not repaired within {limit:?}")
+}
+
+fn main() -> Result<()> {
+    if let Some(why) = l2s_lab::skip_reason() {
+        bail!("cannot benchmark: {why}");
+    }
+    let (vlans, peers) = (arg("--vlans", 100), arg("--peers", 8));
+    let idle = arg("--idle", 30);
+    let repeat = arg("--repeat", 15).max(3) as usize;
+    let mut lab = Lab::new(1)?;
+    lab.write_config("a", &config(&lab, vlans, peers))?;
+    let t = Instant::now();
+    let pid = lab.start_daemon("a")?;
+    loop {
+        let s = status(&lab)?;
+        if s["daemon"]["last_reconcile"]["error"].is_null()
+            && s["vlans"].as_array().map(|v| v.len()) == Some(vlans as usize)
+        {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the daemon did not converge: {s:#}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "daemon with {vlans} VLANs x {peers} peers converged from empty in {:.0} ms (start included)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let ns = lab.site("a").ns.clone();
+
+    // A reconcile that finds nothing to do.
+    let mut noop = vec![];
+    for _ in 0..repeat {
+        let out = lab.l2s_ok("a", &["reload"])?;
+        let ms: f64 = out
+            .split('(')
+            .nth(1)
+            .and_then(|s| s.split(" ms").next())
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no duration in {out}"))?;
+        noop.push(ms);
+    }
+
+    // Drift → repair.
+    let (mut dev, mut port) = (vec![], vec![]);
+    let probe = format!("l2s-vx{}", 100 + vlans / 2);
+    for _ in 0..repeat {
+        sh(netns(&ns, "ip").args(["link", "del", &probe]))?;
+        let d = wait_for(Duration::from_secs(5), || {
+            run(netns(&ns, "bridge").args(["fdb", "show", "dev", &probe]))
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .matches("00:00:00:00:00:00")
+                        .count()
+                        == peers as usize
+                })
+                .unwrap_or(false)
+        })?;
+        dev.push(d.as_secs_f64() * 1e3);
+        lab.vsctl("a", &["del-port", "l2s0", &probe])?;
+        let d = wait_for(Duration::from_secs(5), || {
+            lab.vsctl("a", &["get", "port", &probe, "tag"]).is_ok()
+        })?;
+        port.push(d.as_secs_f64() * 1e3);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Idle.
+    let (rss, hwm) = (proc_status(pid, "VmRSS:")?, proc_status(pid, "VmHWM:")?);
+    let c0 = cpu_ticks(pid)?;
+    std::thread::sleep(Duration::from_secs(idle));
+    let c1 = cpu_ticks(pid)?;
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (c1 - c0) as f64 / hz / idle as f64 * 100.0;
+    let s = status(&lab)?;
+    let periodic = &s["daemon"]["last_reconcile"];
+    println!(
+        "no-op reconcile (reload of the same file): median {:.1} ms over {repeat}",
+        median(noop)
+    );
+    println!(
+        "periodic reconcile as reported: {:.1} ms ({}, {} change(s))",
+        periodic["duration_ms"].as_f64().unwrap_or(f64::NAN),
+        periodic["trigger"],
+        periodic["changes"].as_array().map(|c| c.len()).unwrap_or(0)
+    );
+    println!(
+        "drift -> repair, VXLAN device deleted (back with {peers} flood entries): median {:.1} ms",
+        median(dev)
+    );
+    println!(
+        "drift -> repair, OVS port deleted: median {:.1} ms",
+        median(port)
+    );
+    println!(
+        "resident memory: {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!("idle CPU over {idle} s: {cpu:.2}% of one core");
+    println!(
+        "repairs counted by the daemon: {}",
+        s["daemon"]["repairs_total"]
+    );
+    lab.stop_daemon("a", libc::SIGTERM)?;
+    lab.l2s_ok("a", &["down"])?;
+    Ok(())
+}
