@@ -30,6 +30,10 @@ enum Command {
         /// Do not look at this machine (underlay MTU and address from the config, or assumed).
         #[arg(long)]
         offline: bool,
+        /// Print the validated config and the computed MTUs as JSON (for orchestrators and
+        /// the Ansible day-2 playbooks).
+        #[arg(long)]
+        json: bool,
     },
     /// Show what `apply` would create, change and remove; touches nothing.
     Plan,
@@ -101,7 +105,7 @@ fn main() -> ExitCode {
     };
     let r = rt.block_on(async {
         match cli.command {
-            Command::Check { offline } => check(&cli.config, &cfg, offline).await,
+            Command::Check { offline, json } => check(&cli.config, &cfg, offline, json).await,
             Command::Plan => plan_cmd(&cfg).await,
             Command::Apply => apply_cmd(&cfg).await,
             Command::Down => down(&cfg).await,
@@ -132,7 +136,12 @@ fn warn_insecure(cfg: &SiteConfig) {
     }
 }
 
-async fn check(path: &Path, cfg: &SiteConfig, offline: bool) -> Result<ExitCode, ApplyError> {
+async fn check(
+    path: &Path,
+    cfg: &SiteConfig,
+    offline: bool,
+    json: bool,
+) -> Result<ExitCode, ApplyError> {
     let facts = if offline {
         let vtep = cfg
             .site
@@ -148,13 +157,26 @@ async fn check(path: &Path, cfg: &SiteConfig, offline: bool) -> Result<ExitCode,
             vtep_ip: vtep.unwrap_or(std::net::IpAddr::from([192, 0, 2, 0])),
             underlay_mtu: cfg.site.underlay_mtu.unwrap_or(1500),
             kernel_has_ovs_datapath: discover::kernel_has_ovs_datapath(),
-            ipsec_backend: None,
+            // Offline, charon cannot be asked: `auto` is taken as libipsec, whose MTU is the
+            // smaller of the two (the derivation says so).
+            ipsec_backend: cfg.ipsec.enabled.then_some(match cfg.ipsec.backend {
+                l2s_vnf::config::BackendChoice::Kernel => l2s_vnf::model::IpsecBackend::Kernel,
+                _ => l2s_vnf::model::IpsecBackend::Libipsec,
+            }),
         }
     } else {
         let nl = netlink::Netlink::connect()?;
         discover::facts(cfg, &nl).await?
     };
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
+    if json {
+        let doc = check_json(path, cfg, &facts, &desired, offline);
+        match serde_json::to_string_pretty(&doc) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return Err(ApplyError::Refused(format!("cannot encode: {e}"))),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("{}: valid", path.display());
     println!(
         "site {} (underlay {}, VTEP {}{})",
@@ -216,6 +238,54 @@ async fn check(path: &Path, cfg: &SiteConfig, offline: bool) -> Result<ExitCode,
         println!("  {step}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `check --json`: the validated config (no secrets: PSK *paths* only) and what was derived.
+fn check_json(
+    path: &Path,
+    cfg: &SiteConfig,
+    facts: &Facts,
+    desired: &DesiredState,
+    offline: bool,
+) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "schema": 1,
+        "config": path.display().to_string(),
+        "valid": true,
+        "offline": offline,
+        "site": {
+            "name": cfg.site.name,
+            "underlay": cfg.site.underlay,
+            "vtep_ip": cfg.site.vtep_ip,
+            "underlay_mtu": cfg.site.underlay_mtu,
+        },
+        "vtep_ip": (!offline || cfg.site.vtep_ip.is_some()).then_some(facts.vtep_ip),
+        "underlay_mtu": facts.underlay_mtu,
+        "access_mtu": desired.access_mtu,
+        "mtu_derivation": desired.mtu.derivation,
+        "bridge": desired.bridge,
+        "datapath": desired.datapath.to_string(),
+        "ipsec": {
+            "enabled": cfg.ipsec.enabled,
+            "backend": format!("{:?}", cfg.ipsec.backend).to_lowercase(),
+            "esp_proposals": cfg.ipsec.esp_proposals.iter().map(|e| e.proposal.clone()).collect::<Vec<_>>(),
+            "ike_proposals": cfg.ipsec.ike_proposals,
+        },
+        "peers": cfg.peers.iter().map(|p| json!({
+            "name": p.name,
+            "address": p.address,
+            "id": p.id,
+            "psk_file": p.psk_file.display().to_string(),
+        })).collect::<Vec<_>>(),
+        "vlans": desired.vlans.values().map(|v| json!({
+            "id": v.id,
+            "vni": v.vni,
+            "device": v.vxlan.name,
+            "ports": v.access_ports,
+            "peers": v.flood.values().collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 async fn plan_cmd(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
