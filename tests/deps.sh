@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(openvswitch-switch iproute2 nftables iperf3 ethtool iputils-ping tcpdump python3 procps
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-      libstrongswan-standard-plugins systemd)
+      libstrongswan-standard-plugins systemd cloud-init)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,4 +13,19 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python tools of the deployment tests (descriptors, HOT, cloud-init rendering, Ansible).
+pip_pkgs=(yamllint==1.38.0 yangson==1.7.9 pyang==2.7.1 Jinja2==3.1.6 PyYAML==6.0.3
+          python-heatclient==5.3.0 ansible-core==2.19.14 ansible-lint==26.10.1)
+if ! python3 -c "import yangson, pyang, heatclient, jinja2, yaml" 2>/dev/null \
+   || ! command -v ansible-lint >/dev/null || ! command -v yamllint >/dev/null; then
+  echo "installing python tools: ${pip_pkgs[*]}"
+  python3 -m pip install -q --root-user-action=ignore "${pip_pkgs[@]}"
+fi
+
+# cargo-deb builds the Debian package in the tests.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb"
+  cargo install -q --locked cargo-deb --version 3.8.0
 fi

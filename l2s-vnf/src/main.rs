@@ -159,14 +159,21 @@ async fn check(
             kernel_has_ovs_datapath: discover::kernel_has_ovs_datapath(),
             // Offline, charon cannot be asked: `auto` is taken as libipsec, whose MTU is the
             // smaller of the two (the derivation says so).
-            ipsec_backend: cfg.ipsec.enabled.then_some(match cfg.ipsec.backend {
-                l2s_vnf::config::BackendChoice::Kernel => l2s_vnf::model::IpsecBackend::Kernel,
-                _ => l2s_vnf::model::IpsecBackend::Libipsec,
-            }),
+            ipsec_backend: cfg.ipsec.enabled.then(|| offline_backend(cfg)),
         }
     } else {
         let nl = netlink::Netlink::connect()?;
-        discover::facts(cfg, &nl).await?
+        let mut facts = discover::facts(cfg, &nl).await?;
+        if cfg.ipsec.enabled {
+            // Ask charon which backend it runs (`auto`); without charon, assume as offline.
+            facts.ipsec_backend = Some(
+                match l2s_vnf::vici::Client::connect(&cfg.ipsec.vici).await {
+                    Ok(v) => apply::resolve_backend(cfg, &v).await?,
+                    Err(_) => offline_backend(cfg),
+                },
+            );
+        }
+        facts
     };
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
     if json {
@@ -238,6 +245,15 @@ async fn check(
         println!("  {step}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backend when charon cannot be asked: `auto` is taken as libipsec, whose MTU is the
+/// smaller of the two.
+fn offline_backend(cfg: &SiteConfig) -> l2s_vnf::model::IpsecBackend {
+    match cfg.ipsec.backend {
+        l2s_vnf::config::BackendChoice::Kernel => l2s_vnf::model::IpsecBackend::Kernel,
+        _ => l2s_vnf::model::IpsecBackend::Libipsec,
+    }
 }
 
 /// `check --json`: the validated config (no secrets: PSK *paths* only) and what was derived.

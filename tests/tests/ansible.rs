@@ -1,0 +1,197 @@
+//! Ansible, tried as an operator would: the role and playbooks configure two lab sites (each
+//! host is the local machine; `l2s_vnf_exec_prefix` runs every command inside the site's
+//! namespace), with the PSK from an Ansible Vault. VLAN 101 comes up and carries pings; then
+//! `add-vlan.yml` adds VLAN 102 and that carries pings too. Also lint (production profile).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use l2s_lab::{l2s_bin, require_lab, run, Lab};
+
+fn ansible_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible")
+}
+
+fn playbook(inv: &Path, pw: &Path, book: &str, extra: &[&str]) -> String {
+    let out = run(Command::new("ansible-playbook")
+        .current_dir(ansible_dir())
+        .arg("-i")
+        .arg(inv)
+        .arg("--vault-password-file")
+        .arg(pw)
+        .arg(book)
+        .args(extra)
+        .env("ANSIBLE_NOCOLOR", "1"))
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{book} failed:\n{text}");
+    text
+}
+
+/// Stops the daemons the playbooks started (by the pid their status gives, only if that
+/// process runs our binary on this lab's config).
+struct Daemons<'a>(&'a Lab);
+
+impl Drop for Daemons<'_> {
+    fn drop(&mut self) {
+        for site in ["a", "b"] {
+            let Ok(out) = self.0.l2s(site, &["status", "--json"]) else {
+                continue;
+            };
+            let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                continue;
+            };
+            let Some(pid) = s["daemon"]["pid"].as_i64() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*self.0.dir.to_string_lossy()) {
+                // SAFETY: kill(2) on a daemon of this lab (checked through its command line).
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ansible_lint_production_profile_and_syntax() {
+    let out = run(Command::new("ansible-lint")
+        .current_dir(ansible_dir())
+        .args(["--profile", "production", "--nocolor"]))
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "ansible-lint:\n{text}");
+    for book in [
+        "site.yml",
+        "add-vlan.yml",
+        "remove-vlan.yml",
+        "add-peer.yml",
+        "remove-peer.yml",
+        "status.yml",
+    ] {
+        let out = run(Command::new("ansible-playbook")
+            .current_dir(ansible_dir())
+            .args(["--syntax-check", book]))
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{book}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
+    require_lab!();
+    let mut lab = Lab::new(2).unwrap();
+    let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
+    let b101 = lab.add_vnf("b", "acc101", "10.101.0.2/24").unwrap();
+    let a102 = lab.add_vnf("a", "acc102", "10.102.0.1/24").unwrap();
+    let b102 = lab.add_vnf("b", "acc102", "10.102.0.2/24").unwrap();
+    for s in ["a", "b"] {
+        lab.start_charon(s).unwrap();
+    }
+    // The PSK lives in an Ansible Vault.
+    let pw = lab.dir.join("vault-password");
+    std::fs::write(&pw, "lab-vault-password-only-for-this-test\n").unwrap();
+    let vault = lab.dir.join("vault.yml");
+    std::fs::write(
+        &vault,
+        "l2s_vnf_psk: correct-horse-battery-staple-ansible\n",
+    )
+    .unwrap();
+    let out = run(Command::new("ansible-vault")
+        .args(["encrypt", "--vault-password-file"])
+        .arg(&pw)
+        .arg(&vault))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&vault)
+        .unwrap()
+        .starts_with("$ANSIBLE_VAULT"));
+
+    let bin = l2s_bin().unwrap();
+    let host = |s: &str, peer: &str| {
+        let site = lab.site(s);
+        format!(
+            "    site-{s}:\n      ansible_connection: local\n      ansible_become: false\n      ansible_python_interpreter: python3\n      l2s_vnf_install: false\n      l2s_vnf_service_mode: command\n      l2s_vnf_bin: {bin}\n      l2s_vnf_exec_prefix: ip netns exec {ns}\n      l2s_vnf_config_path: {dir}/site.toml\n      l2s_vnf_psk_path: {dir}/psk\n      l2s_vnf_control_socket: {dir}/control.sock\n      l2s_vnf_daemon_log: {dir}/daemon.log\n      l2s_vnf_ovsdb: unix:{ovsdb}\n      l2s_vnf_vici: unix://{dir}/charon.vici\n      l2s_vnf_ipsec_backend: auto\n      l2s_vnf_underlay: eth1\n      l2s_vnf_peers:\n        - {{name: site-{peer}, address: {addr}}}\n      l2s_vnf_vlans:\n        - {{id: 101, ports: [acc101]}}\n",
+            bin = bin.display(),
+            ns = site.ns,
+            dir = site.dir.display(),
+            ovsdb = site.ovsdb_sock.display(),
+            addr = lab.site(peer).underlay_ip,
+        )
+    };
+    let inv = lab.dir.join("inventory.yml");
+    std::fs::write(
+        &inv,
+        format!("l2s_sites:\n  hosts:\n{}{}", host("a", "b"), host("b", "a")),
+    )
+    .unwrap();
+    let vault_arg = format!("@{}", vault.display());
+    let _daemons = Daemons(&lab);
+
+    let out = playbook(&inv, &pw, "site.yml", &["-e", &vault_arg]);
+    assert!(
+        !out.contains("correct-horse"),
+        "the PSK was printed:\n{out}"
+    );
+    let psk_mode = std::fs::metadata(lab.site("a").dir.join("psk"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&psk_mode) & 0o777,
+        0o600
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&lab.l2s_ok("a", &["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(st["source"], "daemon", "{st:#}");
+    let mtu = st["access_mtu"].as_u64().unwrap() as u32;
+    lab.set_vnf_mtu(&[&a101, &b101, &a102, &b102], mtu).unwrap();
+    assert!(
+        lab.ping_eventually(&a101, &b101.ip, Duration::from_secs(20)),
+        "VLAN 101"
+    );
+
+    // A second run changes nothing.
+    let again = playbook(&inv, &pw, "site.yml", &["-e", &vault_arg]);
+    assert!(again.contains("changed=0"), "{again}");
+
+    // Day 2: add VLAN 102 at both sites.
+    let out = playbook(
+        &inv,
+        &pw,
+        "add-vlan.yml",
+        &["-e", &vault_arg, "-e", "vlan_id=102", "-e", "ports=acc102"],
+    );
+    assert!(
+        out.contains("RUNNING HANDLER [l2s_vnf : Reload l2s-vnf]"),
+        "{out}"
+    );
+    assert!(
+        lab.ping_eventually(&a102, &b102.ip, Duration::from_secs(20)),
+        "VLAN 102"
+    );
+    assert!(lab.ping(&a101, &b101.ip, 3), "VLAN 101 after the reload");
+    let out = playbook(&inv, &pw, "status.yml", &["-e", "strict=true"]);
+    assert!(out.contains("102"), "{out}");
+}

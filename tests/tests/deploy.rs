@@ -1,0 +1,285 @@
+//! Deploying like a VNF: the Debian package, the OSM descriptors (SOL006 YANG), the Heat
+//! template, the cloud-init user-data, and every YAML file linted. The tools come from
+//! tests/deps.sh (cargo-deb, cloud-init, yamllint, yangson, pyang, python-heatclient).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use l2s_lab::{l2s_bin, run};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn ok(what: &str, cmd: &mut Command) -> String {
+    let out = run(cmd.current_dir(root())).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+/// Render the cloud-init template for one site of the NS parameters; returns (user-data
+/// path, site.toml path, psk path), the config pointing at the rendered PSK file.
+fn render_site(dir: &Path, member: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ud = dir.join(format!("{member}.user-data"));
+    ok(
+        "rendering cloud-init",
+        Command::new("python3")
+            .arg("tests/deploy/render_cloud_init.py")
+            .arg("cloud-init/l2s-user-data.yaml")
+            .arg("descriptors/osm/l2s_ns/params-3sites.yaml")
+            .arg(member)
+            .arg(&ud)
+            .arg("psk=rendered-test-psk-not-a-secret"),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&ok(
+        "reading the user-data",
+        Command::new("python3").arg("-c").arg(format!(
+            "import json,yaml;print(json.dumps(yaml.safe_load(open('{}'))))",
+            ud.display()
+        )),
+    ))
+    .unwrap();
+    let file = |path: &str| -> (String, String) {
+        let f = doc["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not written by the user-data"));
+        (
+            f["content"].as_str().unwrap().to_string(),
+            f["permissions"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (psk, psk_mode) = file("/etc/l2s-vnf/psk");
+    assert_eq!(psk_mode, "0600", "the PSK must be written with mode 0600");
+    let psk_path = dir.join(format!("{member}.psk"));
+    std::fs::write(&psk_path, psk).unwrap();
+    std::fs::set_permissions(&psk_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (toml, _) = file("/etc/l2s-vnf/site.toml");
+    let cfg = dir.join(format!("{member}.toml"));
+    std::fs::write(
+        &cfg,
+        toml.replace("/etc/l2s-vnf/psk", &psk_path.display().to_string()),
+    )
+    .unwrap();
+    (ud, cfg, psk_path)
+}
+
+fn check_json(cfg: &Path) -> serde_json::Value {
+    let out = ok(
+        "l2s-vnf check",
+        Command::new(l2s_bin().unwrap())
+            .arg("-c")
+            .arg(cfg)
+            .args(["check", "--offline", "--json"]),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn cloud_init_renders_to_schema_valid_user_data_and_an_accepted_config() {
+    let d = tempfile::tempdir().unwrap();
+    // The OSM package carries the same file (OSM looks for it in the package).
+    assert_eq!(
+        std::fs::read(root().join("cloud-init/l2s-user-data.yaml")).unwrap(),
+        std::fs::read(root().join("descriptors/osm/l2s_vnf/cloud_init/l2s-cloud-init.yaml"))
+            .unwrap(),
+        "descriptors/osm/l2s_vnf/cloud_init/ has drifted from cloud-init/"
+    );
+    for (member, peers) in [
+        ("site-a", ["site-b", "site-c"]),
+        ("site-b", ["site-a", "site-c"]),
+        ("site-c", ["site-a", "site-b"]),
+    ] {
+        let (ud, cfg, _) = render_site(d.path(), member);
+        let schema = ok(
+            "cloud-init schema",
+            Command::new("cloud-init")
+                .args(["schema", "--config-file"])
+                .arg(&ud),
+        );
+        assert!(schema.contains("Valid cloud-config"), "{schema}");
+        let c = check_json(&cfg);
+        assert_eq!(c["site"]["name"], member);
+        assert_eq!(c["ipsec"]["backend"], "kernel");
+        let names: Vec<&str> = c["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, peers);
+        assert_eq!(c["vlans"][0]["id"], 101);
+        assert_eq!(c["vlans"][0]["ports"][0], "ens5");
+        assert_eq!(c["access_mtu"], 1408, "{c:#}");
+    }
+    // A broken parameter set is caught by the same path: a non-numeric MTU.
+    let bad = d.path().join("bad-params.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(root().join("descriptors/osm/l2s_ns/params-3sites.yaml"))
+            .unwrap()
+            .replace("access_mtu: 1408", "access_mtu: lots"),
+    )
+    .unwrap();
+    let ud = d.path().join("bad.user-data");
+    ok(
+        "rendering",
+        Command::new("python3")
+            .arg("tests/deploy/render_cloud_init.py")
+            .arg("cloud-init/l2s-user-data.yaml")
+            .arg(&bad)
+            .args(["site-a"])
+            .arg(&ud)
+            .arg("psk=x"),
+    );
+    let text = std::fs::read_to_string(&ud).unwrap();
+    let toml = text
+        .split("content: |\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.starts_with("      ") || l.is_empty())
+        .map(|l| l.trim_start())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = d.path().join("bad.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let out = run(Command::new(l2s_bin().unwrap())
+        .arg("-c")
+        .arg(&cfg)
+        .args(["check", "--offline"]))
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn descriptors_are_sol006_valid_and_carry_the_computed_mtu() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, cfg, _) = render_site(d.path(), "site-a");
+    let mtu = check_json(&cfg)["access_mtu"].as_u64().unwrap().to_string();
+    // ETSI's SOL006 v2.7.1 modules, as published (see their LICENSE).
+    let yang = root().join("tests/deploy/etsi-sol006-v2.7.1");
+    let out = ok(
+        "SOL006 validation",
+        Command::new("python3")
+            .arg("tests/deploy/validate_descriptors.py")
+            .arg(".")
+            .arg(&yang)
+            .arg(&mtu),
+    );
+    assert!(out.contains("SOL006 valid"), "{out}");
+    let out = ok(
+        "HOT validation",
+        Command::new("python3")
+            .arg("tests/deploy/validate_hot.py")
+            .arg("descriptors/openstack/l2s-site.yaml")
+            .arg(&mtu),
+    );
+    assert!(out.contains("parsed by heatclient"), "{out}");
+}
+
+#[test]
+fn every_yaml_file_is_lint_clean() {
+    let out = ok(
+        "yamllint",
+        Command::new("yamllint").args([
+            "-s",
+            "-c",
+            ".yamllint",
+            "descriptors",
+            "cloud-init",
+            "ansible",
+            ".yamllint",
+        ]),
+    );
+    assert!(out.trim().is_empty(), "{out}");
+}
+
+/// Build the package, install it here, run the installed binary on the installed example,
+/// verify the installed unit, and purge it again.
+#[test]
+fn debian_package_builds_installs_and_checks_its_example() {
+    if run(Command::new("dpkg-query").args(["-W", "l2s-vnf"]))
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
+        panic!(
+            "an l2s-vnf package is already installed here; this test installs and purges its own"
+        );
+    }
+    let out = ok(
+        "cargo deb",
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["deb", "-p", "l2s-vnf", "--locked"]),
+    );
+    let deb = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with(".deb"))
+        .unwrap()
+        .trim()
+        .to_string();
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["--purge", "l2s-vnf"]).output();
+        }
+    }
+    let _purge = Purge;
+    ok("dpkg -i", Command::new("dpkg").args(["-i", &deb]));
+    let out = ok(
+        "installed check",
+        Command::new("/usr/sbin/l2s-vnf").args([
+            "-c",
+            "/etc/l2s-vnf/site.toml",
+            "check",
+            "--offline",
+        ]),
+    );
+    assert!(out.contains("valid"), "{out}");
+    let mode = std::fs::metadata("/etc/l2s-vnf/psk")
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(Path::new("/usr/share/man/man8/l2s-vnf.8.gz").exists());
+    let unit = [
+        "/usr/lib/systemd/system/l2s-vnf.service",
+        "/lib/systemd/system/l2s-vnf.service",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("unit installed");
+    ok(
+        "systemd-analyze verify of the installed unit",
+        Command::new("systemd-analyze").args(["verify", "--man=no", unit]),
+    );
+    let deps = ok("dpkg -s", Command::new("dpkg").args(["-s", "l2s-vnf"]));
+    for dep in [
+        "openvswitch-switch",
+        "strongswan-swanctl",
+        "nftables",
+        "strongswan-charon",
+    ] {
+        assert!(deps.contains(dep), "{dep} missing in Depends:\n{deps}");
+    }
+    ok(
+        "dpkg --purge",
+        Command::new("dpkg").args(["--purge", "l2s-vnf"]),
+    );
+    assert!(!Path::new("/usr/sbin/l2s-vnf").exists());
+    assert!(!Path::new("/etc/l2s-vnf/psk").exists());
+}
