@@ -30,8 +30,12 @@ class VnfEE:
     async def run(self, primitive, params):
         book, names = PRIMITIVES[primitive]
         extra = {var: params[p] for p, var in names.items() if p in params and params[p] != ""}
-        cmd = ["ansible-playbook", "-i", f"{self.host},", "-u", self.user,
-               "-e", "l2s_sites=all", "-e", json.dumps(extra), os.path.join(PLAYBOOKS, book)]
+        # The playbooks target the group l2s_sites: an inventory of this one VM in it.
+        inventory = f"/tmp/l2s-ee-{os.getpid()}.ini"
+        with open(inventory, "w", encoding="utf-8") as f:
+            f.write(f"[l2s_sites]\n{self.host} ansible_user={self.user}\n")
+        cmd = ["ansible-playbook", "-i", inventory, "-e", json.dumps(extra),
+               os.path.join(PLAYBOOKS, book)]
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
