@@ -696,6 +696,27 @@ impl Lab {
         t
     }
 
+    /// A benchmark config for site A: clear text, `peers` fake peers (192.0.2.10…) and
+    /// `vlans` VLANs (100…) without access ports; `extra` is appended to the header.
+    pub fn scale_config(&self, vlans: usize, peers: usize, extra: &str) -> String {
+        let s = self.site("a");
+        let mut t = format!(
+            "[site]\nname = \"bench\"\nunderlay = \"eth1\"\n[switch]\nbridge = \"l2s0\"\novsdb = \"unix:{}\"\n[ipsec]\nenabled = false\ninsecure = true\n{extra}",
+            s.ovsdb_sock.display()
+        );
+        for p in 0..peers {
+            let _ = writeln!(
+                t,
+                "[[peer]]\nname = \"p{p}\"\naddress = \"192.0.2.{}\"",
+                10 + p
+            );
+        }
+        for v in 0..vlans {
+            let _ = writeln!(t, "[[vlan]]\nid = {}", 100 + v);
+        }
+        t
+    }
+
     /// Run `l2s-vnf -c <site config> ARGS` inside the site's namespace.
     pub fn l2s(&self, site: &str, args: &[&str]) -> Result<Output> {
         self.l2s_with(site, &self.site(site).dir.join("site.toml"), args)

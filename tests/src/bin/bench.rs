@@ -25,21 +25,7 @@ fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
 }
 
 fn config(lab: &Lab, vlans: usize, peers: usize) -> String {
-    let s = lab.site("a");
-    let mut t = format!(
-        "[site]\nname = \"bench\"\nunderlay = \"eth1\"\n[switch]\nbridge = \"l2s0\"\novsdb = \"unix:{}\"\n[ipsec]\nenabled = false\ninsecure = true\n",
-        s.ovsdb_sock.display()
-    );
-    for p in 0..peers {
-        t += &format!(
-            "[[peer]]\nname = \"p{p}\"\naddress = \"192.0.2.{}\"\n",
-            10 + p
-        );
-    }
-    for v in 0..vlans {
-        t += &format!("[[vlan]]\nid = {}\n", 100 + v);
-    }
-    t
+    lab.scale_config(vlans, peers, "")
 }
 
 /// Run `l2s-vnf -c cfg CMD` in the site; returns (wall time, peak RSS in KiB).

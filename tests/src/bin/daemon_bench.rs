@@ -26,22 +26,12 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn config(lab: &Lab, vlans: u64, peers: u64) -> String {
-    let s = lab.site("a");
-    let mut t = format!(
-        "[site]\nname = \"bench\"\nunderlay = \"eth1\"\n[switch]\nbridge = \"l2s0\"\novsdb = \"unix:{}\"\n[ipsec]\nenabled = false\ninsecure = true\n[daemon]\ncontrol_socket = \"{}\"\nreconcile_interval = \"10s\"\n",
-        s.ovsdb_sock.display(),
-        s.dir.join("control.sock").display()
+    let control = lab.site("a").dir.join("control.sock");
+    let daemon = format!(
+        "[daemon]\ncontrol_socket = \"{}\"\nreconcile_interval = \"10s\"\n",
+        control.display()
     );
-    for p in 0..peers {
-        t += &format!(
-            "[[peer]]\nname = \"p{p}\"\naddress = \"192.0.2.{}\"\n",
-            10 + p
-        );
-    }
-    for v in 0..vlans {
-        t += &format!("[[vlan]]\nid = {}\n", 100 + v);
-    }
-    t
+    lab.scale_config(vlans as usize, peers as usize, &daemon)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
