@@ -484,19 +484,23 @@ pub async fn reload_psks(
     conns: &[ipsec::DesiredConn],
 ) -> Result<usize, ApplyError> {
     for conn in conns {
-        let psk = read_psk(&conn.psk_file)?;
-        v.load_shared(&conn.name, &psk, &[&conn.local_id, &conn.remote_id])
-            .await?;
+        load_psk(v, conn).await?;
     }
     Ok(conns.len())
+}
+
+/// Hand charon the connection's PSK, read from its file (the only place a secret goes).
+async fn load_psk(v: &vici::Client, conn: &ipsec::DesiredConn) -> Result<(), ApplyError> {
+    let psk = read_psk(&conn.psk_file)?;
+    v.load_shared(&conn.name, &psk, &[&conn.local_id, &conn.remote_id])
+        .await?;
+    Ok(())
 }
 
 async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyError> {
     match change {
         IpsecChange::Load { conn, why } => {
-            let psk = read_psk(&conn.psk_file)?;
-            v.load_shared(&conn.name, &psk, &[&conn.local_id, &conn.remote_id])
-                .await?;
+            load_psk(v, conn).await?;
             v.load_conn(&conn.name, conn.message()).await?;
             info!(conn = %conn.name, peer = %conn.peer, role = ?conn.role, why = %why, "IPsec connection loaded");
         }
