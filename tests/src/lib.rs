@@ -805,20 +805,29 @@ impl Lab {
         iperf3(server_ns, server_ip, client_ns, &["-t", &secs.to_string()])
     }
 
+    /// A numeric attribute of an interface inside a namespace (`/sys/class/net/<dev>/<attr>`).
+    pub fn link_attr(&self, ns: &str, dev: &str, attr: &str) -> Option<u64> {
+        run(netns(ns, "cat").arg(format!("/sys/class/net/{dev}/{attr}")))
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+    }
+
     /// rx bytes of an interface inside a namespace.
     pub fn rx_bytes(&self, ns: &str, dev: &str) -> u64 {
-        run(netns(ns, "cat").arg(format!("/sys/class/net/{dev}/statistics/rx_bytes")))
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(0)
+        self.link_attr(ns, dev, "statistics/rx_bytes").unwrap_or(0)
     }
 
     /// Interface index of `dev` in `ns` (to prove an object was not recreated).
     pub fn ifindex(&self, ns: &str, dev: &str) -> Option<u32> {
-        run(netns(ns, "cat").arg(format!("/sys/class/net/{dev}/ifindex")))
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        self.link_attr(ns, dev, "ifindex")
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    /// MTU of `dev` in `ns`.
+    pub fn mtu(&self, ns: &str, dev: &str) -> Option<u32> {
+        self.link_attr(ns, dev, "mtu")
+            .and_then(|m| u32::try_from(m).ok())
     }
 
     /// Links in a namespace (`ip -o link` names).

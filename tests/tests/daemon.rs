@@ -51,13 +51,6 @@ fn flood(ns: &str, dev: &str) -> String {
         .unwrap_or_default()
 }
 
-fn mtu(ns: &str, dev: &str) -> Option<u32> {
-    run(netns(ns, "cat").arg(format!("/sys/class/net/{dev}/mtu")))
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-}
-
 fn status_json(lab: &Lab, site: &str) -> serde_json::Value {
     serde_json::from_str(&lab.l2s_ok(site, &["status", "--json"]).unwrap()).unwrap()
 }
@@ -107,7 +100,7 @@ fn daemon_repairs_every_drift_and_survives_crashes_and_restarts() {
     start_all(&mut t);
     let a_ns = t.lab.site("a").ns.clone();
     let vici = t.lab.site("a").dir.join("charon.vici");
-    let access_mtu = mtu(&a_ns, "l2s-vx101").unwrap();
+    let access_mtu = t.lab.mtu(&a_ns, "l2s-vx101").unwrap();
     let lab = &t.lab;
     let vs = |args: &[&str]| lab.vsctl("a", args).unwrap();
     let tag = |port: &str| {
@@ -165,7 +158,7 @@ fn daemon_repairs_every_drift_and_survives_crashes_and_restarts() {
     times.push((
         "VTEP MTU changed",
         within(REPAIR_LIMIT, "MTU restored", || {
-            mtu(&a_ns, "l2s-vx101") == Some(access_mtu)
+            lab.mtu(&a_ns, "l2s-vx101") == Some(access_mtu)
         }),
     ));
     // 4. An access port removed from the bridge.
@@ -299,7 +292,7 @@ fn reload_applies_the_delta_keeps_a_broken_config_out_and_does_not_leak() {
     let a103 = t.lab.add_vnf("a", "acc103", "10.103.0.1/24").unwrap();
     let b103 = t.lab.add_vnf("b", "acc103", "10.103.0.2/24").unwrap();
     start_all(&mut t);
-    let mtu101 = mtu(&t.lab.site("a").ns, "l2s-vx101").unwrap();
+    let mtu101 = t.lab.mtu(&t.lab.site("a").ns, "l2s-vx101").unwrap();
     t.lab.set_vnf_mtu(&[&a103, &b103], mtu101).unwrap();
     let cfg_a = std::fs::read_to_string(t.lab.site("a").dir.join("site.toml")).unwrap();
     let cfg_b = std::fs::read_to_string(t.lab.site("b").dir.join("site.toml")).unwrap();
