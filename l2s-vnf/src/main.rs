@@ -434,11 +434,7 @@ async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError
     }
     let sys = System::connect_lenient(cfg).await?;
     let actual = sys.observe(&cfg.switch.bridge).await?;
-    let sas = match &sys.vici {
-        Some(v) => Some(l2s_vnf::ipsec::sa_states(&v.list_sas(None).await?)),
-        None => None,
-    };
-    let s = status::build(cfg, &actual, sas.as_ref());
+    let s = status::build(cfg, &actual, actual.security.reachable_sas());
     print_status(&s, json)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -104,6 +104,13 @@ pub struct ObservedSecurity {
     pub sas: BTreeMap<String, crate::ipsec::SaState>,
 }
 
+impl ObservedSecurity {
+    /// The SA states, or `None` when charon was not reachable.
+    pub fn reachable_sas(&self) -> Option<&BTreeMap<String, crate::ipsec::SaState>> {
+        self.conns.is_some().then_some(&self.sas)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualState {
     pub switch: ObservedSwitch,

@@ -284,32 +284,28 @@ impl Daemon {
             },
         };
         let (actual, sas) = match sys {
-            Some(sys) => {
-                let actual = match sys.observe(&self.cfg.switch.bridge).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warnings.push(format!("cannot read the system: {e}"));
-                        ActualState::default()
-                    }
-                };
-                let sas = match &sys.vici {
-                    Some(v) => v.list_sas(None).await.ok().map(|l| ipsec::sa_states(&l)),
-                    None => None,
-                };
-                (actual, sas)
-            }
+            Some(sys) => match sys.observe(&self.cfg.switch.bridge).await {
+                Ok(a) => {
+                    let sas = a.security.reachable_sas().cloned();
+                    (a, sas)
+                }
+                Err(e) => {
+                    // The switch cannot be read; charon may still answer for the SAs.
+                    warnings.push(format!("cannot read the system: {e}"));
+                    let sas = match &sys.vici {
+                        Some(v) => v.list_sas(None).await.ok().map(|l| ipsec::sa_states(&l)),
+                        None => None,
+                    };
+                    (ActualState::default(), sas)
+                }
+            },
             None => (ActualState::default(), None),
         };
         let mut s = status::build(&self.cfg, &actual, sas.as_ref());
         s.source = "daemon".into();
         s.warnings.extend(warnings);
         s.warnings.extend(self.waiting.iter().cloned());
-        if let Some(e) = self
-            .stats
-            .last_reconcile
-            .as_ref()
-            .and_then(|r| r.error.clone())
-        {
+        if let Some(e) = self.last_error() {
             s.warnings
                 .push(format!("last reconcile failed (retrying): {e}"));
         }
@@ -317,10 +313,15 @@ impl Daemon {
         s
     }
 
+    /// The error of the last reconcile, if it failed.
+    fn last_error(&self) -> Option<String> {
+        self.stats.last_reconcile.as_ref()?.error.clone()
+    }
+
     fn notify_status(&self) {
-        let text = match &self.stats.last_reconcile {
-            Some(ReconcileRecord { error: Some(e), .. }) => format!("not converged: {e}"),
-            _ => format!(
+        let text = match self.last_error() {
+            Some(e) => format!("not converged: {e}"),
+            None => format!(
                 "converged: {} VLAN(s), {} peer(s), {} repair(s)",
                 self.cfg.vlans.len(),
                 self.cfg.peers.len(),
@@ -329,6 +330,32 @@ impl Daemon {
         };
         let line = text.lines().next().unwrap_or_default().to_string();
         let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
+    }
+}
+
+/// When to retry after a failed reconcile: 0.25 s, doubling up to 5 s, reset by a success.
+struct Retry {
+    wait: Duration,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            wait: RETRY_MIN,
+            at: None,
+        }
+    }
+}
+
+impl Retry {
+    fn after(&mut self, ok: bool) {
+        if ok {
+            *self = Retry::default();
+        } else {
+            self.at = Some(tokio::time::Instant::now() + self.wait);
+            self.wait = (self.wait * 2).min(RETRY_MAX);
+        }
     }
 }
 
@@ -441,40 +468,25 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         metrics,
         events,
     };
-    let mut retry = RETRY_MIN;
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut after = |ok: bool, retry_at: &mut Option<tokio::time::Instant>| {
-        if ok {
-            retry = RETRY_MIN;
-            *retry_at = None;
-        } else {
-            *retry_at = Some(tokio::time::Instant::now() + retry);
-            retry = (retry * 2).min(RETRY_MAX);
-        }
-    };
+    let mut retry = Retry::default();
     match d.reconcile(Cause::Start).await {
         Ok(c) => info!(changes = c.len(), "converged; watching for drift"),
         Err(e) => error!("cannot converge yet (retrying): {e}"),
     }
-    after(
-        d.stats
-            .last_reconcile
-            .as_ref()
-            .is_some_and(|r| r.error.is_none()),
-        &mut retry_at,
-    );
+    retry.after(d.last_error().is_none());
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     d.notify_status();
     let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
     loop {
-        let outcome: Option<bool> = tokio::select! {
+        // Whether this turn ran a reconcile (its outcome is in `last_reconcile`).
+        let reconciled = tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                let r = d.reload("SIGHUP", &mut watchers, &tx).await;
-                r.ok.then_some(true)
+                d.reload("SIGHUP", &mut watchers, &tx).await;
+                true
             }
             Some((req, back)) = jobs.recv() => {
                 let reply = match req {
@@ -485,9 +497,8 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
                     },
                     Request::Reload => d.reload("control socket", &mut watchers, &tx).await,
                 };
-                let ok = reply.ok;
                 let _ = back.send(reply);
-                (req == Request::Reload && ok).then_some(true)
+                req == Request::Reload
             }
             Some(first) = triggers.recv() => {
                 let mut batch = vec![first];
@@ -495,30 +506,28 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
                 while let Ok(t) = triggers.try_recv() {
                     batch.push(t);
                 }
-                Some(d.reconcile(Cause::Repair(describe(&batch))).await.is_ok())
+                let _ = d.reconcile(Cause::Repair(describe(&batch))).await;
+                true
             }
             _ = periodic.tick() => {
-                Some(d.reconcile(Cause::Repair("periodic check".into())).await.is_ok())
+                let _ = d.reconcile(Cause::Repair("periodic check".into())).await;
+                true
             }
-            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
-                Some(d.reconcile(Cause::Repair("retry".into())).await.is_ok())
+            _ = tokio::time::sleep_until(retry.at.unwrap_or_else(tokio::time::Instant::now)), if retry.at.is_some() => {
+                let _ = d.reconcile(Cause::Repair("retry".into())).await;
+                true
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
-                None
+                false
             }
         };
-        if let Some(ok) = outcome {
-            if let Some(Err(e)) = (!ok).then(|| {
-                d.stats
-                    .last_reconcile
-                    .as_ref()
-                    .and_then(|r| r.error.clone())
-                    .map_or(Ok(()), Err)
-            }) {
+        if reconciled {
+            let error = d.last_error();
+            if let Some(e) = &error {
                 warn!("reconcile failed (retrying): {e}");
             }
-            after(ok, &mut retry_at);
+            retry.after(error.is_none());
             d.notify_status();
         }
     }
