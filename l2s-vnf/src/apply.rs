@@ -20,7 +20,7 @@ use crate::guard::{self, GuardError};
 use crate::ipsec::{self, IpsecChange, ObservedConn};
 use crate::model::{DesiredState, Facts, IpsecBackend, VxlanSpec};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::ovsdb::{switch, Client, OvsdbError};
+use crate::ovsdb::{switch, txn, Client, OvsdbError};
 use crate::plan::{self, ActualState, Change, Conflict, ObservedSecurity, Plan};
 use crate::vici::{self, ViciError};
 
@@ -359,15 +359,14 @@ pub async fn execute(
         ms = started.elapsed().as_secs_f64() * 1e3,
         "netlink phase done"
     );
-    // Phase 2: one OVSDB transaction.
+    // Phase 2: the OVSDB transaction(s), reverted if ovs-vswitchd does not apply them.
     if phase1.is_ok() {
         let ovs: Vec<&Change> = plan
             .changes
             .iter()
-            .filter(|c| switch::is_ovs_change(c))
+            .filter(|c| txn::is_ovs_change(c))
             .collect();
-        let bridge_uuid = actual.switch.bridge.as_ref().map(|b| b.uuid.as_str());
-        phase1 = switch::apply(&sys.ovsdb, &ovs, bridge_uuid)
+        phase1 = txn::apply(&sys.ovsdb, &ovs, actual.switch.bridge.as_ref(), &index)
             .await
             .map_err(ApplyError::from);
         if phase1.is_ok() && !ovs.is_empty() {
@@ -378,7 +377,15 @@ pub async fn execute(
         }
     }
     if let Err(cause) = phase1 {
-        let rollback = rollback(nl, undo).await;
+        let rollback = match &cause {
+            ApplyError::Ovsdb(OvsdbError::NotApplied {
+                reverted: Err(_), ..
+            }) => format!(
+                "the {} netlink step(s) were kept to match OVSDB: the system holds the new configuration, which ovs-vswitchd applies when it can; it is NOT as before",
+                undo.len()
+            ),
+            _ => rollback(nl, undo).await,
+        };
         return Err(ApplyError::RolledBack {
             cause: cause.to_string(),
             rollback,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod discover;
 pub mod guard;
+pub mod health;
 pub mod ipsec;
 pub mod model;
 pub mod mtu;

@@ -19,6 +19,8 @@ pub const EXT_OWNER: &str = "l2s-vnf-owner";
 pub const EXT_ROLE: &str = "l2s-vnf-role";
 pub const EXT_VLAN: &str = "l2s-vnf-vlan";
 pub const EXT_ORIG_MTU: &str = "l2s-vnf-orig-mtu";
+/// On ports: the ifindex of the device when l2s-vnf (re)added the port.
+pub const EXT_IFINDEX: &str = "l2s-vnf-ifindex";
 
 pub fn vxlan_device_name(vni: u32) -> String {
     format!("{VXLAN_DEVICE_PREFIX}{vni}")

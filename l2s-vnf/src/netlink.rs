@@ -24,7 +24,34 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
 use crate::model::VxlanSpec;
-use crate::plan::{ObservedLink, ObservedLinks, VxlanAttrs};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    pub vni: Option<u32>,
+    pub local: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub underlay_index: Option<u32>,
+    pub learning: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedLink {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub alias: Option<String>,
+    pub kind: Option<String>,
+    pub vxlan: Option<VxlanAttrs>,
+    /// For VXLAN devices: destinations of all-zero FDB entries.
+    pub flood: BTreeSet<IpAddr>,
+}
+
+/// What netlink shows that concerns us.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedLinks {
+    pub links: BTreeMap<String, ObservedLink>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {

@@ -10,86 +10,10 @@ use std::net::IpAddr;
 use crate::guard::GuardSpec;
 use crate::ipsec::{IpsecChange, ObservedConn};
 use crate::model::{alias_owned_by, Datapath, DesiredSecurity, DesiredState, VxlanSpec};
-
-/// A role recorded in a port's `external_ids`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PortRole {
-    Access,
-    Vtep,
-}
-
-impl PortRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PortRole::Access => "access",
-            PortRole::Vtep => "vtep",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "access" => Some(PortRole::Access),
-            "vtep" => Some(PortRole::Vtep),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedPort {
-    pub uuid: String,
-    pub name: String,
-    pub tag: Option<u16>,
-    /// `Some` when the port carries our ownership mark.
-    pub role: Option<PortRole>,
-    pub orig_mtu: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedBridge {
-    pub uuid: String,
-    pub name: String,
-    pub datapath: Datapath,
-    /// The site name in `external_ids:l2s-vnf-owner`, if any.
-    pub owner: Option<String>,
-    pub ports: BTreeMap<String, ObservedPort>,
-}
-
-/// What OVSDB holds that concerns us.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObservedSwitch {
-    /// The bridge named in the config, if it exists (owned or not).
-    pub bridge: Option<ObservedBridge>,
-    /// Every port name on any bridge → that bridge's name.
-    pub port_bridge: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanAttrs {
-    pub vni: Option<u32>,
-    pub local: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub underlay_index: Option<u32>,
-    pub learning: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedLink {
-    pub index: u32,
-    pub name: String,
-    pub mtu: u32,
-    pub up: bool,
-    pub alias: Option<String>,
-    pub kind: Option<String>,
-    pub vxlan: Option<VxlanAttrs>,
-    /// For VXLAN devices: destinations of all-zero FDB entries.
-    pub flood: BTreeSet<IpAddr>,
-}
-
-/// What netlink shows that concerns us.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObservedLinks {
-    pub links: BTreeMap<String, ObservedLink>,
-}
+pub use crate::netlink::{ObservedLink, ObservedLinks, VxlanAttrs};
+pub use crate::ovsdb::switch::{
+    ObservedBridge, ObservedIface, ObservedPort, ObservedSwitch, PortRole,
+};
 
 /// The guard, the policy rule and charon's connections as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -171,6 +95,23 @@ pub enum Change {
         role: PortRole,
         orig_mtu: Option<u32>,
     },
+    /// Take a port off the bridge and add it back (in a second OVSDB transaction), so that
+    /// ovs-vswitchd opens its device anew: the device was re-created under the same name,
+    /// or ovs-vswitchd cannot use the one it holds.
+    RebindPort {
+        uuid: String,
+        name: String,
+        vlan: u16,
+        role: PortRole,
+        orig_mtu: Option<u32>,
+        why: String,
+    },
+    /// Record which device (ifindex) a port is bound to, on a port made before that mark.
+    MarkPort {
+        uuid: String,
+        name: String,
+        ifindex: u32,
+    },
     RetagPort {
         uuid: String,
         name: String,
@@ -235,6 +176,12 @@ impl fmt::Display for Change {
             Change::AddPort {
                 name, vlan, role, ..
             } => write!(f, "+ port {name} ({}, vlan {vlan})", role.as_str()),
+            Change::RebindPort { name, why, .. } => {
+                write!(f, "~ port {name} re-added ({why})")
+            }
+            Change::MarkPort { name, ifindex, .. } => {
+                write!(f, "~ port {name}: bound to ifindex {ifindex}")
+            }
             Change::RetagPort { name, from, to, .. } => match from {
                 Some(from) => write!(f, "~ port {name}: vlan {from} -> {to}"),
                 None => write!(f, "~ port {name}: untagged -> vlan {to}"),
@@ -356,6 +303,94 @@ fn vxlan_mismatch(spec: &VxlanSpec, obs: &ObservedLink) -> Option<String> {
     (!why.is_empty()).then(|| why.join(", "))
 }
 
+/// A port as the desired state has it.
+struct PortWant<'a> {
+    name: &'a str,
+    vlan: u16,
+    role: PortRole,
+    /// For a new access port: the interface's MTU before l2s-vnf takes it.
+    orig_mtu: Option<u32>,
+}
+
+/// A port on our bridge that is not ours.
+struct NotOurs(String);
+
+impl NotOurs {
+    fn on(self, bridge: &str) -> Conflict {
+        Conflict::ForeignPort {
+            port: self.0,
+            bridge: bridge.to_string(),
+        }
+    }
+}
+
+/// Why ovs-vswitchd may not be using the device now named like the port, `index` being that
+/// device's ifindex (None: there is no such device, so nothing to bind to).
+pub fn stale_binding(p: &ObservedPort, index: Option<u32>) -> Option<String> {
+    let index = index?;
+    match p.bound_ifindex {
+        Some(b) if b != index => Some(format!("device re-created: ifindex {b} -> {index}")),
+        // Bound to this very device: re-adding it again would not change what OVS says.
+        Some(_) => None,
+        None => p.iface.problem().map(|e| format!("ovs-vswitchd: {e}")),
+    }
+}
+
+/// The changes that make a port as wanted: add it, rebind it (its device is new or not the
+/// one ovs-vswitchd holds), retag it, or record the device it is bound to.
+fn ensure_port(
+    c: &mut Vec<Change>,
+    observed: Option<&ObservedPort>,
+    want: &PortWant<'_>,
+    index: Option<u32>,
+    device_new: bool,
+) -> Result<(), NotOurs> {
+    let Some(p) = observed else {
+        c.push(Change::AddPort {
+            name: want.name.to_string(),
+            vlan: want.vlan,
+            role: want.role,
+            orig_mtu: want.orig_mtu,
+        });
+        return Ok(());
+    };
+    if p.role.is_none() {
+        return Err(NotOurs(p.name.clone()));
+    }
+    let why = if device_new {
+        Some("device re-created".to_string())
+    } else {
+        stale_binding(p, index)
+    };
+    if let Some(why) = why {
+        c.push(Change::RebindPort {
+            uuid: p.uuid.clone(),
+            name: p.name.clone(),
+            vlan: want.vlan,
+            role: want.role,
+            orig_mtu: p.orig_mtu.or(want.orig_mtu),
+            why,
+        });
+        return Ok(());
+    }
+    if p.tag != Some(want.vlan) {
+        c.push(Change::RetagPort {
+            uuid: p.uuid.clone(),
+            name: p.name.clone(),
+            from: p.tag,
+            to: want.vlan,
+        });
+    }
+    if let (None, Some(ifindex)) = (p.bound_ifindex, index) {
+        c.push(Change::MarkPort {
+            uuid: p.uuid.clone(),
+            name: p.name.clone(),
+            ifindex,
+        });
+    }
+    Ok(())
+}
+
 /// Compute the changes that take `actual` to `desired`, touching only owned objects.
 pub fn diff(desired: &DesiredState, actual: &ActualState) -> Result<Plan, Vec<Conflict>> {
     diff_with(desired, actual, DiffOptions::default())
@@ -460,38 +495,17 @@ pub fn diff_with(
                 dev: spec.name.clone(),
             });
         }
-        // Its OVS port.
-        match port(&spec.name) {
-            None => c.push(Change::AddPort {
-                name: spec.name.clone(),
-                vlan: v.id,
-                role: PortRole::Vtep,
-                orig_mtu: None,
-            }),
-            Some(p) if p.role.is_none() => conflicts.push(Conflict::ForeignPort {
-                port: p.name.clone(),
-                bridge: desired.bridge.clone(),
-            }),
-            Some(p) if recreated => {
-                c.push(Change::RemovePort {
-                    uuid: p.uuid.clone(),
-                    name: p.name.clone(),
-                    role: PortRole::Vtep,
-                });
-                c.push(Change::AddPort {
-                    name: spec.name.clone(),
-                    vlan: v.id,
-                    role: PortRole::Vtep,
-                    orig_mtu: None,
-                });
-            }
-            Some(p) if p.tag != Some(v.id) => c.push(Change::RetagPort {
-                uuid: p.uuid.clone(),
-                name: p.name.clone(),
-                from: p.tag,
-                to: v.id,
-            }),
-            Some(_) => {}
+        // Its OVS port: a device made by this plan must be opened anew by ovs-vswitchd.
+        let device_new = recreated || !links.contains_key(&spec.name);
+        let want = PortWant {
+            name: &spec.name,
+            vlan: v.id,
+            role: PortRole::Vtep,
+            orig_mtu: None,
+        };
+        let index = links.get(&spec.name).map(|l| l.index);
+        if let Err(e) = ensure_port(&mut c, port(&spec.name), &want, index, device_new) {
+            conflicts.push(e.on(&desired.bridge));
         }
 
         // Access ports.
@@ -509,38 +523,26 @@ pub fn diff_with(
                 }
                 continue;
             };
-            match port(name) {
-                None => {
-                    if let Some(other) = actual.switch.port_bridge.get(name) {
-                        if other != &desired.bridge {
-                            conflicts.push(Conflict::PortOnOtherBridge {
-                                port: name.clone(),
-                                bridge: other.clone(),
-                            });
-                            continue;
-                        }
+            if port(name).is_none() {
+                if let Some(other) = actual.switch.port_bridge.get(name) {
+                    if other != &desired.bridge {
+                        conflicts.push(Conflict::PortOnOtherBridge {
+                            port: name.clone(),
+                            bridge: other.clone(),
+                        });
+                        continue;
                     }
-                    c.push(Change::AddPort {
-                        name: name.clone(),
-                        vlan: v.id,
-                        role: PortRole::Access,
-                        orig_mtu: Some(l.mtu),
-                    });
                 }
-                Some(p) if p.role.is_none() => {
-                    conflicts.push(Conflict::ForeignPort {
-                        port: name.clone(),
-                        bridge: desired.bridge.clone(),
-                    });
-                    continue;
-                }
-                Some(p) if p.tag != Some(v.id) => c.push(Change::RetagPort {
-                    uuid: p.uuid.clone(),
-                    name: name.clone(),
-                    from: p.tag,
-                    to: v.id,
-                }),
-                Some(_) => {}
+            }
+            let want = PortWant {
+                name,
+                vlan: v.id,
+                role: PortRole::Access,
+                orig_mtu: Some(l.mtu),
+            };
+            if let Err(e) = ensure_port(&mut c, port(name), &want, Some(l.index), false) {
+                conflicts.push(e.on(&desired.bridge));
+                continue;
             }
             if l.mtu != desired.access_mtu {
                 c.push(Change::SetMtu {
@@ -826,6 +828,128 @@ mod tests {
             port: "ens4".into(),
             vlan: 101
         }));
+    }
+
+    /// A converged clear-text site: bridge, VTEP l2s-vx101 (ifindex 10) and access port ens4
+    /// (ifindex 5), both ports bound to those devices.
+    fn converged() -> ActualState {
+        let d = desired(false);
+        let mut a = actual_with_port();
+        a.links.links.get_mut("ens4").unwrap().mtu = 1450;
+        let spec = &d.vlans[&101].vxlan;
+        let mut vx = link("l2s-vx101", 10, 1450);
+        vx.alias = Some(spec.alias.clone());
+        vx.vxlan = Some(VxlanAttrs {
+            vni: Some(101),
+            local: Some(spec.local),
+            port: Some(spec.port),
+            underlay_index: Some(spec.underlay_index),
+            learning: true,
+        });
+        vx.flood = BTreeSet::from(["192.0.2.2".parse().unwrap()]);
+        a.links.links.insert("l2s-vx101".into(), vx);
+        let port = |name: &str, role, bound| ObservedPort {
+            uuid: format!("u-{name}"),
+            name: name.into(),
+            tag: Some(101),
+            role: Some(role),
+            orig_mtu: None,
+            bound_ifindex: Some(bound),
+            iface: ObservedIface {
+                ofport: Some(1),
+                error: None,
+            },
+        };
+        a.switch.bridge = Some(ObservedBridge {
+            uuid: "b".into(),
+            name: "l2s0".into(),
+            datapath: Datapath::Netdev,
+            owner: Some("a".into()),
+            ports: [
+                port("l2s-vx101", PortRole::Vtep, 10),
+                port("ens4", PortRole::Access, 5),
+            ]
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect(),
+        });
+        a
+    }
+
+    fn texts(d: &DesiredState, a: &ActualState) -> Vec<String> {
+        diff(d, a)
+            .unwrap()
+            .changes
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_converged_site_needs_nothing() {
+        assert_eq!(texts(&desired(false), &converged()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_vtep_recreated_is_rebound_on_the_bridge() {
+        let d = desired(false);
+        // Deleted: created again, and its port re-added so ovs-vswitchd opens the new device.
+        let mut a = converged();
+        a.links.links.remove("l2s-vx101");
+        let t = texts(&d, &a);
+        assert!(
+            t.iter().any(|c| c.starts_with("+ vxlan l2s-vx101")),
+            "{t:?}"
+        );
+        assert!(
+            t.contains(&"~ port l2s-vx101 re-added (device re-created)".to_string()),
+            "{t:?}"
+        );
+        // Re-created behind our back (a new ifindex): the port is re-added.
+        let mut a = converged();
+        a.links.links.get_mut("l2s-vx101").unwrap().index = 11;
+        assert_eq!(
+            texts(&d, &a),
+            vec!["~ port l2s-vx101 re-added (device re-created: ifindex 10 -> 11)"]
+        );
+        // The same for an access interface (a VNF re-plugged).
+        let mut a = converged();
+        a.links.links.get_mut("ens4").unwrap().index = 6;
+        assert_eq!(
+            texts(&d, &a),
+            vec!["~ port ens4 re-added (device re-created: ifindex 5 -> 6)"]
+        );
+    }
+
+    #[test]
+    fn an_interface_ovs_cannot_use_is_rebound_once() {
+        let d = desired(false);
+        let mut a = converged();
+        let b = a.switch.bridge.as_mut().unwrap();
+        let p = b.ports.get_mut("l2s-vx101").unwrap();
+        p.iface.error = Some("could not open network device l2s-vx101".into());
+        p.bound_ifindex = None;
+        assert_eq!(
+            texts(&d, &a),
+            vec![
+                "~ port l2s-vx101 re-added (ovs-vswitchd: could not open network device l2s-vx101)"
+            ]
+        );
+        // Already re-added against this very device: no loop of re-adds.
+        let b = a.switch.bridge.as_mut().unwrap();
+        b.ports.get_mut("l2s-vx101").unwrap().bound_ifindex = Some(10);
+        assert_eq!(texts(&d, &a), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_port_made_before_the_mark_gets_it() {
+        let mut a = converged();
+        let b = a.switch.bridge.as_mut().unwrap();
+        b.ports.get_mut("ens4").unwrap().bound_ifindex = None;
+        assert_eq!(
+            texts(&desired(false), &a),
+            vec!["~ port ens4: bound to ifindex 5"]
+        );
     }
 
     #[test]

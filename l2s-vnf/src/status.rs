@@ -107,6 +107,9 @@ pub struct PortStatus {
     pub exists: bool,
     pub up: bool,
     pub mtu: Option<u32>,
+    /// Why ovs-vswitchd cannot use the port, if it cannot.
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +125,13 @@ pub struct VlanStatus {
     #[serde(default)]
     pub flood_peers: Vec<String>,
     pub access_ports: Vec<PortStatus>,
+    /// Whether the VLAN's data path works: VTEP, ports, flood entries and SAs to every peer
+    /// that shares it (see `health`).
+    #[serde(default)]
+    pub up: bool,
+    /// Why it does not, when it does not.
+    #[serde(default)]
+    pub degraded: Vec<String>,
 }
 
 pub fn build(
@@ -145,6 +155,8 @@ pub fn build(
             flood: vec![],
             flood_peers: vec![],
             access_ports: vec![],
+            up: false,
+            degraded: vec![],
         }
     };
     if let Some(b) = b {
@@ -190,6 +202,8 @@ pub fn build(
                         exists: l.is_some(),
                         up: l.is_some_and(|l| l.up),
                         mtu: l.map(|l| l.mtu),
+                        problem: crate::plan::stale_binding(p, l.map(|l| l.index))
+                            .or_else(|| p.iface.problem()),
                     });
                 }
             }
@@ -215,6 +229,14 @@ pub fn build(
         }
     }
     let access_mtu = vlans.values().filter_map(|v| v.vtep_mtu).min();
+    for (id, why) in crate::health::vlans(cfg, actual, sas) {
+        let v = vlans.entry(id).or_insert_with(|| entry(id));
+        v.up = why.is_empty();
+        if !why.is_empty() {
+            warnings.push(format!("vlan {id} is degraded: {}", why.join("; ")));
+        }
+        v.degraded = why;
+    }
     let loaded: Vec<&str> = actual
         .security
         .conns
@@ -313,8 +335,9 @@ impl std::fmt::Display for Status {
         for v in &self.vlans {
             writeln!(
                 f,
-                "vlan {:>4}  vni {:<8} vtep {} ({}, mtu {}, local {})",
+                "vlan {:>4}  {}  vni {:<8} vtep {} ({}, mtu {}, local {})",
                 v.id,
+                if v.up { "UP" } else { "DEGRADED" },
                 v.vni.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
                 v.vtep.as_deref().unwrap_or("-"),
                 if v.vtep_up { "up" } else { "DOWN" },
@@ -346,6 +369,9 @@ impl std::fmt::Display for Status {
                     flood.join(", ")
                 }
             )?;
+            for why in &v.degraded {
+                writeln!(f, "           ! {why}")?;
+            }
             for p in &v.access_ports {
                 writeln!(
                     f,

@@ -179,6 +179,9 @@ pub struct Vnf {
     pub ip: String,
     /// The access interface in the site namespace.
     pub port: String,
+    /// The site's namespace.
+    pub site_ns: String,
+    cidr: String,
 }
 
 pub struct Lab {
@@ -414,20 +417,43 @@ impl Lab {
         let site_ns = self.site(site).ns.clone();
         let ns = format!("{}-{site}-{port}", self.id);
         self.add_ns(&ns)?;
-        sh(netns(&site_ns, "ip").args([
-            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]))?;
-        sh(netns(&site_ns, "ip").args(["link", "set", port, "up"]))?;
-        sh(netns(&ns, "ip").args(["addr", "add", cidr, "dev", "eth0"]))?;
-        sh(netns(&ns, "ip").args(["link", "set", "eth0", "up"]))?;
-        // The userspace datapath forwards unfinished checksums: compute them in the VNF.
-        let _ = run(netns(&ns, "ethtool").args(["-K", "eth0", "tx", "off"]));
-        let ip = cidr.split('/').next().unwrap_or(cidr).to_string();
-        Ok(Vnf {
+        let vnf = Vnf {
             ns,
-            ip,
+            ip: cidr.split('/').next().unwrap_or(cidr).to_string(),
             port: port.to_string(),
-        })
+            site_ns,
+            cidr: cidr.to_string(),
+        };
+        Self::plug(&vnf, None)?;
+        Ok(vnf)
+    }
+
+    /// Connect a VNF's `eth0` to its access interface (a new veth pair each time: a VNF
+    /// re-plugged gets an access interface of the same name with a new ifindex).
+    fn plug(v: &Vnf, mtu: Option<u32>) -> Result<()> {
+        sh(netns(&v.site_ns, "ip").args([
+            "link", "add", &v.port, "type", "veth", "peer", "name", "eth0", "netns", &v.ns,
+        ]))?;
+        sh(netns(&v.site_ns, "ip").args(["link", "set", &v.port, "up"]))?;
+        sh(netns(&v.ns, "ip").args(["addr", "add", &v.cidr, "dev", "eth0"]))?;
+        if let Some(m) = mtu {
+            sh(netns(&v.ns, "ip").args(["link", "set", "eth0", "mtu", &m.to_string()]))?;
+        }
+        sh(netns(&v.ns, "ip").args(["link", "set", "eth0", "up"]))?;
+        // The userspace datapath forwards unfinished checksums: compute them in the VNF.
+        let _ = run(netns(&v.ns, "ethtool").args(["-K", "eth0", "tx", "off"]));
+        Ok(())
+    }
+
+    /// Unplug a VNF: its access interface disappears from the site.
+    pub fn unplug(&self, v: &Vnf) -> Result<()> {
+        sh(netns(&v.site_ns, "ip").args(["link", "del", &v.port]))?;
+        Ok(())
+    }
+
+    /// Plug an unplugged VNF back in, with `mtu` on its side.
+    pub fn replug(&self, v: &Vnf, mtu: u32) -> Result<()> {
+        Self::plug(v, Some(mtu))
     }
 
     /// Start charon at a site with kernel-libipsec (userspace ESP over the TUN `ipsec0`), its
@@ -958,5 +984,123 @@ impl PaperLab {
         })
         .map(|(from, to, what)| format!("{what} ({} -> {})", from.ip, to.ip))
         .collect()
+    }
+}
+
+/// A capture of the underlay bridge, running until stopped or dropped.
+pub struct Capture {
+    child: Child,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    /// Start capturing on the lab's underlay bridge (headers only) into `<lab>/<name>.pcap`.
+    pub fn start(lab: &Lab, name: &str) -> Result<Capture> {
+        let file = lab.dir.join(format!("{name}.pcap"));
+        let child = netns(&lab.underlay_ns, "tcpdump")
+            .args(["-i", "ul0", "-n", "-U", "-s", "128", "-w"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Capture { child, file })
+    }
+
+    /// Packets so far matching a tcpdump filter.
+    pub fn count(&self, filter: &str) -> usize {
+        Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.file)
+            .arg(filter)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Clear-text VXLAN packets so far (must always be zero with IPsec on).
+    pub fn clear_text_vxlan(&self) -> usize {
+        self.count("udp port 4789")
+    }
+
+    pub fn stop(&mut self) {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A background ping of `count` packets every `interval_ms` ms; [`PingStream::finish`] waits for
+/// it and says how many came back.
+pub struct PingStream(Child, u32);
+
+impl PingStream {
+    pub fn start(from: &Vnf, to: &Vnf, count: u32, interval_ms: u32) -> Result<Self> {
+        let child = netns(&from.ns, "ping")
+            .args([
+                "-c",
+                &count.to_string(),
+                "-i",
+                &format!("{:.3}", f64::from(interval_ms) / 1000.0),
+                "-W",
+                "1",
+                "-q",
+                &to.ip,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(PingStream(child, count))
+    }
+
+    /// (sent, received)
+    pub fn finish(self) -> Result<(u32, u32)> {
+        let out = self.0.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let received = text
+            .split(" received")
+            .next()
+            .and_then(|s| s.rsplit([' ', ',']).find(|w| !w.is_empty()))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no ping summary in {text}"))?;
+        Ok((self.1, received))
+    }
+}
+
+impl Lab {
+    /// Flush the neighbour caches of VNFs, so that the next packet needs ARP again — a
+    /// broadcast that must cross the flood path.
+    pub fn forget_neighbours(&self, vnfs: &[&Vnf]) {
+        for v in vnfs {
+            let _ = run(netns(&v.ns, "ip").args(["neigh", "flush", "all"]));
+        }
+    }
+
+    /// The service between two VNFs, judged as a user would: neighbour caches flushed, then a
+    /// ping and a TCP transfer must both succeed. Retried until `limit`; returns how long it
+    /// took, or what failed last.
+    pub fn service_within(&self, from: &Vnf, to: &Vnf, limit: Duration) -> Result<Duration> {
+        let t = Instant::now();
+        self.forget_neighbours(&[from, to]);
+        let mut last = String::new();
+        while t.elapsed() < limit {
+            if !self.ping(from, &to.ip, 1) {
+                last = format!("ping {} -> {} failed", from.ip, to.ip);
+                continue;
+            }
+            match iperf3(&to.ns, &to.ip, &from.ns, &["-n", "256K"]) {
+                Ok(_) => return Ok(t.elapsed()),
+                Err(e) => last = format!("TCP {} -> {}: {e}", from.ip, to.ip),
+            }
+        }
+        bail!("no service within {limit:?}: {last}")
     }
 }

@@ -4,57 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use l2s_lab::{netns, require_lab, run, Lab, PaperLab, Vnf};
-
-/// A capture on the underlay bridge for the whole test.
-struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(lab: &Lab, name: &str) -> Capture {
-        let file = lab.dir.join(format!("{name}.pcap"));
-        let child = netns(&lab.underlay_ns, "tcpdump")
-            .args(["-i", "ul0", "-n", "-U", "-s", "128", "-w"])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        Capture { child, file }
-    }
-
-    /// Packets in the capture matching a tcpdump filter.
-    fn count(&self, filter: &str) -> usize {
-        let out = Command::new("tcpdump")
-            .args(["-n", "-r"])
-            .arg(&self.file)
-            .arg(filter)
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    }
-
-    fn stop(&mut self) {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use l2s_lab::{netns, require_lab, run, Capture, Lab, PaperLab, Vnf};
 
 fn secure_lab(extra: &str) -> PaperLab {
     let mut t = PaperLab::new().unwrap();
@@ -98,7 +51,7 @@ fn access_mtu(lab: &Lab, site: &str) -> u32 {
 fn ipsec_between_three_sites_never_leaks_clear_text() {
     require_lab!();
     let mut t = secure_lab("");
-    let mut cap = Capture::start(&t.lab, "underlay");
+    let mut cap = Capture::start(&t.lab, "underlay").unwrap();
     let lab = &t.lab;
 
     let plan = lab.l2s_ok("a", &["plan"]).unwrap();
@@ -374,7 +327,7 @@ fn wrong_psk_fails_that_peer_only() {
         &wrong.display().to_string(),
     );
     t.lab.write_config("c", &cfg_c).unwrap();
-    let mut cap = Capture::start(&t.lab, "wrong-psk");
+    let mut cap = Capture::start(&t.lab, "wrong-psk").unwrap();
     for s in ["a", "b", "c"] {
         t.lab.l2s_ok(s, &["apply"]).unwrap();
     }
@@ -428,7 +381,7 @@ fn resilience_under_capture_charon_restart_peer_churn_and_rekeys() {
     // Short lifetimes so that several CHILD and IKE rekeys happen during the test.
     let mut t =
         secure_lab("child_rekey_time = \"12s\"\nike_rekey_time = \"25s\"\ndpd_delay = \"2s\"\n");
-    let mut cap = Capture::start(&t.lab, "resilience");
+    let mut cap = Capture::start(&t.lab, "resilience").unwrap();
     for s in ["a", "b", "c"] {
         t.lab.l2s_ok(s, &["apply"]).unwrap();
     }
@@ -567,7 +520,7 @@ fn kernel_backend_transport_mode_negotiates_ike_and_stays_closed() {
         let cfg = lab.secure(s, &lab.config(s, &[p], vlans), &psk, "");
         lab.write_config(s, &cfg).unwrap();
     }
-    let mut cap = Capture::start(&lab, "kernel");
+    let mut cap = Capture::start(&lab, "kernel").unwrap();
     let plan = lab.l2s_ok("a", &["plan"]).unwrap();
     assert!(
         plan.contains("Kernel backend") && plan.contains("transport"),

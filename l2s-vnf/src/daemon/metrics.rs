@@ -40,6 +40,11 @@ struct RekeyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VlanLabels {
+    vlan: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
     state: &'static str,
 }
@@ -55,6 +60,7 @@ pub struct Metrics {
     sa_packets: Family<SaLabels, Gauge>,
     rekeys: Family<RekeyLabels, Gauge>,
     vlans: Gauge,
+    vlan_up: Family<VlanLabels, Gauge>,
     ports: Family<PortLabels, Gauge>,
     access_mtu: Gauge,
     guard: Gauge,
@@ -74,6 +80,7 @@ impl Metrics {
             sa_packets: Family::default(),
             rekeys: Family::default(),
             vlans: Gauge::default(),
+            vlan_up: Family::default(),
             ports: Family::default(),
             access_mtu: Gauge::default(),
             guard: Gauge::default(),
@@ -117,6 +124,11 @@ impl Metrics {
             m.rekeys.clone(),
         );
         r.register("vlans", "VLANs with a VTEP on the bridge", m.vlans.clone());
+        r.register(
+            "vlan_up",
+            "1 when the VLAN's data path works (VTEP, ports, flood entries, SAs to its peers)",
+            m.vlan_up.clone(),
+        );
         r.register("access_ports", "Access ports by state", m.ports.clone());
         r.register(
             "access_mtu_bytes",
@@ -167,7 +179,14 @@ impl Metrics {
                 .get_or_create(&RekeyLabels { kind })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        self.vlans.set(s.vlans.len() as i64);
+        self.vlans
+            .set(s.vlans.iter().filter(|v| v.vtep.is_some()).count() as i64);
+        self.vlan_up.clear();
+        for v in &s.vlans {
+            self.vlan_up
+                .get_or_create(&VlanLabels { vlan: v.id })
+                .set(i64::from(v.up));
+        }
         self.ports.clear();
         for p in s.vlans.iter().flat_map(|v| &v.access_ports) {
             let state = if !p.exists {

@@ -16,7 +16,7 @@ pub mod lock;
 pub mod metrics;
 pub mod watch;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, ApplyError, System};
 use crate::config::SiteConfig;
+use crate::health;
 use crate::ipsec::{self, DesiredConn};
 use crate::plan::{ActualState, DiffOptions};
 use crate::status::{self, unix_now, DaemonStatus, ReconcileRecord, RepairRecord, Status};
@@ -79,6 +80,8 @@ struct Daemon {
     conns: Vec<DesiredConn>,
     metrics: Arc<Metrics>,
     events: Arc<IpsecEvents>,
+    /// Each VLAN's data path as the last reconcile found it: why it is degraded, if it is.
+    health: BTreeMap<u16, Vec<String>>,
 }
 
 impl Daemon {
@@ -106,6 +109,7 @@ impl Daemon {
             .map(|s| s.conns.clone())
             .unwrap_or_default();
         if p.plan.is_empty() {
+            self.judge(&p.actual);
             return Ok(vec![]);
         }
         let changes: Vec<String> = p.plan.changes.iter().map(|c| c.to_string()).collect();
@@ -146,7 +150,29 @@ impl Daemon {
             }
         }
         apply::execute(sys, &p.plan, &p.actual).await?;
+        // Judge the data plane as the changes left it, not as it was before them.
+        let after = sys.observe(&self.cfg.switch.bridge).await?;
+        self.judge(&after);
         Ok(changes)
+    }
+
+    /// Judge each VLAN's data path from an observation; log when that judgement changes.
+    fn judge(&mut self, actual: &ActualState) {
+        let health = health::vlans(&self.cfg, actual, actual.security.reachable_sas());
+        for (id, why) in &health {
+            let before = self.health.get(id);
+            if before == Some(why) {
+                continue;
+            }
+            if why.is_empty() {
+                if before.is_some() {
+                    info!(vlan = id, "VLAN data path is up again");
+                }
+            } else {
+                warn!(vlan = id, "VLAN data path is degraded: {}", why.join("; "));
+            }
+        }
+        self.health = health;
     }
 
     async fn reconcile(&mut self, cause: Cause) -> Result<Vec<String>, ApplyError> {
@@ -321,12 +347,13 @@ impl Daemon {
     fn notify_status(&self) {
         let text = match self.last_error() {
             Some(e) => format!("not converged: {e}"),
-            None => format!(
-                "converged: {} VLAN(s), {} peer(s), {} repair(s)",
+            None if self.health.values().all(Vec::is_empty) => format!(
+                "converged: {} VLAN(s) up, {} peer(s), {} repair(s)",
                 self.cfg.vlans.len(),
                 self.cfg.peers.len(),
                 self.stats.repairs_total
             ),
+            None => format!("degraded: {}", health::summary(&self.health)),
         };
         let line = text.lines().next().unwrap_or_default().to_string();
         let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
@@ -467,6 +494,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         conns: vec![],
         metrics,
         events,
+        health: BTreeMap::new(),
     };
     let mut retry = Retry::default();
     match d.reconcile(Cause::Start).await {

@@ -342,7 +342,8 @@ async fn vici_watch(path: PathBuf, bridge: String, tx: Triggers, events: Arc<Ips
                         }
                     };
                     info!(conn = %conns.join(","), "{what}");
-                    if what.ends_with("down") {
+                    // Down: something to repair; up: the VLANs' health changes.
+                    if what.ends_with("down") || what.ends_with("up") {
                         fire(&tx, "charon", format!("{what}: {}", conns.join(", ")));
                     }
                 }

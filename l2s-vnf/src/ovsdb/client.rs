@@ -41,6 +41,16 @@ pub enum OvsdbError {
     },
     #[error("unexpected OVSDB reply: {0}")]
     Protocol(String),
+    /// A committed transaction that ovs-vswitchd did not apply, and whether its revert
+    /// committed.
+    #[error("{cause}; {}", match .reverted {
+        Ok(()) => "the OVSDB transaction was reverted".to_string(),
+        Err(e) => format!("reverting the OVSDB transaction FAILED ({e}): OVSDB holds the change, and the next apply converges it"),
+    })]
+    NotApplied {
+        cause: String,
+        reverted: Result<(), String>,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, OvsdbError>>>>>;

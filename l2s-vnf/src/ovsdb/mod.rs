@@ -1,6 +1,13 @@
 //! Open vSwitch: the RFC 7047 client and the bridge/port backend built on it.
+//!
+//! - [`client`]: JSON-RPC over the OVSDB socket (transact, monitor, echo);
+//! - [`switch`]: what OVSDB holds for us (bridge, ports, interface health);
+//! - [`txn`]: a plan's OVS changes as transactions, and their inverse;
+//! - [`vswitchd`]: waiting for ovs-vswitchd to apply them, as long as it makes progress.
 
 pub mod client;
 pub mod switch;
+pub mod txn;
+pub mod vswitchd;
 
 pub use client::{Client, OvsdbError};

@@ -1,26 +1,101 @@
-//! The OVS side of a plan: read bridges and ports from OVSDB, turn the OVS changes of a plan
-//! into one transaction, and wait until ovs-vswitchd has applied it (`next_cfg`/`cur_cfg`).
+//! The OVS side of the observed state: the bridge, its ports, and how ovs-vswitchd is doing
+//! with each port's interface (`ofport`, `error`), read from OVSDB in one transaction.
+//!
+//! Executing a plan's OVS changes is [`super::txn`]; waiting for ovs-vswitchd is
+//! [`super::vswitchd`].
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::client::{Client, OvsdbError};
-use crate::model::{Datapath, EXT_ORIG_MTU, EXT_OWNER, EXT_ROLE, EXT_VLAN};
-use crate::plan::{Change, ObservedBridge, ObservedPort, ObservedSwitch, PortRole};
+use crate::model::{Datapath, EXT_IFINDEX, EXT_ORIG_MTU, EXT_OWNER, EXT_ROLE};
 
-const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A role recorded in a port's `external_ids`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PortRole {
+    Access,
+    Vtep,
+}
+
+impl PortRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortRole::Access => "access",
+            PortRole::Vtep => "vtep",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "access" => Some(PortRole::Access),
+            "vtep" => Some(PortRole::Vtep),
+            _ => None,
+        }
+    }
+}
+
+/// What ovs-vswitchd reports about a port's interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedIface {
+    /// The OpenFlow port number; -1 when ovs-vswitchd could not add the interface.
+    pub ofport: Option<i64>,
+    /// ovs-vswitchd's error for the interface (e.g. "could not open network device …").
+    pub error: Option<String>,
+}
+
+impl ObservedIface {
+    /// Why ovs-vswitchd cannot use this interface, if it says so.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(e) = &self.error {
+            return Some(e.clone());
+        }
+        (self.ofport == Some(-1)).then(|| "ovs-vswitchd could not add it (ofport -1)".into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedPort {
+    pub uuid: String,
+    pub name: String,
+    pub tag: Option<u16>,
+    /// `Some` when the port carries our ownership mark.
+    pub role: Option<PortRole>,
+    pub orig_mtu: Option<u32>,
+    /// The ifindex of the device when l2s-vnf (re)added the port
+    /// (`external_ids:l2s-vnf-ifindex`): a device of the same name with another index was
+    /// re-created since, and ovs-vswitchd may still hold the old one.
+    pub bound_ifindex: Option<u32>,
+    pub iface: ObservedIface,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedBridge {
+    pub uuid: String,
+    pub name: String,
+    pub datapath: Datapath,
+    /// The site name in `external_ids:l2s-vnf-owner`, if any.
+    pub owner: Option<String>,
+    pub ports: BTreeMap<String, ObservedPort>,
+}
+
+/// What OVSDB holds that concerns us.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedSwitch {
+    /// The bridge named in the config, if it exists (owned or not).
+    pub bridge: Option<ObservedBridge>,
+    /// Every port name on any bridge → that bridge's name.
+    pub port_bridge: BTreeMap<String, String>,
+}
 
 /// `["set", [a, b]]` or a bare atom → list of atoms.
-fn set_members(v: &Value) -> Vec<&Value> {
+pub(super) fn set_members(v: &Value) -> Vec<&Value> {
     match v.as_array().map(Vec::as_slice) {
         Some([kind, Value::Array(items)]) if kind == "set" => items.iter().collect(),
         _ => vec![v],
     }
 }
 
-fn uuid_of(v: &Value) -> Option<String> {
+pub(super) fn uuid_of(v: &Value) -> Option<String> {
     match v.as_array().map(Vec::as_slice) {
         Some([kind, Value::String(u)]) if kind == "uuid" => Some(u.clone()),
         _ => None,
@@ -44,14 +119,7 @@ fn map_of(v: &Value) -> BTreeMap<String, String> {
     out
 }
 
-fn ovs_map(pairs: &[(&str, String)]) -> Value {
-    json!([
-        "map",
-        pairs.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()
-    ])
-}
-
-fn rows(result: &Value) -> &[Value] {
+pub(super) fn rows(result: &Value) -> &[Value] {
     result
         .get("rows")
         .and_then(Value::as_array)
@@ -59,21 +127,45 @@ fn rows(result: &Value) -> &[Value] {
         .unwrap_or(&[])
 }
 
-/// Read the bridge called `bridge` and every port's bridge.
+/// The single value of an optional column (`["set", []]` when empty).
+fn optional<'a>(row: &'a Value, column: &str) -> Option<&'a Value> {
+    row.get(column)
+        .map(set_members)
+        .and_then(|m| m.first().copied())
+}
+
+/// Read the bridge called `bridge` with its ports and their interfaces, and every port's
+/// bridge.
 pub async fn observe(client: &Client, bridge: &str) -> Result<ObservedSwitch, OvsdbError> {
     let ops = vec![
         json!({"op": "select", "table": "Bridge", "where": [], "columns": ["_uuid", "name", "ports", "datapath_type", "external_ids"]}),
-        json!({"op": "select", "table": "Port", "where": [], "columns": ["_uuid", "name", "tag", "external_ids"]}),
+        json!({"op": "select", "table": "Port", "where": [], "columns": ["_uuid", "name", "tag", "interfaces", "external_ids"]}),
+        json!({"op": "select", "table": "Interface", "where": [], "columns": ["_uuid", "ofport", "error"]}),
     ];
     let res = client.transact(ops).await?;
-    let (bridges, ports) = match res.as_slice() {
-        [b, p, ..] => (rows(b), rows(p)),
+    let (bridges, ports, ifaces) = match res.as_slice() {
+        [b, p, i, ..] => (rows(b), rows(p), rows(i)),
         _ => {
             return Err(OvsdbError::Protocol(
                 "select returned too few results".into(),
             ))
         }
     };
+    let iface_by_uuid: BTreeMap<String, ObservedIface> = ifaces
+        .iter()
+        .filter_map(|i| {
+            let uuid = i.get("_uuid").and_then(uuid_of)?;
+            Some((
+                uuid,
+                ObservedIface {
+                    ofport: optional(i, "ofport").and_then(Value::as_i64),
+                    error: optional(i, "error")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                },
+            ))
+        })
+        .collect();
     let mut port_by_uuid: BTreeMap<String, ObservedPort> = BTreeMap::new();
     for p in ports {
         let (Some(uuid), Some(name)) = (
@@ -83,11 +175,17 @@ pub async fn observe(client: &Client, bridge: &str) -> Result<ObservedSwitch, Ov
             continue;
         };
         let ext = p.get("external_ids").map(map_of).unwrap_or_default();
-        let tag = p
-            .get("tag")
-            .map(set_members)
-            .and_then(|m| m.first().and_then(|t| t.as_u64()))
+        let tag = optional(p, "tag")
+            .and_then(Value::as_u64)
             .and_then(|t| u16::try_from(t).ok());
+        let iface = p
+            .get("interfaces")
+            .map(set_members)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(uuid_of)
+            .and_then(|u| iface_by_uuid.get(&u).cloned())
+            .unwrap_or_default();
         port_by_uuid.insert(
             uuid.clone(),
             ObservedPort {
@@ -96,6 +194,8 @@ pub async fn observe(client: &Client, bridge: &str) -> Result<ObservedSwitch, Ov
                 tag,
                 role: ext.get(EXT_ROLE).and_then(|r| PortRole::parse(r)),
                 orig_mtu: ext.get(EXT_ORIG_MTU).and_then(|m| m.parse().ok()),
+                bound_ifindex: ext.get(EXT_IFINDEX).and_then(|m| m.parse().ok()),
+                iface,
             },
         );
     }
@@ -134,169 +234,6 @@ pub async fn observe(client: &Client, bridge: &str) -> Result<ObservedSwitch, Ov
     Ok(out)
 }
 
-/// Whether a change is carried out through OVSDB.
-pub fn is_ovs_change(c: &Change) -> bool {
-    matches!(
-        c,
-        Change::CreateBridge { .. }
-            | Change::SetDatapath { .. }
-            | Change::DeleteBridge { .. }
-            | Change::AddPort { .. }
-            | Change::RetagPort { .. }
-            | Change::RemovePort { .. }
-    )
-}
-
-/// Build the single transaction for the OVS changes of a plan. `bridge_uuid` is the existing
-/// bridge's row (None when the plan creates it). The last two operations bump and read
-/// `next_cfg`.
-pub fn transaction(changes: &[&Change], bridge_uuid: Option<&str>) -> Vec<Value> {
-    let mut ops = vec![json!({"op": "comment", "comment": "l2s-vnf apply"})];
-    let mut new_ports: Vec<Value> = vec![];
-    let mut removed: Vec<Value> = vec![];
-    let mut create: Option<Value> = None;
-    for (i, c) in changes.iter().enumerate() {
-        match c {
-            Change::CreateBridge {
-                name,
-                datapath,
-                owner,
-            } => {
-                create = Some(json!({
-                    "name": name,
-                    "datapath_type": datapath.ovs_name(),
-                    "external_ids": ovs_map(&[(EXT_OWNER, owner.clone())]),
-                }));
-            }
-            Change::SetDatapath { to, .. } => {
-                if let Some(u) = bridge_uuid {
-                    ops.push(json!({"op": "update", "table": "Bridge", "where": [["_uuid", "==", ["uuid", u]]], "row": {"datapath_type": to.ovs_name()}}));
-                }
-            }
-            Change::DeleteBridge { .. } => {
-                if let Some(u) = bridge_uuid {
-                    ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["bridges", "delete", ["set", [["uuid", u]]]]]}));
-                }
-            }
-            Change::AddPort {
-                name,
-                vlan,
-                role,
-                orig_mtu,
-            } => {
-                let iface = format!("iface{i}");
-                let port = format!("port{i}");
-                ops.push(
-                    json!({"op": "insert", "table": "Interface", "uuid-name": iface, "row": {
-                        "name": name,
-                        "external_ids": ovs_map(&[(EXT_ROLE, role.as_str().to_string())]),
-                    }}),
-                );
-                let mut ext = vec![
-                    (EXT_ROLE, role.as_str().to_string()),
-                    (EXT_VLAN, vlan.to_string()),
-                ];
-                if let Some(m) = orig_mtu {
-                    ext.push((EXT_ORIG_MTU, m.to_string()));
-                }
-                ops.push(
-                    json!({"op": "insert", "table": "Port", "uuid-name": port, "row": {
-                        "name": name,
-                        "interfaces": ["named-uuid", iface],
-                        "tag": vlan,
-                        "vlan_mode": "access",
-                        "external_ids": ovs_map(&ext),
-                    }}),
-                );
-                new_ports.push(json!(["named-uuid", port]));
-            }
-            Change::RetagPort { uuid, to, .. } => {
-                ops.push(json!({"op": "update", "table": "Port", "where": [["_uuid", "==", ["uuid", uuid]]], "row": {"tag": to, "vlan_mode": "access"}}));
-                ops.push(json!({"op": "mutate", "table": "Port", "where": [["_uuid", "==", ["uuid", uuid]]], "mutations": [
-                    ["external_ids", "delete", ["set", [EXT_VLAN]]],
-                    ["external_ids", "insert", ovs_map(&[(EXT_VLAN, to.to_string())])],
-                ]}));
-            }
-            Change::RemovePort { uuid, .. } => removed.push(json!(["uuid", uuid])),
-            _ => {}
-        }
-    }
-    if let Some(mut row) = create {
-        row["ports"] = json!(["set", new_ports]);
-        ops.push(json!({"op": "insert", "table": "Bridge", "uuid-name": "bridge", "row": row}));
-        ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["bridges", "insert", ["set", [["named-uuid", "bridge"]]]]]}));
-    } else if let Some(u) = bridge_uuid {
-        // Removals first: a port re-added under the same name must not clash.
-        if !removed.is_empty() {
-            ops.push(json!({"op": "mutate", "table": "Bridge", "where": [["_uuid", "==", ["uuid", u]]], "mutations": [["ports", "delete", ["set", removed]]]}));
-        }
-        if !new_ports.is_empty() {
-            ops.push(json!({"op": "mutate", "table": "Bridge", "where": [["_uuid", "==", ["uuid", u]]], "mutations": [["ports", "insert", ["set", new_ports]]]}));
-        }
-    }
-    ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]}));
-    ops.push(
-        json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]}),
-    );
-    ops
-}
-
-/// Execute the OVS changes in one transaction and wait for ovs-vswitchd to apply them.
-pub async fn apply(
-    client: &Client,
-    changes: &[&Change],
-    bridge_uuid: Option<&str>,
-) -> Result<(), OvsdbError> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let ops = transaction(changes, bridge_uuid);
-    let results = client.transact(ops).await?;
-    let next_cfg = results
-        .last()
-        .map(rows)
-        .and_then(|r| r.first())
-        .and_then(|r| r.get("next_cfg"))
-        .and_then(Value::as_i64)
-        .ok_or_else(|| OvsdbError::Protocol("next_cfg missing from transaction reply".into()))?;
-    wait_cur_cfg(client, next_cfg).await
-}
-
-/// Wait until `Open_vSwitch.cur_cfg >= next_cfg`, i.e. ovs-vswitchd has reconfigured.
-pub async fn wait_cur_cfg(client: &Client, next_cfg: i64) -> Result<(), OvsdbError> {
-    let monitor_id = format!("l2s-vnf-cfg-{next_cfg}");
-    let (initial, mut updates) = client
-        .monitor(
-            &monitor_id,
-            json!({"Open_vSwitch": {"columns": ["cur_cfg"]}}),
-        )
-        .await?;
-    let cur = |v: &Value| -> Option<i64> {
-        v.get("Open_vSwitch")?
-            .as_object()?
-            .values()
-            .find_map(|row| row.get("new")?.get("cur_cfg")?.as_i64())
-    };
-    let mut done = cur(&initial).is_some_and(|c| c >= next_cfg);
-    let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
-    while !done {
-        match tokio::time::timeout_at(deadline, updates.recv()).await {
-            Ok(Some(u)) => done = cur(&u).is_some_and(|c| c >= next_cfg),
-            Ok(None) => return Err(OvsdbError::Closed(client.path().to_path_buf())),
-            Err(_) => {
-                let _ = client.monitor_cancel(&monitor_id).await;
-                return Err(OvsdbError::Rpc {
-                    method: "wait for ovs-vswitchd".into(),
-                    error: format!(
-                        "ovs-vswitchd did not apply configuration {next_cfg} within {APPLY_TIMEOUT:?}; is it running? The change is stored in OVSDB and takes effect when it runs"
-                    ),
-                });
-            }
-        }
-    }
-    client.monitor_cancel(&monitor_id).await
-}
-
 /// Interface errors ovs-vswitchd reported for the given port names (e.g. "could not open
 /// network device").
 pub async fn interface_errors(
@@ -315,12 +252,8 @@ pub async fn interface_errors(
         if !names.iter().any(|n| n == name) {
             continue;
         }
-        if let Some(e) = r
-            .get("error")
-            .map(set_members)
-            .and_then(|m| m.first().and_then(|e| e.as_str().map(str::to_string)))
-        {
-            out.push((name.to_string(), e));
+        if let Some(e) = optional(r, "error").and_then(Value::as_str) {
+            out.push((name.to_string(), e.to_string()));
         }
     }
     Ok(out)
@@ -331,56 +264,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_bridge_transaction_inserts_bridge_with_ports() {
-        let changes = [
-            Change::CreateBridge {
-                name: "l2s0".into(),
-                datapath: Datapath::Netdev,
-                owner: "site-a".into(),
-            },
-            Change::AddPort {
-                name: "ens4".into(),
-                vlan: 101,
-                role: PortRole::Access,
-                orig_mtu: Some(1500),
-            },
-        ];
-        let refs: Vec<&Change> = changes.iter().collect();
-        let ops = transaction(&refs, None);
-        let s = serde_json::to_string(&ops).unwrap();
-        assert!(s.contains(r#""datapath_type":"netdev""#), "{s}");
-        assert!(
-            s.contains(r#""ports":["set",[["named-uuid","port1"]]]"#),
-            "{s}"
-        );
-        assert!(s.contains(r#"["l2s-vnf-owner","site-a"]"#), "{s}");
-        assert!(s.contains(r#""tag":101"#), "{s}");
-        assert!(s.contains(r#"["l2s-vnf-orig-mtu","1500"]"#), "{s}");
-        assert_eq!(ops.last().unwrap()["op"], "select");
-    }
-
-    #[test]
-    fn removal_mutates_the_bridge() {
-        let changes = [Change::RemovePort {
-            uuid: "u-1".into(),
-            name: "ens5".into(),
-            role: PortRole::Access,
-        }];
-        let refs: Vec<&Change> = changes.iter().collect();
-        let ops = transaction(&refs, Some("b-1"));
-        let s = serde_json::to_string(&ops).unwrap();
-        assert!(
-            s.contains(r#"["ports","delete",["set",[["uuid","u-1"]]]]"#),
-            "{s}"
-        );
-    }
-
-    #[test]
     fn parses_ovsdb_atoms() {
         assert_eq!(set_members(&json!(["set", [1, 2]])).len(), 2);
         assert_eq!(set_members(&json!(101)).len(), 1);
         assert_eq!(uuid_of(&json!(["uuid", "abc"])), Some("abc".into()));
         let m = map_of(&json!(["map", [["a", "1"], ["b", "2"]]]));
         assert_eq!(m.get("b").map(String::as_str), Some("2"));
+        assert_eq!(optional(&json!({"tag": ["set", []]}), "tag"), None);
+        assert_eq!(optional(&json!({"tag": 7}), "tag"), Some(&json!(7)));
+    }
+
+    #[test]
+    fn an_interface_ovs_cannot_use_says_why() {
+        let ok = ObservedIface {
+            ofport: Some(3),
+            error: None,
+        };
+        assert_eq!(ok.problem(), None);
+        let gone = ObservedIface {
+            ofport: Some(-1),
+            error: None,
+        };
+        assert!(gone.problem().unwrap().contains("ofport -1"));
+        let err = ObservedIface {
+            ofport: Some(-1),
+            error: Some("could not open network device x (No such device)".into()),
+        };
+        assert!(err.problem().unwrap().contains("No such device"));
     }
 }
