@@ -135,12 +135,20 @@ impl System {
                 .ok()
                 .flatten()
         };
-        let (switch, links, rules, charon, guard_listing) = tokio::join!(
+        let policies = async {
+            tokio::task::spawn_blocking(crate::xfrm::dump)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        };
+        let (switch, links, rules, charon, guard_listing, policies) = tokio::join!(
             switch::observe(&self.ovsdb, bridge),
             self.netlink.observe(),
             rules,
             charon,
-            guard_listing
+            guard_listing,
+            policies
         );
         let (conns, sas) = charon?;
         let security = ObservedSecurity {
@@ -148,6 +156,7 @@ impl System {
             vxlan_rules: rules?,
             conns,
             sas,
+            policies,
         };
         Ok(ActualState {
             switch: switch?,
@@ -175,6 +184,39 @@ pub async fn resolve_backend(
     })
 }
 
+/// Refuse a config whose proposals the running charon cannot negotiate (a missing DH group,
+/// cipher or PRF): every SA would fail and the guard would drop everything.
+pub async fn charon_can_negotiate(
+    cfg: &SiteConfig,
+    vici: &vici::Client,
+    backend: IpsecBackend,
+) -> Result<(), ApplyError> {
+    let reply = match vici.algorithms().await {
+        Ok(r) => r,
+        // A charon older than `get-algorithms` (5.4) cannot be asked.
+        Err(ViciError::UnknownCommand(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let esp: Vec<String> = cfg
+        .ipsec
+        .esp_proposals
+        .iter()
+        .map(|e| e.proposal.clone())
+        .collect();
+    let missing = crate::algorithms::missing(
+        &cfg.ipsec.ike_proposals,
+        &esp,
+        backend,
+        &crate::algorithms::available(&reply),
+    );
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApplyError::Config(
+        missing.into_iter().map(|(k, m)| cfg.issue(&k, m)).collect(),
+    ))
+}
+
 /// Everything `plan` and `apply` need: facts, desired and actual state, and the diff.
 pub struct Prepared {
     pub facts: Facts,
@@ -198,7 +240,9 @@ pub async fn prepare_with(
     debug!(ms = t.elapsed().as_secs_f64() * 1e3, "discovered facts");
     if cfg.ipsec.enabled {
         if let Some(v) = &sys.vici {
-            facts.ipsec_backend = Some(resolve_backend(cfg, v).await?);
+            let backend = resolve_backend(cfg, v).await?;
+            facts.ipsec_backend = Some(backend);
+            charon_can_negotiate(cfg, v, backend).await?;
         }
     }
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;

@@ -8,8 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::SiteConfig;
-use crate::ipsec::{conn_name, SaState};
+use std::net::IpAddr;
+
+use crate::config::{BackendChoice, SiteConfig};
+use crate::ipsec::{conn_name, SaState, POLICY_PRIORITY};
 use crate::model::vxlan_device_name;
 use crate::plan::{stale_binding, ActualState, ObservedPort};
 
@@ -113,11 +115,56 @@ pub fn vlans(
                         }
                     }
                 }
+                let vtep = link.and_then(|l| l.vxlan.as_ref());
+                let (Some(peer), Some(local), Some(underlay)) = (
+                    cfg.peer(name),
+                    vtep.and_then(|x| x.local),
+                    vtep.and_then(|x| x.underlay_index),
+                ) else {
+                    continue;
+                };
+                // Kernel SPD policies matter with the kernel backend: configured so, or shown
+                // by our own policies being there.
+                let kernel = cfg.ipsec.backend == BackendChoice::Kernel
+                    || actual
+                        .security
+                        .policies
+                        .iter()
+                        .any(|p| p.esp && p.dst == peer.address);
+                if kernel {
+                    if let Some(b) = bypass_reason(
+                        &actual.security.policies,
+                        local,
+                        underlay,
+                        &peer.name,
+                        peer.address,
+                        cfg.vxlan_port,
+                    ) {
+                        why.push(b);
+                    }
+                }
             }
         }
         out.insert(v.id, why);
     }
     out
+}
+
+/// Why VXLAN to a peer would not enter its SA on the kernel backend: a policy that wins over
+/// ours (see [`crate::xfrm`]).
+pub fn bypass_reason(
+    policies: &[crate::xfrm::Policy],
+    local: IpAddr,
+    underlay: u32,
+    peer: &str,
+    remote: IpAddr,
+    port: u16,
+) -> Option<String> {
+    crate::xfrm::bypass(policies, local, remote, port, underlay, POLICY_PRIORITY).map(|p| {
+        format!(
+            "VXLAN to {peer} bypasses its SA: {p} wins over l2s-vnf's (priority {POLICY_PRIORITY}); remove that policy or give it a priority value above {POLICY_PRIORITY}"
+        )
+    })
 }
 
 /// One line for logs and systemd: `all 2 VLAN(s) up` or `vlan 101: no SA with site-b; …`.

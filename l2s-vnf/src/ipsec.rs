@@ -24,6 +24,11 @@ use crate::model::IpsecBackend;
 use crate::vici::Section;
 
 pub const CONN_PREFIX: &str = "l2s-vnf:";
+/// The fixed priority of our IPsec policies (lower wins). charon's automatic priorities are
+/// above 68 000 — pass policies (e.g. the stock `bypass-lan` plugin's for the underlay's own
+/// subnet) above 100 000 — so VXLAN between the VTEPs enters our SA whatever else charon
+/// installs for the same addresses.
+pub const POLICY_PRIORITY: u32 = 1000;
 pub const CHILD_PREFIX: &str = "vxlan-";
 
 /// IKE SA lifetimes: rekey (not reauthenticate) so traffic is never dropped.
@@ -151,6 +156,7 @@ impl DesiredConn {
             .list("remote_ts", [host_ts(self.remote)])
             .list("esp_proposals", &self.esp_proposals)
             .kv("rekey_time", &self.lifetimes.child_rekey)
+            .kv("priority", POLICY_PRIORITY.to_string())
             .kv("start_action", if initiator { "start" } else { "none" })
             .kv("dpd_action", if initiator { "restart" } else { "clear" })
             .kv("close_action", if initiator { "restart" } else { "none" })

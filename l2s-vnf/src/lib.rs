@@ -4,6 +4,7 @@
 //! [`model`] (desired state; [`mtu`] computes the access MTU) → [`plan`] (observed state and
 //! the typed diff) → [`apply`] (executes a plan through [`ovsdb`] and [`netlink`]).
 
+pub mod algorithms;
 pub mod apply;
 pub mod config;
 pub mod daemon;
@@ -20,3 +21,4 @@ pub mod plan;
 mod snapshot;
 pub mod status;
 pub mod vici;
+pub mod xfrm;

@@ -165,13 +165,26 @@ async fn check(
         let nl = netlink::Netlink::connect()?;
         let mut facts = discover::facts(cfg, &nl).await?;
         if cfg.ipsec.enabled {
-            // Ask charon which backend it runs (`auto`); without charon, assume as offline.
-            facts.ipsec_backend = Some(
-                match l2s_vnf::vici::Client::connect(&cfg.ipsec.vici).await {
-                    Ok(v) => apply::resolve_backend(cfg, &v).await?,
-                    Err(_) => offline_backend(cfg),
-                },
-            );
+            // Ask charon which backend it runs (`auto`) and whether it can negotiate the
+            // proposals; without charon, assume as offline.
+            let backend = match l2s_vnf::vici::Client::connect(&cfg.ipsec.vici).await {
+                Ok(v) => {
+                    let backend = apply::resolve_backend(cfg, &v).await?;
+                    apply::charon_can_negotiate(cfg, &v, backend).await?;
+                    backend
+                }
+                Err(_) => {
+                    warn!(
+                        "charon is not reachable at {}: its backend and algorithms were not checked",
+                        cfg.ipsec.vici.display()
+                    );
+                    offline_backend(cfg)
+                }
+            };
+            facts.ipsec_backend = Some(backend);
+            if backend == l2s_vnf::model::IpsecBackend::Kernel {
+                bypass_check(cfg, &facts)?;
+            }
         }
         facts
     };
@@ -245,6 +258,34 @@ async fn check(
         println!("  {step}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuse when a kernel IPsec policy would divert VXLAN to a peer around its SA.
+fn bypass_check(cfg: &SiteConfig, facts: &Facts) -> Result<(), ApplyError> {
+    let policies = l2s_vnf::xfrm::dump().map_err(|e| {
+        ApplyError::Refused(format!("cannot read the kernel's IPsec policies: {e}"))
+    })?;
+    let issues: Vec<_> = cfg
+        .peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            l2s_vnf::health::bypass_reason(
+                &policies,
+                facts.vtep_ip,
+                facts.underlay_index,
+                &p.name,
+                p.address,
+                cfg.vxlan_port,
+            )
+            .map(|why| cfg.issue(&format!("peer[{i}].address"), why))
+        })
+        .collect();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::Config(issues))
+    }
 }
 
 /// The backend when charon cannot be asked: `auto` is taken as libipsec, whose MTU is the

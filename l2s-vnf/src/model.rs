@@ -227,6 +227,25 @@ pub fn access_mtu(cfg: &SiteConfig, facts: &Facts) -> Result<(u32, MtuResult), C
         ));
     };
     let mut best = best;
+    if backend == BackendChoice::Kernel && cfg.ipsec.enabled {
+        let plain = mtu::compute(&MtuInputs {
+            underlay_mtu: facts.underlay_mtu,
+            family,
+            protection: Protection::Esp {
+                proposals: cfg.ipsec.esp_proposals.clone(),
+                mode: EspMode::Transport,
+                nat_t: false,
+                tun_mtu: None,
+            },
+        });
+        if let Some(plain) = plain.filter(|p| p.access_mtu > best.access_mtu) {
+            best.derivation.push(format!(
+                "kernel ESP counts NAT-T's {} bytes: charon moves ESP into UDP 4500 when it finds a NAT between the sites, and the access MTU must not change then; without a NAT the wire carries plain ESP (IP protocol 50) and {} would fit",
+                mtu::UDP_HEADER,
+                plain.access_mtu
+            ));
+        }
+    }
     if backend == BackendChoice::Auto && cfg.ipsec.enabled {
         best.derivation.push(
             "backend `auto` not resolved yet (charon not asked): the smaller of kernel and libipsec is used".into(),

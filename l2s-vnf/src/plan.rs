@@ -26,6 +26,8 @@ pub struct ObservedSecurity {
     pub conns: Option<Vec<ObservedConn>>,
     /// Connections with an IKE_SA (any state), with the state of their SAs.
     pub sas: BTreeMap<String, crate::ipsec::SaState>,
+    /// The kernel's IPsec policies (to tell whether VXLAN would bypass our SAs).
+    pub policies: Vec<crate::xfrm::Policy>,
 }
 
 impl ObservedSecurity {
@@ -976,6 +978,7 @@ mod tests {
                 },
             ]),
             sas: BTreeMap::new(),
+            policies: vec![],
         };
         let p = teardown("l2s0", "a", &a);
         let text: Vec<String> = p.changes.iter().map(|c| c.to_string()).collect();

@@ -465,6 +465,16 @@ impl Lab {
     /// Start charon with (`libipsec`) or without kernel-libipsec (then charon uses the kernel's
     /// XFRM through kernel-netlink, and l2s-vnf's `auto` picks the kernel backend).
     pub fn start_charon_with(&mut self, site: &str, libipsec: bool) -> Result<PathBuf> {
+        let plugins = format!(
+            "random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 x509 pubkey {}kernel-netlink socket-default vici",
+            if libipsec { "kernel-libipsec " } else { "" }
+        );
+        self.start_charon_loading(site, &plugins)
+    }
+
+    /// Start charon at a site loading exactly `plugins` (e.g. without the ones an algorithm
+    /// comes from).
+    pub fn start_charon_loading(&mut self, site: &str, plugins: &str) -> Result<PathBuf> {
         let s = self.site(site);
         let (ns, dir) = (s.ns.clone(), s.dir.clone());
         let run = dir.join("run");
@@ -475,10 +485,9 @@ impl Lab {
         std::fs::write(
             &conf,
             format!(
-                "charon {{\n  load = random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 x509 pubkey {kernel}kernel-netlink socket-default vici\n  retransmit_timeout = 1.0\n  retransmit_base = 1.2\n  retransmit_tries = 3\n  plugins {{\n    vici {{\n      socket = unix://{vici}\n    }}\n    kernel-libipsec {{\n      allow_peer_ts = yes\n    }}\n  }}\n  filelog {{\n    charon {{\n      path = {log}\n      default = 1\n      ike = 2\n      cfg = 2\n      flush_line = yes\n      time_format = %H:%M:%S\n    }}\n  }}\n}}\n",
+                "charon {{\n  load = {plugins}\n  retransmit_timeout = 1.0\n  retransmit_base = 1.2\n  retransmit_tries = 3\n  plugins {{\n    vici {{\n      socket = unix://{vici}\n    }}\n    kernel-libipsec {{\n      allow_peer_ts = yes\n    }}\n  }}\n  filelog {{\n    charon {{\n      path = {log}\n      default = 1\n      ike = 2\n      cfg = 2\n      flush_line = yes\n      time_format = %H:%M:%S\n    }}\n  }}\n}}\n",
                 vici = vici.display(),
                 log = dir.join("charon.log").display(),
-                kernel = if libipsec { "kernel-libipsec " } else { "" }
             ),
         )?;
         let script = format!(

@@ -272,7 +272,8 @@ fn debian_package_builds_installs_and_checks_its_example() {
         "openvswitch-switch",
         "strongswan-swanctl",
         "nftables",
-        "strongswan-charon",
+        "charon-systemd | strongswan-charon",
+        "libstrongswan-standard-plugins",
     ] {
         assert!(deps.contains(dep), "{dep} missing in Depends:\n{deps}");
     }

@@ -580,3 +580,104 @@ fn kernel_backend_transport_mode_negotiates_ike_and_stays_closed() {
         "no IKE traffic seen"
     );
 }
+
+/// Local causes are clear errors, never a silently dead site: a charon without the algorithms
+/// of the configured proposals (Debian's libstrongswan without the standard plugins), and a
+/// kernel IPsec policy that would divert VXLAN around the SA. A peer that is merely not up
+/// yet stays a warning.
+#[test]
+fn a_charon_lacking_algorithms_or_a_bypass_policy_is_a_clear_error() {
+    require_lab!();
+    let mut lab = Lab::new(2).unwrap();
+    lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
+    let psk = lab.psk_file("psk", "local-causes-secret-value\n").unwrap();
+    // What Debian's libstrongswan alone brings: no openssl, gcm or curve25519.
+    lab.start_charon_loading(
+        "a",
+        "random nonce aes sha1 sha2 hmac gmp kdf pem pkcs1 x509 pubkey kernel-netlink socket-default vici",
+    )
+    .unwrap();
+    let vlans: &[l2s_lab::VlanSpec] = &[(101, &["acc101"], None)];
+    let cfg = lab.secure("a", &lab.config("a", &["b"], vlans), &psk, "");
+    lab.write_config("a", &cfg).unwrap();
+    for cmd in ["check", "apply"] {
+        let out = lab.l2s("a", &[cmd]).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("ipsec.ike_proposals[0]")
+                && err.contains("CURVE_25519 (x25519")
+                && err.contains("AES_GCM_16 (aes256gcm16")
+                && err.contains("libstrongswan-standard-plugins"),
+            "{cmd}: {err}"
+        );
+    }
+    assert!(
+        lab.vsctl("a", &["list-br"]).unwrap().trim().is_empty(),
+        "a refused apply changed the switch"
+    );
+    // Proposals this charon can do are accepted.
+    let modp = lab.secure(
+        "a",
+        &lab.config("a", &["b"], vlans),
+        &psk,
+        "ike_proposals = [\"aes256-sha384-modp3072\"]\n",
+    );
+    lab.write_config("a", &modp).unwrap();
+    lab.l2s_ok("a", &["check"]).unwrap();
+
+    // A kernel backend whose SPD holds a pass policy above ours for the underlay subnet.
+    lab.kill_charon("a");
+    lab.start_charon_with("a", false).unwrap();
+    let kernel = lab
+        .secure("a", &lab.config("a", &["b"], vlans), &psk, "")
+        .replace("backend = \"auto\"", "backend = \"kernel\"");
+    lab.write_config("a", &kernel).unwrap();
+    let ns = lab.site("a").ns.clone();
+    let xfrm = |args: &[&str]| {
+        l2s_lab::sh(netns(&ns, "ip").args(["xfrm", "policy"]).args(args)).unwrap();
+    };
+    // As charon's bypass-lan installs it: its automatic priority loses to ours.
+    xfrm(&[
+        "add",
+        "src",
+        "192.0.2.0/24",
+        "dst",
+        "192.0.2.0/24",
+        "dir",
+        "out",
+        "priority",
+        "175423",
+    ]);
+    let ok = lab.l2s_ok("a", &["check"]).unwrap();
+    assert!(ok.contains("valid"), "{ok}");
+    // Someone's pass policy above ours: VXLAN to B would bypass its SA.
+    xfrm(&[
+        "add",
+        "src",
+        "192.0.2.0/25",
+        "dst",
+        "192.0.2.0/25",
+        "dir",
+        "out",
+        "priority",
+        "100",
+    ]);
+    let out = lab.l2s("a", &["check"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("peer[0].address")
+            && err.contains("VXLAN to site-b bypasses its SA: a pass policy 192.0.2.0/25 -> 192.0.2.0/25 priority 100"),
+        "{err}"
+    );
+    // status says the same, and that the VLAN is degraded for it.
+    lab.l2s_ok("a", &["apply"]).unwrap();
+    let st = lab.l2s_ok("a", &["status"]).unwrap();
+    assert!(
+        st.contains("DEGRADED") && st.contains("VXLAN to site-b bypasses its SA"),
+        "{st}"
+    );
+    // The peer that is simply not up is a warning, not an error.
+    assert!(st.contains("no established SA with peer site-b"), "{st}");
+}

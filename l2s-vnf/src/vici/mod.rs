@@ -208,6 +208,11 @@ impl Client {
             .strings("plugins"))
     }
 
+    /// The algorithms charon's plugins implement, by kind (`get-algorithms`).
+    pub async fn algorithms(&self) -> Result<Section, ViciError> {
+        self.request("get-algorithms", &Section::new()).await
+    }
+
     /// Load a PSK for the given owner identities, replacing an earlier one with the same `id`.
     /// The secret is sent to charon and nowhere else.
     pub async fn load_shared(
