@@ -113,7 +113,7 @@ impl System {
         };
         let charon = async {
             let Some(v) = &self.vici else {
-                return Ok::<_, ApplyError>((None, Default::default()));
+                return Ok::<_, ApplyError>((None, Default::default(), None));
             };
             let conns: Vec<ObservedConn> = v
                 .list_conns()
@@ -126,7 +126,9 @@ impl System {
                 .into_iter()
                 .filter(|(n, _)| ipsec::owned_conn(n, bridge))
                 .collect();
-            Ok((Some(conns), sas))
+            // A charon without `get-shared` (before 5.7) cannot tell.
+            let keys = v.shared_keys().await.ok();
+            Ok((Some(conns), sas, keys))
         };
         let table = guard::table_name(bridge);
         let guard_listing = async {
@@ -150,13 +152,14 @@ impl System {
             guard_listing,
             policies
         );
-        let (conns, sas) = charon?;
+        let (conns, sas, keys) = charon?;
         let security = ObservedSecurity {
             guard: guard_listing,
             vxlan_rules: rules?,
             conns,
             sas,
             policies,
+            keys,
         };
         Ok(ActualState {
             switch: switch?,
@@ -558,6 +561,10 @@ async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyE
         IpsecChange::Initiate { name, child } => {
             v.initiate_async(name, child).await?;
             info!(conn = %name, "initiating IKE_SA");
+        }
+        IpsecChange::LoadKey { conn } => {
+            load_psk(v, conn).await?;
+            info!(conn = %conn.name, "pre-shared key handed to charon again");
         }
         IpsecChange::Unload { name } => {
             v.terminate_ike(name).await?;

@@ -291,6 +291,10 @@ pub enum IpsecChange {
     Unload {
         name: String,
     },
+    /// The connection is loaded but charon lost its pre-shared key.
+    LoadKey {
+        conn: Box<DesiredConn>,
+    },
 }
 
 impl fmt::Display for IpsecChange {
@@ -312,6 +316,9 @@ impl fmt::Display for IpsecChange {
             }
             IpsecChange::Initiate { name, .. } => write!(f, "~ ipsec {name}: initiate (no SA)"),
             IpsecChange::Unload { name } => write!(f, "- ipsec {name}"),
+            IpsecChange::LoadKey { conn } => {
+                write!(f, "~ ipsec {}: pre-shared key loaded again", conn.name)
+            }
         }
     }
 }
@@ -322,6 +329,7 @@ pub fn diff(
     desired: &[DesiredConn],
     observed: &[ObservedConn],
     with_sa: &[String],
+    keys: Option<&[String]>,
     bridge: &str,
 ) -> Vec<IpsecChange> {
     let mut out = vec![];
@@ -331,6 +339,16 @@ pub fn diff(
             child: d.child_name(),
         };
         let has_sa = with_sa.contains(&d.name);
+        let loaded = observed
+            .iter()
+            .any(|o| o.name == d.name && o.children.contains(&d.child_name()));
+        // A key cleared in charon (`swanctl --load-creds --clear`) breaks the next IKE
+        // authentication; a loaded connection gets its key back.
+        if loaded && keys.is_some_and(|k| !k.contains(&d.name)) {
+            out.push(IpsecChange::LoadKey {
+                conn: Box::new(d.clone()),
+            });
+        }
         match observed.iter().find(|o| o.name == d.name) {
             None => {
                 out.push(IpsecChange::Load {
@@ -460,6 +478,7 @@ mod tests {
             std::slice::from_ref(&c),
             std::slice::from_ref(&current),
             &up,
+            None,
             "l2s0"
         )
         .is_empty());
@@ -468,6 +487,7 @@ mod tests {
                 std::slice::from_ref(&c),
                 std::slice::from_ref(&current),
                 &[],
+                None,
                 "l2s0"
             )[..],
             [IpsecChange::Initiate { .. }]
@@ -477,7 +497,7 @@ mod tests {
             children: vec!["vxlan-00000000".into()],
         };
         assert!(matches!(
-            diff(std::slice::from_ref(&c), &[stale], &up, "l2s0")[..],
+            diff(std::slice::from_ref(&c), &[stale], &up, None, "l2s0")[..],
             [IpsecChange::Load {
                 why: "config changed",
                 ..
@@ -503,6 +523,7 @@ mod tests {
             &[],
             &[foreign, other_instance, ours_gone, prefix_twin],
             &[],
+            None,
             "l2s0",
         );
         assert_eq!(
@@ -510,6 +531,25 @@ mod tests {
             vec![IpsecChange::Unload {
                 name: conn_name("l2s0", "site-z")
             }]
+        );
+    }
+
+    #[test]
+    fn a_key_lost_in_charon_is_loaded_again() {
+        let c = conn(IpsecBackend::Kernel, "192.0.2.1", "192.0.2.2");
+        let current = ObservedConn {
+            name: c.name.clone(),
+            children: vec![c.child_name()],
+        };
+        let up = vec![c.name.clone()];
+        let keys = vec![c.name.clone()];
+        let one = std::slice::from_ref(&c);
+        let cur = std::slice::from_ref(&current);
+        assert!(diff(one, cur, &up, Some(&keys), "l2s0").is_empty());
+        let d = diff(one, cur, &up, Some(&[]), "l2s0");
+        assert_eq!(
+            d.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            vec!["~ ipsec l2s-vnf:l2s0:site-b: pre-shared key loaded again"]
         );
     }
 

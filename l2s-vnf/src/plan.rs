@@ -28,6 +28,8 @@ pub struct ObservedSecurity {
     pub sas: BTreeMap<String, crate::ipsec::SaState>,
     /// The kernel's IPsec policies (to tell whether VXLAN would bypass our SAs).
     pub policies: Vec<crate::xfrm::Policy>,
+    /// Ids of the pre-shared keys charon holds (`None`: not known).
+    pub keys: Option<Vec<String>>,
 }
 
 impl ObservedSecurity {
@@ -644,7 +646,7 @@ pub fn diff_security(
             let observed = obs.conns.as_deref().unwrap_or(&[]);
             let with_sa: Vec<String> = obs.sas.keys().cloned().collect();
             post.extend(
-                crate::ipsec::diff(&d.conns, observed, &with_sa, bridge)
+                crate::ipsec::diff(&d.conns, observed, &with_sa, obs.keys.as_deref(), bridge)
                     .into_iter()
                     .map(Change::Ipsec),
             );
@@ -653,7 +655,7 @@ pub fn diff_security(
             // Insecure lab mode: nothing of ours may stay in the way of clear-text VXLAN.
             if let Some(observed) = &obs.conns {
                 post.extend(
-                    crate::ipsec::diff(&[], observed, &[], bridge)
+                    crate::ipsec::diff(&[], observed, &[], None, bridge)
                         .into_iter()
                         .map(Change::Ipsec),
                 );
@@ -979,6 +981,7 @@ mod tests {
             ]),
             sas: BTreeMap::new(),
             policies: vec![],
+            keys: None,
         };
         let p = teardown("l2s0", "a", &a);
         let text: Vec<String> = p.changes.iter().map(|c| c.to_string()).collect();

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod guest;
+
 const LAB_PREFIX: &str = "l2slab";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -1112,4 +1114,34 @@ impl Lab {
         }
         bail!("no service within {limit:?}: {last}")
     }
+}
+
+/// The project's Debian package, built once per test process with cargo-deb (from
+/// tests/deps.sh): its path.
+pub fn package() -> Result<PathBuf> {
+    static DEB: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    DEB.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&root)
+                .args(["deb", "-p", "l2s-vnf", "--locked"]),
+        )
+        .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!(
+                "cargo deb failed:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        text.lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.ends_with(".deb"))
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("no .deb named in cargo deb's output:\n{text}"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }

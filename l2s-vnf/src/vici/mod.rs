@@ -213,6 +213,14 @@ impl Client {
         self.request("get-algorithms", &Section::new()).await
     }
 
+    /// Ids of the shared keys loaded over VICI (`get-shared`).
+    pub async fn shared_keys(&self) -> Result<Vec<String>, ViciError> {
+        Ok(self
+            .request("get-shared", &Section::new())
+            .await?
+            .strings("keys"))
+    }
+
     /// Load a PSK for the given owner identities, replacing an earlier one with the same `id`.
     /// The secret is sent to charon and nowhere else.
     pub async fn load_shared(

@@ -1,0 +1,184 @@
+//! The whole VLAN space on one appliance: `l2s-vnf apply` at N VLANs × P peers against a real
+//! ovsdb-server/ovs-vswitchd in a namespace (the userspace datapath here), beside the floor —
+//! the same objects made in one `ovs-vsctl` transaction and by `ip -batch` / `bridge -batch`.
+//!
+//! For each N it prints, in one run: apply from empty (and its ratio to the floor), the floor
+//! and its parts, time per VLAN (linear growth shows as a flat column), a no-op apply, a
+//! one-VLAN delta, and the peak RSS of apply.
+//!
+//! Usage: `l2s-scale [--vlans 500,1000,2000,4094] [--peers 16]`. Needs root and OVS.
+
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use l2s_lab::{l2s_bin, netns, sh, Lab};
+
+fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// `l2s-vnf -c <site a config> CMD`: (wall time, peak RSS in KiB).
+fn l2s_timed(lab: &Lab, cmd: &str) -> Result<(Duration, i64)> {
+    let t = Instant::now();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.site("a").ns])
+        .arg(l2s_bin()?)
+        .arg("-c")
+        .arg(lab.site("a").dir.join("site.toml"))
+        .arg(cmd)
+        .env(
+            "L2S_VNF_LOG",
+            std::env::var("L2S_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()?;
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    #[allow(unsafe_code)]
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid with valid pointers.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let elapsed = t.elapsed();
+    std::mem::forget(child);
+    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("l2s-vnf {cmd} failed (status {status})");
+    }
+    Ok((elapsed, usage.ru_maxrss))
+}
+
+/// Run `prog` in the site with `input` on stdin (for `-batch -`).
+fn batch(ns: &str, prog: &str, args: &[&str], input: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = netns(ns, prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{prog} batch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The floor: the same devices, flood entries and ports with the fastest standard tools.
+/// Returns (ip -batch, bridge -batch, ovs-vsctl) times.
+fn floor(lab: &Lab, vlans: usize, peers: usize) -> Result<(Duration, Duration, Duration)> {
+    let ns = &lab.site("a").ns;
+    let db = format!("--db=unix:{}", lab.site("a").ovsdb_sock.display());
+    let (mut links, mut fdb) = (String::new(), String::new());
+    let mut vsctl: Vec<String> = vec![
+        db.clone(),
+        "--".into(),
+        "add-br".into(),
+        "l2s0".into(),
+        "--".into(),
+        "set".into(),
+        "bridge".into(),
+        "l2s0".into(),
+        "datapath_type=netdev".into(),
+    ];
+    for v in 0..vlans {
+        let id = 100 + v;
+        let dev = format!("fx{id}");
+        let _ = writeln!(
+            links,
+            "link add {dev} mtu 1450 type vxlan id {id} dstport 4789 local 192.0.2.1 dev eth1\nlink set {dev} up"
+        );
+        for p in 0..peers {
+            let _ = writeln!(
+                fdb,
+                "fdb append 00:00:00:00:00:00 dev {dev} dst 192.0.2.{}",
+                10 + p
+            );
+        }
+        vsctl.extend([
+            "--".into(),
+            "add-port".into(),
+            "l2s0".into(),
+            dev.clone(),
+            format!("tag={id}"),
+        ]);
+    }
+    let t = Instant::now();
+    batch(ns, "ip", &["-batch", "-"], &links)?;
+    let ip_t = t.elapsed();
+    let t = Instant::now();
+    batch(ns, "bridge", &["-batch", "-"], &fdb)?;
+    let br_t = t.elapsed();
+    let t = Instant::now();
+    // Without --no-wait, ovs-vsctl waits until ovs-vswitchd has applied it, as we do.
+    sh(netns(ns, "ovs-vsctl").arg("--timeout=3600").args(&vsctl))?;
+    let ovs_t = t.elapsed();
+    sh(netns(ns, "ovs-vsctl").args([&db, "del-br", "l2s0"]))?;
+    let mut del = String::new();
+    for v in 0..vlans {
+        let _ = writeln!(del, "link del fx{}", 100 + v);
+    }
+    batch(ns, "ip", &["-batch", "-"], &del)?;
+    Ok((ip_t, br_t, ovs_t))
+}
+
+fn main() -> Result<()> {
+    if let Some(why) = l2s_lab::skip_reason() {
+        bail!("cannot benchmark: {why}");
+    }
+    let vlan_counts = arg_list("--vlans", &[500, 1000, 2000, 4094]);
+    let peers = arg_list("--peers", &[16])[0];
+    println!(
+        "{:>6} {:>5} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8} | {:>7} {:>8} {:>8} {:>7}",
+        "vlans",
+        "peers",
+        "apply s",
+        "floor s",
+        "ratio",
+        "ip s",
+        "bridge s",
+        "vsctl s",
+        "ms/vlan",
+        "no-op ms",
+        "+1 ms",
+        "RSS MiB"
+    );
+    for &n in &vlan_counts {
+        let lab = Lab::new(1)?;
+        let (fip, fbr, fovs) = floor(&lab, n, peers)?;
+        let fl = fip + fbr + fovs;
+        lab.write_config("a", &lab.scale_config(n, peers, ""))?;
+        let (apply, rss) = l2s_timed(&lab, "apply")?;
+        let (noop, _) = l2s_timed(&lab, "apply")?;
+        lab.write_config("a", &lab.scale_config(n + 1, peers, ""))?;
+        let (delta, rss2) = l2s_timed(&lab, "apply")?;
+        println!(
+            "{n:>6} {peers:>5} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>7.2} {:>8.0} {:>8.0} {:>7.1}",
+            apply.as_secs_f64(),
+            fl.as_secs_f64(),
+            apply.as_secs_f64() / fl.as_secs_f64(),
+            fip.as_secs_f64(),
+            fbr.as_secs_f64(),
+            fovs.as_secs_f64(),
+            apply.as_secs_f64() * 1e3 / n as f64,
+            noop.as_secs_f64() * 1e3,
+            delta.as_secs_f64() * 1e3,
+            rss.max(rss2) as f64 / 1024.0
+        );
+        l2s_timed(&lab, "down")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,573 @@
+//! The guest lab: the production stack in a QEMU guest running Debian 12 with Debian's own
+//! kernel — the OVS kernel datapath, kernel ESP in transport mode, systemd, cloud-init and
+//! the project's .deb — beside the namespace lab (which runs on this machine's kernel, with
+//! the userspace datapath and charon's libipsec).
+//!
+//! - [`Image::ensure`] builds the guest image from Debian's packages (`tests/guest/`), cached
+//!   by content: a rebuild only when the recipe or the .deb's declared dependencies change.
+//!   The .deb itself is installed at boot, by the project's cloud-init user-data.
+//! - [`Guest::boot`] boots it (KVM when a guest really runs under it — probed by booting —
+//!   else TCG), with a NoCloud seed and the .deb served to the guest over QEMU's user
+//!   network, which reaches nothing else; [`Guest::sh`] runs commands in it over ssh.
+//! - A guest, its disks and its run directory go when it is dropped (success, failure,
+//!   panic); those of killed runs are purged at the next boot.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run, sh};
+
+const RUN_PREFIX: &str = "l2s-guest";
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The guest recipe's files, in the order they are hashed for the cache key.
+const RECIPE: &[&str] = &[
+    "build-image.sh",
+    "customize.sh",
+    "nfvi.sh",
+    "l2s-lab-nfvi.service",
+];
+
+fn guest_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("guest")
+}
+
+/// Where built images live: `$L2S_GUEST_CACHE`, else /var/cache/l2s-lab/guest.
+fn cache_root() -> PathBuf {
+    std::env::var_os("L2S_GUEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/l2s-lab/guest"))
+}
+
+/// Whether the guest lab can run here: root and the tools it needs. (Missing tools are a
+/// failure, not a skip: CI installs them with tests/deps.sh.)
+pub fn missing_tools() -> Vec<&'static str> {
+    [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "mmdebstrap",
+        "mkfs.ext4",
+        "genisoimage",
+        "ssh",
+        "ssh-keygen",
+        "sha256sum",
+    ]
+    .into_iter()
+    .filter(|t| crate::which(t).is_none())
+    .collect()
+}
+
+/// A built guest image: `root.img` (ext4), Debian's `vmlinuz` and `initrd.img`, and the ssh
+/// key the harness logs in with.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub dir: PathBuf,
+}
+
+impl Image {
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("id_ed25519")
+    }
+
+    /// The image for this .deb: reused when the recipe and the .deb's declared dependencies
+    /// are those it was built from, else built (about 2–3 minutes; Debian's mirror must be
+    /// reachable).
+    pub fn ensure(deb: &Path) -> Result<Image> {
+        let depends = sh(Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(deb)
+            .arg("Depends"))?;
+        let mut hashed = Vec::new();
+        for f in RECIPE {
+            hashed.extend(std::fs::read(guest_dir().join(f))?);
+        }
+        hashed.extend(depends.as_bytes());
+        let digest = sha256(&hashed)?;
+        let dir = cache_root().join(&digest[..16]);
+        let image = Image { dir: dir.clone() };
+        if [
+            "root.img",
+            "vmlinuz",
+            "initrd.img",
+            "id_ed25519",
+            "complete",
+        ]
+        .iter()
+        .all(|f| dir.join(f).exists())
+        {
+            return Ok(image);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        sh(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "l2s-guest-lab", "-f"])
+            .arg(image.key()))?;
+        let t = Instant::now();
+        let out = run(Command::new(guest_dir().join("build-image.sh"))
+            .arg(&dir)
+            .arg(deb)
+            .arg(dir.join("id_ed25519.pub")))?;
+        if !out.status.success() {
+            bail!(
+                "building the guest image failed ({}):\n{}\n{}",
+                out.status,
+                tail(&String::from_utf8_lossy(&out.stdout), 40),
+                tail(&String::from_utf8_lossy(&out.stderr), 40)
+            );
+        }
+        std::fs::write(dir.join("complete"), format!("{depends}\n"))?;
+        eprintln!(
+            "guest image built in {:.0} s: {}",
+            t.elapsed().as_secs_f64(),
+            dir.display()
+        );
+        // Older images of this cache are of no use any more.
+        for e in std::fs::read_dir(cache_root())?.flatten() {
+            if e.path() != dir {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(image)
+    }
+}
+
+fn sha256(data: &[u8]) -> Result<String> {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("sha256sum stdin")?
+        .write_all(data)?;
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The project's cloud-init user-data for one site of the NS parameters
+/// (descriptors/osm/l2s_ns/params-3sites.yaml), rendered as OSM renders it, with the PSK and
+/// the package URL given here.
+pub fn user_data(member: &str, psk: &str, deb_url: &str) -> Result<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::env::temp_dir().join(format!(
+        "{RUN_PREFIX}-{}-{member}.user-data",
+        std::process::id()
+    ));
+    sh(Command::new("python3")
+        .current_dir(&root)
+        .arg("tests/deploy/render_cloud_init.py")
+        .arg("cloud-init/l2s-user-data.yaml")
+        .arg("descriptors/osm/l2s_ns/params-3sites.yaml")
+        .arg(member)
+        .arg(&out)
+        .arg(format!("psk={psk}"))
+        .arg(format!("l2s_deb_url={deb_url}")))?;
+    let text = std::fs::read_to_string(&out)?;
+    let _ = std::fs::remove_file(&out);
+    Ok(text)
+}
+
+/// How QEMU runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
+            Accel::Tcg => &["-accel", "tcg,thread=multi"],
+        }
+    }
+
+    /// KVM if a guest really runs under it here, else TCG. `/dev/kvm` existing proves
+    /// nothing (on these machines guests hang under it), so this boots the image's kernel
+    /// under KVM and waits for it to print; the answer is remembered until the next reboot.
+    pub fn probe(image: &Image) -> Accel {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let memo = image.dir.join(format!("accel-{boot_id}"));
+        if let Ok(s) = std::fs::read_to_string(&memo) {
+            return if s.trim() == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
+        }
+        let works = Path::new("/dev/kvm").exists() && kvm_boots(image).unwrap_or(false);
+        let accel = if works { Accel::Kvm } else { Accel::Tcg };
+        let _ = std::fs::write(&memo, if works { "kvm" } else { "tcg" });
+        accel
+    }
+}
+
+/// Boot the kernel under KVM with no root: does it print within 20 s?
+fn kvm_boots(image: &Image) -> Result<bool> {
+    let log = image.dir.join("kvm-probe.log");
+    let _ = std::fs::remove_file(&log);
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(Accel::Kvm.args())
+        .args([
+            "-m", "512", "-smp", "1", "-display", "none", "-monitor", "none",
+        ])
+        .args(["-no-reboot", "-kernel"])
+        .arg(image.dir.join("vmlinuz"))
+        .arg("-append")
+        .arg("console=ttyS0 panic=-1")
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let t = Instant::now();
+    let mut printed = false;
+    while t.elapsed() < Duration::from_secs(20) {
+        if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Linux version")) {
+            printed = true;
+            break;
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(printed)
+}
+
+/// What to boot a guest with.
+#[derive(Debug, Default)]
+pub struct Boot<'a> {
+    /// cloud-init user-data for the NoCloud seed (`None`: no seed).
+    pub user_data: Option<&'a str>,
+    /// A file the guest can fetch as `http://10.0.2.100/<file name>`.
+    pub serve: Option<&'a Path>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+}
+
+/// A running guest. Killed, and its disks and run directory removed, when dropped.
+pub struct Guest {
+    child: Child,
+    pub dir: PathBuf,
+    port: u16,
+    key: PathBuf,
+    pub accel: Accel,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Remove the guests of test runs that were killed: their QEMU (by the pid file in their run
+/// directory, if its command line still names that directory) and their files.
+fn purge_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix(&format!("{RUN_PREFIX}-"))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid_alive(owner) {
+            continue;
+        }
+        if let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*e.path().to_string_lossy()) {
+                // SAFETY: kill(2) on a QEMU that a test run started (its command line names
+                // that run's directory).
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Guest {
+    /// Boot a guest of `image` and wait until it can be logged into (it has booted to
+    /// multi-user by then; cloud-init may still run).
+    pub fn boot(image: &Image, opts: Boot<'_>) -> Result<Guest> {
+        purge_stale();
+        let accel = Accel::probe(image);
+        let dir = std::env::temp_dir().join(format!(
+            "{RUN_PREFIX}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let overlay = dir.join("disk.qcow2");
+        sh(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(image.dir.join("root.img"))
+            .arg(&overlay))?;
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(accel.args())
+            .arg("-m")
+            .arg(opts.memory_mib.max(1024).to_string())
+            .arg("-smp")
+            .arg(opts.cpus.max(1).to_string())
+            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-pidfile")
+            .arg(dir.join("qemu.pid"))
+            .arg("-kernel")
+            .arg(image.dir.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(image.dir.join("initrd.img"))
+            .arg("-append")
+            .arg("root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1")
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("console.log").display()))
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", overlay.display()));
+        if let Some(ud) = opts.user_data {
+            let seed = dir.join("seed");
+            std::fs::create_dir_all(&seed)?;
+            std::fs::write(seed.join("user-data"), ud)?;
+            std::fs::write(
+                seed.join("meta-data"),
+                format!(
+                    "instance-id: l2s-guest-{}\nlocal-hostname: l2s-guest\n",
+                    std::process::id()
+                ),
+            )?;
+            sh(Command::new("genisoimage")
+                .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+                .arg(dir.join("seed.iso"))
+                .arg(seed.join("user-data"))
+                .arg(seed.join("meta-data")))?;
+            cmd.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                dir.join("seed.iso").display()
+            ));
+        }
+        let port = free_port()?;
+        // User networking that reaches nothing (restrict=on) but the harness's ssh and the
+        // one file served to 10.0.2.100:80 (a fresh `cat` of a ready HTTP response per
+        // connection, run by QEMU).
+        let mut nic = format!(
+            "user,model=virtio-net-pci,mac=52:54:00:00:0a:01,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
+        );
+        if let Some(file) = opts.serve {
+            let body = std::fs::read(file)?;
+            let mut response = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            response.extend(body);
+            let path = dir.join("served.http");
+            std::fs::write(&path, response)?;
+            // The connection must outlive `cat` until QEMU has passed everything on.
+            nic.push_str(&format!(
+                ",guestfwd=tcp:10.0.2.100:80-cmd:sh -c 'cat {} && sleep 60'",
+                path.display()
+            ));
+        }
+        cmd.arg("-nic").arg(nic);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("qemu.err"))?)
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        let guest = Guest {
+            child,
+            dir,
+            port,
+            key: image.key(),
+            accel,
+        };
+        guest.wait_for_ssh(match accel {
+            Accel::Kvm => Duration::from_secs(120),
+            Accel::Tcg => Duration::from_secs(420),
+        })?;
+        Ok(guest)
+    }
+
+    fn wait_for_ssh(&self, within: Duration) -> Result<()> {
+        let t = Instant::now();
+        while t.elapsed() < within {
+            if let Ok(o) = self.run("true") {
+                if o.status.success() {
+                    return Ok(());
+                }
+            }
+            if !pid_alive(self.child.id() as i32) {
+                bail!(
+                    "the guest stopped during boot ({:?}):\n{}\nqemu: {}",
+                    self.accel,
+                    tail(&self.console(), 40),
+                    std::fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        bail!(
+            "the guest ({:?}) did not answer ssh within {within:?}; console:\n{}",
+            self.accel,
+            tail(&self.console(), 40)
+        )
+    }
+
+    /// What the guest printed on its serial console.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+
+    /// The ssh command line that logs into this guest (for a person: README's "shell").
+    pub fn ssh_command(&self) -> String {
+        format!(
+            "ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1",
+            self.key.display(),
+            self.port
+        )
+    }
+
+    fn ssh(&self) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                "ControlPersist=600",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "ControlPath={}",
+                self.dir.join("ssh.ctl").display()
+            ))
+            .arg("root@127.0.0.1");
+        c
+    }
+
+    /// Run a shell command in the guest (as root); never fails on its exit status.
+    pub fn run(&self, cmd: &str) -> Result<Output> {
+        run(self.ssh().arg(cmd))
+    }
+
+    /// Run a shell command in the guest that must succeed; returns its stdout.
+    pub fn sh(&self, cmd: &str) -> Result<String> {
+        let out = self.run(cmd)?;
+        if !out.status.success() {
+            bail!(
+                "in the guest: `{cmd}` failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Write a file in the guest.
+    pub fn write(&self, path: &str, content: &str, mode: u32) -> Result<()> {
+        let mut child = self
+            .ssh()
+            .arg(format!(
+                "umask 077 && cat > '{path}' && chmod {mode:o} '{path}'"
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("ssh stdin")?
+            .write_all(content.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "writing {path} in the guest failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Poll `cmd` in the guest until it succeeds; returns how long it took.
+    pub fn wait_until(&self, what: &str, within: Duration, cmd: &str) -> Result<Duration> {
+        let t = Instant::now();
+        loop {
+            if self.run(cmd).is_ok_and(|o| o.status.success()) {
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > within {
+                bail!("in the guest: {what}: not within {within:?} (`{cmd}`)");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ssh")
+            .args(["-O", "exit", "-o"])
+            .arg(format!(
+                "ControlPath={}",
+                self.dir.join("ssh.ctl").display()
+            ))
+            .arg("root@127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if std::env::var_os("L2S_LAB_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! The production stack, the whole way: a Debian 12 guest on Debian's own kernel (OVS kernel
+//! datapath, kernel ESP in transport mode), site A configured by the project's cloud-init
+//! user-data rendered from the NS parameters — which installs the .deb and starts the
+//! packaged systemd unit — and the paper's sites B and C in namespaces of the same guest,
+//! each with its own OVS, a stock-configured charon and l2s-vnf under systemd. An underlay
+//! capture runs throughout: after every event the VLANs must carry ping, TCP and multicast,
+//! and the underlay only ESP (IP protocol 50) between the VTEPs.
+//!
+//! Slow by nature (TCG on these machines: the image build, when not cached, ~2 min; boot
+//! and cloud-init ~2 min; the scenario several minutes): one guest, one test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use l2s_lab::guest::{self, Boot, Guest, Image};
+
+const PSK: &str = "guest-lab-psk-0123456789-for-this-test-only";
+const DEB_URL: &str = "http://10.0.2.100/l2s-vnf.deb";
+/// The VLAN pairs of the paper's scenario: (from VNF, to VNF, to address, VLAN).
+const PAIRS: [(&str, &str, &str, u16); 4] = [
+    ("a101", "b101", "10.101.0.2", 101),
+    ("a101", "c101", "10.101.0.3", 101),
+    ("b101", "c101", "10.101.0.3", 101),
+    ("a102", "b102", "10.102.0.2", 102),
+];
+const ACCESS_MTU: u32 = 1408;
+
+/// The guest and what the scenario knows about it.
+struct Stack {
+    g: Guest,
+}
+
+/// `l2s-vnf` for a site: A runs with the packaged defaults; B and C in their namespaces.
+fn l2s_cmd(site: &str) -> String {
+    match site {
+        "site-a" => "l2s-vnf".into(),
+        s => format!("ip netns exec {s} l2s-vnf -c /etc/l2s-lab/{s}/site.toml"),
+    }
+}
+
+/// The site.toml and PSK a rendered user-data writes (read with PyYAML, as cloud-init does).
+fn site_files(user_data: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ud = dir.path().join("user-data");
+    std::fs::write(&ud, user_data).unwrap();
+    let out = l2s_lab::sh(std::process::Command::new("python3").arg("-c").arg(format!(
+        "import json,yaml;print(json.dumps({{f['path']: f['content'] for f in yaml.safe_load(open('{}'))['write_files']}}))",
+        ud.display()
+    )))
+    .unwrap();
+    let files: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (
+        files["/etc/l2s-vnf/site.toml"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        files["/etc/l2s-vnf/psk"].as_str().unwrap().to_string(),
+    )
+}
+
+impl Stack {
+    fn sh(&self, cmd: &str) -> String {
+        self.g.sh(cmd).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ok(&self, cmd: &str) -> bool {
+        self.g.run(cmd).is_ok_and(|o| o.status.success())
+    }
+
+    fn status(&self, site: &str) -> serde_json::Value {
+        let text = self.sh(&format!("{} status --json", l2s_cmd(site)));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn all_up(&self) -> bool {
+        ["site-a", "site-b", "site-c"].iter().all(|s| {
+            self.g
+                .sh(&format!("{} status --json", l2s_cmd(s)))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|st| {
+                    st["vlans"]
+                        .as_array()
+                        .is_some_and(|v| !v.is_empty() && v.iter().all(|v| v["up"] == true))
+                })
+        })
+    }
+
+    /// Every site reports every VLAN up (data path and SAs) within `limit`.
+    fn wait_up(&self, what: &str, limit: Duration) -> Duration {
+        let t = Instant::now();
+        while !self.all_up() {
+            if t.elapsed() > limit {
+                let st: Vec<String> = ["site-a", "site-b", "site-c"]
+                    .iter()
+                    .map(|s| {
+                        self.g
+                            .sh(&format!("{} status", l2s_cmd(s)))
+                            .unwrap_or_else(|e| e.to_string())
+                    })
+                    .collect();
+                panic!(
+                    "{what}: not every VLAN up within {limit:?}:\n{}",
+                    st.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        t.elapsed()
+    }
+
+    /// Ping and TCP across the sites on both VLANs, and multicast on VLAN 101.
+    fn service(&self, what: &str) -> Duration {
+        let t = Instant::now();
+        for (from, to, ip, vlan) in PAIRS {
+            let out = self
+                .g
+                .run(&format!("/root/lab/service.sh {from} {to} {ip}"))
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{what}: VLAN {vlan} {from} -> {to}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        self.multicast(what);
+        t.elapsed()
+    }
+
+    fn multicast(&self, what: &str) {
+        let got = self.sh(
+            "ip netns exec b101 /root/lab/multicast.py recv 10.101.0.2 > /tmp/mc-b & \
+             ip netns exec c101 /root/lab/multicast.py recv 10.101.0.3 > /tmp/mc-c & \
+             sleep 1; ip netns exec a101 /root/lab/multicast.py send 10.101.0.1; wait; \
+             cat /tmp/mc-b /tmp/mc-c",
+        );
+        assert_eq!(
+            got.matches("l2s-multicast").count(),
+            2,
+            "{what}: multicast from A did not reach both B and C: {got:?}"
+        );
+    }
+
+    /// Packets in the underlay capture matching a tcpdump filter.
+    fn captured(&self, filter: &str) -> usize {
+        self.sh(&format!(
+            "tcpdump -n -r /root/underlay.pcap '{filter}' 2>/dev/null | wc -l"
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    }
+
+    /// The underlay so far: no clear-text VXLAN between the VTEPs, no outer fragments, ESP only as protocol
+    /// 50 (no NAT, so no UDP encapsulation). Returns the ESP packets seen.
+    fn capture_clean(&self, what: &str) -> usize {
+        // (The rogue host's forged frames are clear text by design; the guard drops them.)
+        assert_eq!(
+            self.captured("udp port 4789 and not host 198.51.100.66"),
+            0,
+            "{what}: clear-text VXLAN between the VTEPs on the underlay"
+        );
+        assert_eq!(
+            self.captured("ip[6:2] & 0x3fff != 0"),
+            0,
+            "{what}: outer fragments on the underlay"
+        );
+        assert_eq!(
+            self.captured("udp port 4500"),
+            0,
+            "{what}: ESP in UDP, expected plain ESP"
+        );
+        self.captured("ip proto 50")
+    }
+
+    /// An event under test: do it, wait for every VLAN up, then judge the service and the
+    /// capture. Prints how long the way back took.
+    fn event(&self, what: &str, act: &str) {
+        let t = Instant::now();
+        self.sh(act);
+        let up = self.wait_up(what, Duration::from_secs(90));
+        let svc = self.service(what);
+        let esp = self.capture_clean(what);
+        eprintln!(
+            "guest: {what}: all VLANs up {:.1} s after, service checked in {:.1} s ({esp} ESP packets so far)",
+            up.as_secs_f64(),
+            svc.as_secs_f64()
+        );
+        let _ = t;
+    }
+
+    /// A drift at site A: done, then repaired (`repaired` holds in the guest and every VLAN
+    /// is up), then the service.
+    fn drift(&self, what: &str, act: &str, repaired: &str, limit: Duration) {
+        let before = self.status("site-a")["daemon"]["repairs_total"]
+            .as_u64()
+            .unwrap();
+        self.sh(act);
+        let t = Instant::now();
+        self.g
+            .wait_until(what, limit, repaired)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let up = self.wait_up(what, limit);
+        let repaired_in = t.elapsed();
+        let svc = Instant::now();
+        self.service(what);
+        let after = self.status("site-a")["daemon"]["repairs_total"]
+            .as_u64()
+            .unwrap();
+        assert!(after > before, "{what}: no repair counted");
+        self.capture_clean(what);
+        eprintln!(
+            "guest drift: {what}: repaired in {:.1} s (VLANs up {:.1} s), service {:.1} s",
+            repaired_in.as_secs_f64(),
+            up.as_secs_f64(),
+            svc.elapsed().as_secs_f64()
+        );
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for cmd in [
+            "cloud-init status --long",
+            "tail -30 /var/log/cloud-init-output.log",
+            "journalctl -u l2s-vnf --no-pager | tail -40",
+            "journalctl -u l2s-vnf-site-b --no-pager | tail -20",
+            "journalctl -u strongswan --no-pager | tail -20",
+            "l2s-vnf status",
+            "ip netns exec site-b l2s-vnf -c /etc/l2s-lab/site-b/site.toml status",
+            "ip netns exec site-c l2s-vnf -c /etc/l2s-lab/site-c/site.toml status",
+        ] {
+            if let Ok(o) = self.g.run(cmd) {
+                eprintln!(
+                    "---- guest: {cmd}\n{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        eprintln!(
+            "---- guest console (tail)\n{}",
+            self.g
+                .console()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// Write the lab's helper scripts into the guest.
+fn install_lab_scripts(g: &Guest) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/lab");
+    g.sh("mkdir -p /root/lab").unwrap();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        g.write(&format!("/root/lab/{name}"), &text, 0o755).unwrap();
+    }
+}
+
+/// Configure and start a peer site in the guest from its rendered user-data.
+fn start_peer(g: &Guest, site: &str) {
+    let (toml, psk) = site_files(&guest::user_data(site, PSK, DEB_URL).unwrap());
+    let dir = format!("/etc/l2s-lab/{site}");
+    let run = format!("/run/l2s-lab/{site}");
+    // Its own sockets: OVSDB, charon's VICI, the control socket.
+    let toml = toml
+        .replace("/etc/l2s-vnf/psk", &format!("{dir}/psk"))
+        .replace(
+            "vici = \"unix:///run/charon.vici\"",
+            &format!("vici = \"unix://{run}/run/charon.vici\""),
+        )
+        + &format!(
+            "\n[switch]\novsdb = \"unix:{run}/ovs/db.sock\"\n\n[daemon]\ncontrol_socket = \"{run}/control.sock\"\n"
+        );
+    g.sh(&format!("mkdir -p {dir}")).unwrap();
+    g.write(&format!("{dir}/site.toml"), &toml, 0o644).unwrap();
+    g.write(&format!("{dir}/psk"), &psk, 0o600).unwrap();
+    g.sh(&format!("/root/lab/start-site.sh {site}")).unwrap();
+}
+
+#[test]
+fn the_paper_sites_on_the_production_stack() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string));
+    if uid.as_deref() != Some("0") {
+        eprintln!("\n!!!!!!!! SKIPPED: the guest lab needs root !!!!!!!!\n");
+        return;
+    }
+    let missing = guest::missing_tools();
+    assert!(
+        missing.is_empty(),
+        "the guest lab needs {} (tests/deps.sh installs them)",
+        missing.join(", ")
+    );
+    let deb = l2s_lab::package().unwrap();
+    let image = Image::ensure(&deb).unwrap();
+    let t0 = Instant::now();
+    let user_data = guest::user_data("site-a", PSK, DEB_URL).unwrap();
+    let g = Guest::boot(
+        &image,
+        Boot {
+            user_data: Some(&user_data),
+            serve: Some(&deb),
+            memory_mib: 2048,
+            cpus: 2,
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "guest: booted ({:?}) in {:.0} s",
+        g.accel,
+        t0.elapsed().as_secs_f64()
+    );
+    let s = Stack { g };
+
+    // 1. The whole way at site A: cloud-init → .deb → systemctl → READY.
+    s.g.wait_until(
+        "cloud-init done",
+        Duration::from_secs(900),
+        "cloud-init status --wait >/dev/null 2>&1; cloud-init status | grep -q 'status: done'",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "guest: cloud-init done {:.0} s after boot began",
+        t0.elapsed().as_secs_f64()
+    );
+    let unit = s.sh("systemctl show -p Type,ActiveState,SubState,UnitFileState,StatusText l2s-vnf");
+    for want in [
+        "Type=notify",
+        "ActiveState=active",
+        "SubState=running",
+        "UnitFileState=enabled",
+    ] {
+        assert!(unit.contains(want), "{want} not in:\n{unit}");
+    }
+    assert!(s.ok("dpkg-query -W -f='${Status}' l2s-vnf | grep -q 'install ok installed'"));
+    let depends = s.sh("dpkg-query -W -f='${Depends}' l2s-vnf");
+    assert!(
+        depends.contains("libstrongswan-standard-plugins"),
+        "{depends}"
+    );
+    // The stock charon: charon-systemd, Debian's /etc/strongswan.conf, nothing of ours in it.
+    assert!(s.ok("systemctl is-active strongswan"));
+    assert_eq!(
+        s.sh("grep -rl l2s /etc/strongswan.conf /etc/strongswan.d /etc/swanctl 2>/dev/null | grep -v zz-l2s-vnf.conf | wc -l").trim(),
+        "0"
+    );
+    assert_eq!(
+        s.sh("stat -c %a /etc/l2s-vnf/psk").trim(),
+        "600",
+        "cloud-init writes the PSK 0600"
+    );
+    let check = s.sh("l2s-vnf check");
+    assert!(
+        check.contains("access MTU 1408") && check.contains("1416 would fit"),
+        "{check}"
+    );
+
+    // 2. The peer sites, and the underlay capture for everything that follows.
+    install_lab_scripts(&s.g);
+    s.sh("systemd-run --quiet --unit=l2s-lab-capture --collect ip netns exec ul tcpdump -i ul0 -n -U -s 128 -w /root/underlay.pcap; sleep 2");
+    for site in ["site-b", "site-c"] {
+        start_peer(&s.g, site);
+    }
+    let up = s.wait_up("first convergence", Duration::from_secs(120));
+    eprintln!(
+        "guest: all three sites up {:.1} s after B and C started",
+        up.as_secs_f64()
+    );
+    let unit_b = s.sh("systemctl show -p ActiveState,StatusText l2s-vnf-site-b");
+    assert!(unit_b.contains("ActiveState=active"), "{unit_b}");
+    // VNFs use the access MTU, as their access network's DHCP tells them.
+    s.sh(&format!(
+        "for n in a101 a102 b101 b102 c101; do ip -n $n link set eth0 mtu {ACCESS_MTU}; done"
+    ));
+    s.service("first traffic");
+    // Transport-mode ESP with the kernel, and the SA counters grow with the traffic.
+    let states = s.sh("ip -s xfrm state | grep -E '^src|mode|bytes'");
+    assert!(
+        states.contains("mode transport") && !states.contains("mode tunnel"),
+        "{states}"
+    );
+    // A don't-fragment ping of exactly the access MTU passes; one byte more is refused at
+    // the sender, before any encapsulation.
+    let payload = ACCESS_MTU - 28;
+    assert!(
+        s.ok(&format!(
+            "ip netns exec a101 ping -M do -s {payload} -c 3 -W 2 10.101.0.2"
+        )),
+        "DF ping of {ACCESS_MTU} bytes"
+    );
+    let big =
+        s.g.run(&format!(
+            "ip netns exec a101 ping -M do -s {} -c 1 -W 2 10.101.0.2",
+            payload + 1
+        ))
+        .unwrap();
+    assert!(
+        !big.status.success(),
+        "a DF ping of {} bytes passed",
+        ACCESS_MTU + 1
+    );
+    assert!(
+        String::from_utf8_lossy(&big.stdout).contains("+1 errors")
+            || String::from_utf8_lossy(&big.stderr).contains("too long"),
+        "the sender must refuse it: {}",
+        String::from_utf8_lossy(&big.stdout)
+    );
+    let esp = s.capture_clean("first traffic");
+    assert!(esp > 100, "the traffic must be ESP: {esp} packets");
+
+    // 3. A charon that loads bypass-lan (Debian ships it with load = no; upstream and other
+    // distributions load it): it exempts the underlay subnet, and our policies still win.
+    s.sh("printf 'bypass-lan {\\n  load = yes\\n}\\n' > /etc/strongswan.d/charon/zz-test-bypass-lan.conf");
+    s.event(
+        "charon restarted with bypass-lan loaded",
+        "systemctl restart strongswan",
+    );
+    assert!(
+        s.ok("journalctl -u strongswan --no-pager | grep 'loaded plugins' | tail -1 | grep -q bypass-lan"),
+        "charon did not load bypass-lan"
+    );
+    let policies = s.sh("ip xfrm policy");
+    assert!(
+        policies.contains("src 198.51.100.0/24 dst 198.51.100.0/24"),
+        "bypass-lan installed no pass policy for the underlay:\n{policies}"
+    );
+    s.sh("rm /etc/strongswan.d/charon/zz-test-bypass-lan.conf");
+
+    // 4. Rekeys forced under traffic.
+    let sas = s.sh("swanctl --list-sas --ike l2s-vnf:l2s0:site-b 2>/dev/null");
+    let child = sas
+        .split_whitespace()
+        .find(|w| w.starts_with("vxlan-"))
+        .and_then(|w| w.split(':').next())
+        .unwrap()
+        .to_string();
+    s.event(
+        "CHILD_SA rekeyed",
+        &format!("swanctl --rekey --child {child} --ike l2s-vnf:l2s0:site-b 2>/dev/null"),
+    );
+    s.event(
+        "IKE_SA rekeyed",
+        "swanctl --rekey --ike l2s-vnf:l2s0:site-b 2>/dev/null",
+    );
+
+    // 5. systemd: restart is a no-op, reload applies a new VLAN, stop leaves the data plane.
+    s.event("systemctl restart l2s-vnf", "systemctl restart l2s-vnf");
+    let st = s.status("site-a");
+    assert_eq!(st["daemon"]["last_reconcile"]["trigger"], "start", "{st:#}");
+    assert_eq!(
+        st["daemon"]["last_reconcile"]["changes"],
+        serde_json::json!([]),
+        "the restart was not a no-op"
+    );
+    // A VNF on a new access interface at A and at B.
+    for (ns, site, addr) in [("a103", "", "10.103.0.1"), ("b103", "site-b", "10.103.0.2")] {
+        s.sh(&format!(
+            "ip netns add {ns} && ip -n {ns} link set lo up && \
+             ip link add t-{ns} type veth peer name eth0 netns {ns} && \
+             {move_it} ip {n} link set t-{ns} name ens7 && ip {n} link set ens7 up && \
+             ip -n {ns} addr add {addr}/24 dev eth0 && ip -n {ns} link set eth0 mtu {ACCESS_MTU} up",
+            move_it = if site.is_empty() { String::new() } else { format!("ip link set t-{ns} netns {site} &&") },
+            n = if site.is_empty() { String::new() } else { format!("-n {site}") },
+        ));
+    }
+    let vlan103 =
+        |peer: &str| format!("\n[[vlan]]\nid = 103\nports = [\"ens7\"]\npeers = [\"{peer}\"]\n");
+    s.sh(&format!(
+        "printf '{}' >> /etc/l2s-vnf/site.toml && printf '{}' >> /etc/l2s-lab/site-b/site.toml",
+        vlan103("site-b").replace('\n', "\\n"),
+        vlan103("site-a").replace('\n', "\\n")
+    ));
+    s.event(
+        "systemctl reload l2s-vnf with VLAN 103 added",
+        "systemctl reload l2s-vnf && ip netns exec site-b l2s-vnf -c /etc/l2s-lab/site-b/site.toml reload",
+    );
+    let out =
+        s.g.run("/root/lab/service.sh a103 b103 10.103.0.2")
+            .unwrap();
+    assert!(out.status.success(), "VLAN 103 after the reload: {:?}", out);
+    s.sh("systemctl stop l2s-vnf");
+    assert!(
+        s.ok("nft list table inet l2s_vnf_l2s0 >/dev/null"),
+        "the guard went with the daemon"
+    );
+    s.service("with l2s-vnf stopped");
+    s.capture_clean("with l2s-vnf stopped");
+    s.event("systemctl start l2s-vnf", "systemctl start l2s-vnf");
+
+    // 6. Forged clear-text VXLAN from a rogue underlay host never reaches a VNF.
+    let heard = s.g.run(
+        "ip netns exec b101 /root/lab/listen.py 9998 6 & sleep 1; ip netns exec rogue /root/lab/forge-vxlan.py 198.51.100.2 9998; wait $!",
+    ).unwrap();
+    assert!(
+        !heard.status.success(),
+        "a forged clear-text VXLAN frame reached a VNF"
+    );
+    let guard_b = s.sh("ip netns exec site-b nft list table inet l2s_vnf_l2s0");
+    assert!(
+        guard_b
+            .lines()
+            .any(|l| l.contains("meta ipsec missing") && !l.contains("packets 0 ")),
+        "site B's guard counted no drops:\n{guard_b}"
+    );
+
+    // 7. Each drift kind at site A on the kernel datapath: repaired, and the VLANs carry
+    // traffic again.
+    let quick = Duration::from_secs(30);
+    let periodic = Duration::from_secs(60);
+    s.drift(
+        "VXLAN device deleted",
+        "ip link del l2s-vx101",
+        "[ $(bridge fdb show dev l2s-vx101 | grep -c 'dst 198.51.100') = 2 ] && ovs-vsctl list-ports l2s0 | grep -qx l2s-vx101",
+        quick,
+    );
+    s.drift(
+        "flood entry deleted",
+        "bridge fdb del 00:00:00:00:00:00 dev l2s-vx101 dst 198.51.100.3",
+        "bridge fdb show dev l2s-vx101 | grep -q 'dst 198.51.100.3'",
+        quick,
+    );
+    s.drift(
+        "VTEP MTU changed",
+        "ip link set l2s-vx101 mtu 1280",
+        &format!("[ $(cat /sys/class/net/l2s-vx101/mtu) = {ACCESS_MTU} ]"),
+        quick,
+    );
+    s.drift(
+        "access port deleted from the bridge",
+        "ovs-vsctl del-port l2s0 ens5",
+        "[ $(ovs-vsctl get port ens5 tag) = 101 ]",
+        quick,
+    );
+    s.drift(
+        "access port retagged",
+        "ovs-vsctl set port ens6 tag=999",
+        "[ $(ovs-vsctl get port ens6 tag) = 102 ]",
+        quick,
+    );
+    s.drift(
+        "bridge deleted",
+        "ovs-vsctl del-br l2s0",
+        "ovs-vsctl list-ports l2s0 | grep -qx l2s-vx102",
+        quick,
+    );
+    s.drift(
+        "guard table deleted",
+        "nft delete table inet l2s_vnf_l2s0",
+        "nft list table inet l2s_vnf_l2s0 >/dev/null",
+        quick,
+    );
+    s.drift(
+        "SA deleted in charon",
+        "swanctl --terminate --ike l2s-vnf:l2s0:site-c --force 2>/dev/null",
+        "swanctl --list-sas --ike l2s-vnf:l2s0:site-c 2>/dev/null | grep -q INSTALLED",
+        quick,
+    );
+    s.drift(
+        "connections unloaded by systemctl reload strongswan (swanctl --load-all)",
+        "systemctl reload strongswan",
+        "[ $(swanctl --list-conns 2>/dev/null | grep -c '^l2s-vnf:') = 2 ]",
+        periodic,
+    );
+    s.drift(
+        "access interface re-created (VNF re-plugged)",
+        &format!(
+            "ip link del ens5; sleep 1; ip link add ens5 type veth peer name eth0 netns a101; ip link set ens5 up; \
+             ip -n a101 addr add 10.101.0.1/24 dev eth0; ip -n a101 link set eth0 mtu {ACCESS_MTU} up"
+        ),
+        &format!("[ $(cat /sys/class/net/ens5/mtu) = {ACCESS_MTU} ] && [ $(ovs-vsctl get port ens5 tag) = 101 ]"),
+        quick,
+    );
+    s.event(
+        "Open vSwitch restarted",
+        "systemctl restart openvswitch-switch",
+    );
+
+    // 8. The capture over the whole scenario, and the SA counters grew (not clear text).
+    let esp = s.capture_clean("the whole scenario");
+    eprintln!("guest: {esp} ESP packets on the underlay, no clear-text VXLAN, no fragments");
+    let counters = s.sh("ip -s xfrm state | grep -A0 -E '^\\s+[0-9]+\\(bytes\\)'");
+    assert!(
+        counters.lines().any(|l| l
+            .trim()
+            .split('(')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)),
+        "SA byte counters: {counters}"
+    );
+
+    // 9. down, then purge: nothing of ours is left.
+    s.sh("systemctl stop l2s-vnf");
+    let down = s.sh("l2s-vnf down");
+    assert!(
+        down.contains("- bridge l2s0") && down.contains("- guard"),
+        "{down}"
+    );
+    s.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q l2s-vnf >/dev/null");
+    assert!(!s.ok("ovs-vsctl br-exists l2s0"), "bridge left behind");
+    assert_eq!(
+        s.sh("ip -o link show | grep -c l2s-vx || true").trim(),
+        "0",
+        "VXLAN devices left"
+    );
+    assert!(
+        !s.ok("nft list table inet l2s_vnf_l2s0 >/dev/null 2>&1"),
+        "guard left"
+    );
+    assert_eq!(
+        s.sh("swanctl --list-conns 2>/dev/null | grep -c '^l2s-vnf:' || true")
+            .trim(),
+        "0",
+        "connections left in charon"
+    );
+    assert_eq!(
+        s.sh("ip xfrm policy | grep -c 'priority 1000' || true")
+            .trim(),
+        "0",
+        "IPsec policies left"
+    );
+    assert!(
+        !s.ok("test -e /etc/l2s-vnf/psk || test -e /usr/sbin/l2s-vnf"),
+        "package files left"
+    );
+    eprintln!(
+        "guest: scenario done in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
