@@ -258,6 +258,13 @@ pub fn access_mtu(cfg: &SiteConfig, facts: &Facts) -> Result<(u32, MtuResult), C
                 .push(format!("configured access MTU {m} (fits)"));
             Ok((m, best))
         }
+        MtuSetting::Fixed(m) if cfg.outer_fragmentation => {
+            best.derivation.push(format!(
+                "configured access MTU {m} is above {}: outer_fragmentation = true, so frames larger than {} are fragmented on the underlay after encapsulation (slower, but VNFs keep their MTU)",
+                best.access_mtu, best.access_mtu
+            ));
+            Ok((m, best))
+        }
         MtuSetting::Fixed(m) => Err(cfg.issue(
             "mtu.access",
             mtu_too_large(m, facts.underlay_mtu, best.access_mtu),

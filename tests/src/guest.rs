@@ -265,6 +265,24 @@ pub struct Boot<'a> {
     pub serve: Option<&'a Path>,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// A second NIC (`eth1`) on an underlay shared with another guest: QEMU's socket
+    /// network, one guest listening on 127.0.0.1:port, the other connecting to it.
+    pub underlay: Option<Underlay>,
+    /// Boot without the lab's NFVI namespaces (a plain L2S VM, for the benchmark).
+    pub plain: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Underlay {
+    Listen(u16),
+    Connect(u16),
+}
+
+impl Underlay {
+    /// A free port for a new shared underlay.
+    pub fn port() -> Result<u16> {
+        free_port()
+    }
 }
 
 /// A running guest. Killed, and its disks and run directory removed, when dropped.
@@ -353,7 +371,10 @@ impl Guest {
             .arg("-initrd")
             .arg(image.dir.join("initrd.img"))
             .arg("-append")
-            .arg("root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1")
+            .arg(format!(
+                "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1{}",
+                if opts.plain { " l2s.nfvi=off" } else { "" }
+            ))
             .arg("-serial")
             .arg(format!("file:{}", dir.join("console.log").display()))
             .arg("-drive")
@@ -403,6 +424,16 @@ impl Guest {
             ));
         }
         cmd.arg("-nic").arg(nic);
+        if let Some(u) = opts.underlay {
+            let (how, port, mac) = match u {
+                Underlay::Listen(p) => ("listen", p, "52:54:00:00:0b:01"),
+                Underlay::Connect(p) => ("connect", p, "52:54:00:00:0b:02"),
+            };
+            cmd.arg("-netdev")
+                .arg(format!("socket,id=ul,{how}=127.0.0.1:{port}"))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=ul,mac={mac}"));
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -511,8 +542,17 @@ impl Guest {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Write a file in the guest.
+    /// Write a text file in the guest.
     pub fn write(&self, path: &str, content: &str, mode: u32) -> Result<()> {
+        self.write_mode(path, content.as_bytes(), mode)
+    }
+
+    /// Write a file in the guest (mode 0644).
+    pub fn write_bytes(&self, path: &str, content: &[u8]) -> Result<()> {
+        self.write_mode(path, content, 0o644)
+    }
+
+    fn write_mode(&self, path: &str, content: &[u8], mode: u32) -> Result<()> {
         let mut child = self
             .ssh()
             .arg(format!(
@@ -526,7 +566,7 @@ impl Guest {
             .stdin
             .take()
             .context("ssh stdin")?
-            .write_all(content.as_bytes())?;
+            .write_all(content)?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(

@@ -319,6 +319,7 @@ fn the_paper_sites_on_the_production_stack() {
             serve: Some(&deb),
             memory_mib: 2048,
             cpus: 2,
+            ..Default::default()
         },
     )
     .unwrap();

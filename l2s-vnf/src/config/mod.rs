@@ -184,6 +184,8 @@ pub struct SiteConfig {
     pub vxlan_port: u16,
     pub ipsec: Ipsec,
     pub mtu_access: MtuSetting,
+    /// `access` may exceed what fits: the encapsulated packets are fragmented on the underlay.
+    pub outer_fragmentation: bool,
     pub peers: Vec<Peer>,
     pub vlans: Vec<Vlan>,
     pub daemon: Daemon,

@@ -76,6 +76,7 @@ pub enum RawMtuAccess {
 #[serde(deny_unknown_fields)]
 pub struct RawMtu {
     pub access: Option<RawMtuAccess>,
+    pub outer_fragmentation: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

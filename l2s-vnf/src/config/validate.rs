@@ -559,9 +559,18 @@ pub fn validate(
             }
         });
 
+    let outer_fragmentation = raw.mtu.outer_fragmentation.unwrap_or(false);
+    if outer_fragmentation && mtu_access == MtuSetting::Auto {
+        c.err(
+            "mtu.outer_fragmentation",
+            "outer_fragmentation = true needs a number for `access` (e.g. access = 1500, what the VNFs keep); with \"auto\" nothing is larger than the path",
+        );
+    }
     // An explicit access MTU checked against the configured underlay MTU (the discovered one
-    // is checked when planning).
-    if let (MtuSetting::Fixed(want), Some(u)) = (mtu_access, underlay_mtu) {
+    // is checked when planning), unless fragmenting after encapsulation is allowed.
+    if let (MtuSetting::Fixed(want), Some(u), false) =
+        (mtu_access, underlay_mtu, outer_fragmentation)
+    {
         let fam = family.as_ref().map(|(f, _)| *f).unwrap_or(mtu::Family::V4);
         let max = crate::model::max_access_mtu(u, fam, enabled, backend, &esp_proposals);
         if let Some(max) = max.filter(|m| want > m.access_mtu) {
@@ -613,6 +622,7 @@ pub fn validate(
             dpd_delay,
         },
         mtu_access,
+        outer_fragmentation,
         peers,
         vlans,
         daemon: Daemon {

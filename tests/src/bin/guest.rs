@@ -36,6 +36,7 @@ fn main() -> Result<()> {
                     serve: Some(&deb),
                     memory_mib: 2048,
                     cpus: 2,
+                    ..Default::default()
                 },
             )?;
             println!(
