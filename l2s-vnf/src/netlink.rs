@@ -98,70 +98,49 @@ impl Netlink {
         Ok(Netlink { handle, task })
     }
 
-    /// Every link, with VXLAN attributes and flood entries for VXLAN devices.
+    /// Every link, with VXLAN attributes and flood entries for VXLAN devices. Both dumps are
+    /// read as they stream in: at thousands of VLANs × peers, holding the raw messages would
+    /// cost tens of megabytes.
     pub async fn observe(&self) -> Result<ObservedLinks, NetlinkError> {
         // Statistics are most of a link dump and we need none of them.
-        let msgs: Vec<LinkMessage> = self
+        let mut dump = self
             .handle
             .link()
             .get()
             .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-            .execute()
-            .try_collect()
-            .await
-            .map_err(req("list links"))?;
-        tracing::debug!(links = msgs.len(), "link dump received");
+            .execute();
         let mut links: BTreeMap<String, ObservedLink> = BTreeMap::new();
-        for m in msgs {
+        while let Some(m) = dump.try_next().await.map_err(req("list links"))? {
             if let Some(l) = parse_link(&m) {
                 links.insert(l.name.clone(), l);
             }
         }
+        tracing::debug!(links = links.len(), "link dump received");
         let vxlan_index: BTreeMap<u32, String> = links
             .values()
             .filter(|l| l.vxlan.is_some())
             .map(|l| (l.index, l.name.clone()))
             .collect();
-        if !vxlan_index.is_empty() {
-            let fdb: Vec<NeighbourMessage> = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Bridge)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(req("list FDB entries"))?;
-            tracing::debug!(entries = fdb.len(), "FDB dump received");
-            for n in fdb {
-                let Some(name) = vxlan_index.get(&n.header.ifindex) else {
-                    continue;
-                };
-                let mut zero = false;
-                let mut dst = None;
-                for a in &n.attributes {
-                    match a {
-                        NeighbourAttribute::LinkLayerAddress(mac) => {
-                            zero = mac.as_slice() == ZERO_MAC
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
-                            dst = Some(IpAddr::V4(*ip))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
-                            dst = Some(IpAddr::V6(*ip))
-                        }
-                        // In the bridge family the kernel's NDA_DST is not typed by the header.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-                            dst = raw_ip(raw)
-                        }
-                        _ => {}
-                    }
-                }
-                if let (true, Some(ip), Some(l)) = (zero, dst, links.get_mut(name)) {
-                    l.flood.insert(ip);
-                }
+        if vxlan_index.is_empty() {
+            return Ok(ObservedLinks { links });
+        }
+        let mut fdb = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        let mut entries = 0usize;
+        while let Some(n) = fdb.try_next().await.map_err(req("list FDB entries"))? {
+            entries += 1;
+            let Some(name) = vxlan_index.get(&n.header.ifindex) else {
+                continue;
+            };
+            if let (Some(ip), Some(l)) = (flood_destination(&n), links.get_mut(name)) {
+                l.flood.insert(ip);
             }
         }
+        tracing::debug!(entries, "FDB dump received");
         Ok(ObservedLinks { links })
     }
 
@@ -214,8 +193,10 @@ impl Netlink {
         Ok((l.index, l.mtu, addrs))
     }
 
-    /// Create a VXLAN device (down), then mark it as ours with its alias. Returns its index.
-    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<u32, NetlinkError> {
+    /// Create a VXLAN device, up (the guard is in place before any is made, and a device
+    /// that is up before OVS takes it spares ovs-vswitchd a reconfiguration per device),
+    /// then mark it as ours with its alias. A device that cannot be marked is removed again.
+    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), NetlinkError> {
         let mut b = LinkVxlan::new(&spec.name, spec.vni)
             .dev(spec.underlay_index)
             .port(spec.port)
@@ -224,7 +205,7 @@ impl Netlink {
             IpAddr::V4(a) => b.local(a),
             IpAddr::V6(a) => b.local6(a),
         };
-        let msg = b.mtu(spec.mtu).build();
+        let msg = b.mtu(spec.mtu).up().build();
         self.handle
             .link()
             .add(msg)
@@ -234,16 +215,33 @@ impl Netlink {
                 "create VXLAN device {} (vni {})",
                 spec.name, spec.vni
             )))?;
-        let (index, _, _) = self.link_facts(&spec.name).await?;
-        let alias = LinkUnspec::new_with_index(index)
+        let alias = LinkUnspec::new_with_name(&spec.name)
             .alias(spec.alias.clone())
             .build();
         if let Err(e) = self.handle.link().set(alias).execute().await {
             // Never leave an unmarked device behind.
-            let _ = self.delete_link(index, &spec.name).await;
+            let _ = self.delete_named(&spec.name).await;
             return Err(req(format!("mark {} as owned (alias)", spec.name))(e));
         }
-        Ok(index)
+        Ok(())
+    }
+
+    /// The ifindex of a link, by name.
+    pub async fn index_of(&self, name: &str) -> Result<u32, NetlinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(m)) => Ok(m.header.index),
+            Ok(None) => Err(NetlinkError::NoSuchLink(name.to_string())),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => {
+                Err(NetlinkError::NoSuchLink(name.to_string()))
+            }
+            Err(e) => Err(req(format!("look up {name}"))(e)),
+        }
     }
 
     pub async fn delete_link(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
@@ -251,6 +249,17 @@ impl Netlink {
             .link()
             .del(index)
             .execute()
+            .await
+            .map_err(req(format!("delete {name}")))
+    }
+
+    /// Delete a link by name.
+    pub async fn delete_named(&self, name: &str) -> Result<(), NetlinkError> {
+        let mut del = self.handle.link().del(0);
+        del.message_mut()
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        del.execute()
             .await
             .map_err(req(format!("delete {name}")))
     }
@@ -338,6 +347,27 @@ impl Netlink {
         )
         .await
     }
+}
+
+/// The destination of an all-zero FDB entry (a flood entry), if this is one.
+fn flood_destination(n: &NeighbourMessage) -> Option<IpAddr> {
+    let mut zero = false;
+    let mut dst = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(mac) => zero = mac.as_slice() == ZERO_MAC,
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                dst = Some(IpAddr::V4(*ip))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                dst = Some(IpAddr::V6(*ip))
+            }
+            // In the bridge family the kernel's NDA_DST is not typed by the header.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => dst = raw_ip(raw),
+            _ => {}
+        }
+    }
+    dst.filter(|_| zero)
 }
 
 fn raw_ip(raw: &[u8]) -> Option<IpAddr> {

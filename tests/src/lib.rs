@@ -22,6 +22,16 @@ pub mod guest;
 const LAB_PREFIX: &str = "l2slab";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The id of the `i`-th VLAN of a benchmark config: 100, 101, … — or from 1 when the whole
+/// 802.1Q space is asked for.
+pub fn scale_vlan(i: usize) -> usize {
+    if i < 3995 {
+        100 + i
+    } else {
+        i - 3994
+    }
+}
+
 /// Whether we can build labs here (root, and OVS installed).
 pub fn skip_reason() -> Option<String> {
     // SAFETY-free: geteuid through std is not available; read /proc/self/status.
@@ -268,7 +278,7 @@ fn purge_stale() {
             continue;
         }
         for site in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
-            for pf in ["ovs/vswitchd.pid", "ovs/ovsdb.pid"] {
+            for pf in ["ovs/ovs-vswitchd.pid", "ovs/ovsdb-server.pid"] {
                 stop_pidfile(&site.path().join(pf), &e.path());
             }
         }
@@ -369,11 +379,11 @@ impl Lab {
         env(&mut c);
         c.arg(&db)
             .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!("--pidfile={}", d.join("ovsdb.pid").display()))
+            .arg(format!("--pidfile={}", d.join("ovsdb-server.pid").display()))
             .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
             .arg("--detach");
-        if !self.pidfiles.contains(&d.join("ovsdb.pid")) {
-            self.pidfiles.push(d.join("ovsdb.pid"));
+        if !self.pidfiles.contains(&d.join("ovsdb-server.pid")) {
+            self.pidfiles.push(d.join("ovsdb-server.pid"));
         }
         sh(&mut c)?;
         let mut c = netns(ns, "ovs-vsctl");
@@ -383,11 +393,11 @@ impl Lab {
         let mut c = netns(ns, "ovs-vswitchd");
         env(&mut c);
         c.arg(format!("unix:{}", sock.display()))
-            .arg(format!("--pidfile={}", d.join("vswitchd.pid").display()))
+            .arg(format!("--pidfile={}", d.join("ovs-vswitchd.pid").display()))
             .arg(format!("--log-file={}", d.join("vswitchd.log").display()))
             .arg("--detach");
-        if !self.pidfiles.contains(&d.join("vswitchd.pid")) {
-            self.pidfiles.push(d.join("vswitchd.pid"));
+        if !self.pidfiles.contains(&d.join("ovs-vswitchd.pid")) {
+            self.pidfiles.push(d.join("ovs-vswitchd.pid"));
         }
         sh(&mut c)?;
         Ok(sock)
@@ -622,7 +632,7 @@ impl Lab {
     /// Kill a site's ovsdb-server and ovs-vswitchd (SIGKILL, as a crash would).
     pub fn kill_ovs(&self, site: &str) {
         let d = self.site(site).dir.join("ovs");
-        for pf in ["vswitchd.pid", "ovsdb.pid"] {
+        for pf in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
             if let Some(pid) = std::fs::read_to_string(d.join(pf))
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())
@@ -639,6 +649,19 @@ impl Lab {
             }
             let _ = std::fs::remove_file(d.join(pf));
         }
+    }
+
+    /// Send a signal to a site's ovs-vswitchd (e.g. SIGSTOP to freeze it, SIGCONT to resume).
+    pub fn signal_vswitchd(&self, site: &str, sig: i32) -> Result<()> {
+        let pidfile = self.site(site).dir.join("ovs/ovs-vswitchd.pid");
+        let pid: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+        // SAFETY: kill(2) on the ovs-vswitchd this lab started (its pidfile is in our dir).
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::kill(pid, sig) };
+        if r != 0 {
+            bail!("kill({pid}, {sig}) failed");
+        }
+        Ok(())
     }
 
     /// Start a site's ovsdb-server and ovs-vswitchd again on the database they had.
@@ -734,7 +757,7 @@ impl Lab {
     }
 
     /// A benchmark config for site A: clear text, `peers` fake peers (192.0.2.10…) and
-    /// `vlans` VLANs (100…) without access ports; `extra` is appended to the header.
+    /// `vlans` VLANs ([`scale_vlan`]) without access ports; `extra` is appended to the header.
     pub fn scale_config(&self, vlans: usize, peers: usize, extra: &str) -> String {
         let s = self.site("a");
         let mut t = format!(
@@ -749,7 +772,7 @@ impl Lab {
             );
         }
         for v in 0..vlans {
-            let _ = writeln!(t, "[[vlan]]\nid = {}", 100 + v);
+            let _ = writeln!(t, "[[vlan]]\nid = {}", scale_vlan(v));
         }
         t
     }

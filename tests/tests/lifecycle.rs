@@ -275,3 +275,66 @@ fn bad_input_changes_nothing() {
 
     assert_eq!(snapshot(&lab), before, "a failed apply changed the system");
 }
+
+/// Never half-applied, also when ovs-vswitchd does not apply a change: frozen (SIGSTOP)
+/// during an apply, the apply gives up within seconds, reverts the OVSDB transaction and the
+/// netlink steps, and says so; what held before is untouched; once ovs-vswitchd runs again,
+/// the same apply converges.
+#[test]
+fn a_frozen_vswitchd_leaves_the_system_as_before() {
+    require_lab!();
+    let lab = Lab::new(1).unwrap();
+    let cfg = |n: usize| lab.scale_config(n, 4, "");
+    lab.write_config("a", &cfg(10)).unwrap();
+    lab.l2s_ok("a", &["apply"]).unwrap();
+    let ports = || {
+        let mut p: Vec<String> = lab
+            .vsctl("a", &["list-ports", "l2s0"])
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        p.sort();
+        p
+    };
+    let devices = || {
+        let mut d: Vec<String> = lab
+            .links(&lab.site("a").ns)
+            .into_iter()
+            .filter(|l| l.starts_with("l2s-vx"))
+            .collect();
+        d.sort();
+        d
+    };
+    let (ports0, devices0) = (ports(), devices());
+    assert_eq!(ports0.len(), 10);
+    let uuid101 = uuid(&lab, "a", "l2s-vx101");
+
+    // 40 more VLANs while ovs-vswitchd is frozen.
+    lab.write_config("a", &cfg(50)).unwrap();
+    lab.signal_vswitchd("a", libc::SIGSTOP).unwrap();
+    let t = std::time::Instant::now();
+    let out = lab.l2s("a", &["apply"]).unwrap();
+    let took = t.elapsed();
+    lab.signal_vswitchd("a", libc::SIGCONT).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "apply succeeded with a frozen ovs-vswitchd");
+    assert!(err.contains("ovs-vswitchd is stopped"), "{err}");
+    assert!(err.contains("the OVSDB transaction was reverted"), "{err}");
+    assert!(err.contains("the system is as before"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "a stopped ovs-vswitchd must be noticed quickly, not waited out ({took:?})"
+    );
+    // …and it is: OVSDB and the kernel hold what they held.
+    assert_eq!(ports(), ports0, "OVSDB ports after the failed apply");
+    assert_eq!(devices(), devices0, "VXLAN devices after the failed apply");
+    assert_eq!(uuid(&lab, "a", "l2s-vx101"), uuid101);
+    let plan = lab.l2s_ok("a", &["plan"]).unwrap();
+    assert!(plan.contains("40 to add") || plan.contains("+ vxlan l2s-vx149"), "{plan}");
+
+    // ovs-vswitchd runs again: the same apply converges, and the next is a no-op.
+    lab.l2s_ok("a", &["apply"]).unwrap();
+    assert_eq!(ports().len(), 50);
+    assert!(lab.l2s_ok("a", &["apply"]).unwrap().contains("no changes"));
+}

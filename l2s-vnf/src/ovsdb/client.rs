@@ -108,26 +108,25 @@ impl Client {
         let reader = tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
             let mut chunk = vec![0u8; 64 * 1024];
+            let mut framer = Framer::default();
             'read: loop {
                 let n = match rd.read(&mut chunk).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
                 buf.extend_from_slice(&chunk[..n]);
+                // Parse only what the framer saw complete: a large reply arrives in many
+                // chunks, and re-parsing it from its start at each one costs quadratic time.
                 let mut consumed = 0;
-                let mut stream = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
-                loop {
-                    match stream.next() {
-                        Some(Ok(msg)) => {
-                            consumed = stream.byte_offset();
-                            dispatch(msg, &p2, &m2, &out2);
-                        }
-                        Some(Err(e)) if e.is_eof() => break,
-                        Some(Err(_)) => break 'read,
-                        None => break,
+                for end in framer.feed(&buf) {
+                    match serde_json::from_slice::<Value>(&buf[consumed..end]) {
+                        Ok(msg) => dispatch(msg, &p2, &m2, &out2),
+                        Err(_) => break 'read,
                     }
+                    consumed = end;
                 }
                 buf.drain(..consumed);
+                framer.consumed(consumed);
             }
             // Connection gone: fail every waiter, end every monitor stream.
             for (_, tx) in lock(&p2).drain() {
@@ -187,13 +186,20 @@ impl Client {
 
     /// Run a transaction; every element of the reply is checked for `error`.
     pub async fn transact(&self, ops: Vec<Value>) -> Result<Vec<Value>, OvsdbError> {
-        let mut params = vec![json!(DATABASE)];
-        params.extend(ops.iter().cloned());
+        // The operations' names are all an error needs; the operations themselves (thousands
+        // at the whole VLAN space) move into the request without a copy.
+        let names: Vec<String> = ops
+            .iter()
+            .map(|o| o.get("op").and_then(Value::as_str).unwrap_or("?").to_string())
+            .collect();
+        let mut params = Vec::with_capacity(ops.len() + 1);
+        params.push(json!(DATABASE));
+        params.extend(ops);
         let r = self.call("transact", Value::Array(params)).await?;
         let Value::Array(results) = r else {
             return Err(OvsdbError::Protocol(format!("transact returned {r}")));
         };
-        check_transact_results(&ops, &results)?;
+        check_transact_results(&names, &results)?;
         Ok(results)
     }
 
@@ -222,6 +228,54 @@ impl Client {
         self.call("monitor_cancel", json!([monitor_id]))
             .await
             .map(|_| ())
+    }
+}
+
+/// Finds where each top-level JSON value ends in a byte stream, looking at every byte once
+/// (strings and escapes respected), so a message is parsed only once it is complete.
+#[derive(Debug, Default)]
+struct Framer {
+    /// Bytes of the buffer already looked at.
+    scanned: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Framer {
+    /// Scan `buf` from where the last call stopped; returns the end offsets of the values
+    /// completed in it.
+    fn feed(&mut self, buf: &[u8]) -> Vec<usize> {
+        let mut ends = vec![];
+        for (i, &b) in buf.iter().enumerate().skip(self.scanned) {
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        ends.push(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.scanned = buf.len();
+        ends
+    }
+
+    /// The first `n` bytes of the buffer were removed.
+    fn consumed(&mut self, n: usize) {
+        self.scanned -= n;
     }
 }
 
@@ -271,15 +325,13 @@ fn dispatch(
 
 /// RFC 7047 §4.1.3: a failed operation has an `error` member; the reply may also carry one
 /// extra element with the commit error.
-pub fn check_transact_results(ops: &[Value], results: &[Value]) -> Result<(), OvsdbError> {
+pub fn check_transact_results(ops: &[String], results: &[Value]) -> Result<(), OvsdbError> {
     for (index, r) in results.iter().enumerate() {
         if let Some(err) = r.get("error").filter(|e| !e.is_null()) {
             let op = ops
                 .get(index)
-                .and_then(|o| o.get("op"))
-                .and_then(Value::as_str)
-                .unwrap_or("commit")
-                .to_string();
+                .cloned()
+                .unwrap_or_else(|| "commit".to_string());
             let details = r
                 .get("details")
                 .and_then(Value::as_str)
@@ -311,8 +363,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_framer_finds_whole_values_across_chunks() {
+        let text = br#"{"id":1,"result":[{"a":"}\"{"}]}{"method":"echo","params":[]}"#;
+        let mut f = Framer::default();
+        let mut buf = vec![];
+        let mut ends = vec![];
+        let mut base = 0;
+        for chunk in text.chunks(5) {
+            buf.extend_from_slice(chunk);
+            for e in f.feed(&buf) {
+                ends.push(base + e);
+            }
+            // Drop what was framed, as the reader does.
+            if let Some(&last) = ends.last() {
+                let cut = last - base;
+                if cut > 0 {
+                    buf.drain(..cut);
+                    f.consumed(cut);
+                    base = last;
+                }
+            }
+        }
+        assert_eq!(ends.len(), 2, "{ends:?}");
+        let one: Value = serde_json::from_slice(&text[..ends[0]]).unwrap();
+        assert_eq!(one["result"][0]["a"], "}\"{");
+        let two: Value = serde_json::from_slice(&text[ends[0]..ends[1]]).unwrap();
+        assert_eq!(two["method"], "echo");
+    }
+
+    #[test]
     fn every_result_is_checked() {
-        let ops = vec![json!({"op": "insert"}), json!({"op": "mutate"})];
+        let ops = vec!["insert".to_string(), "mutate".to_string()];
         assert!(check_transact_results(
             &ops,
             &[json!({"uuid": ["uuid", "x"]}), json!({"count": 1})]

@@ -340,8 +340,9 @@ pub async fn apply(
     let (first, second) = build(changes, observed.map(|b| b.uuid.as_str()), ifindex);
     let mut created = Created::default();
     let mut committed = false;
-    for txn in std::iter::once(first).chain(second) {
-        let results = match client.transact(txn.ops.clone()).await {
+    for mut txn in std::iter::once(first).chain(second) {
+        let ops = std::mem::take(&mut txn.ops);
+        let results = match client.transact(ops).await {
             Ok(r) => r,
             // An OVSDB transaction is atomic: a refused one changed nothing.
             Err(e) if !committed => return Err(e),

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use l2s_lab::{l2s_bin, netns, sh, Lab};
+use l2s_lab::{l2s_bin, netns, run, scale_vlan, sh, Lab};
 
 fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
     let args: Vec<String> = std::env::args().collect();
@@ -95,7 +95,7 @@ fn floor(lab: &Lab, vlans: usize, peers: usize) -> Result<(Duration, Duration, D
         "datapath_type=netdev".into(),
     ];
     for v in 0..vlans {
-        let id = 100 + v;
+        let id = scale_vlan(v);
         let dev = format!("fx{id}");
         let _ = writeln!(
             links,
@@ -124,12 +124,18 @@ fn floor(lab: &Lab, vlans: usize, peers: usize) -> Result<(Duration, Duration, D
     let br_t = t.elapsed();
     let t = Instant::now();
     // Without --no-wait, ovs-vsctl waits until ovs-vswitchd has applied it, as we do.
-    sh(netns(ns, "ovs-vsctl").arg("--timeout=3600").args(&vsctl))?;
+    let out = run(netns(ns, "ovs-vsctl").arg("--timeout=3600").args(&vsctl))?;
+    if !out.status.success() {
+        bail!(
+            "ovs-vsctl with {vlans} ports failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let ovs_t = t.elapsed();
     sh(netns(ns, "ovs-vsctl").args([&db, "del-br", "l2s0"]))?;
     let mut del = String::new();
     for v in 0..vlans {
-        let _ = writeln!(del, "link del fx{}", 100 + v);
+        let _ = writeln!(del, "link del fx{}", scale_vlan(v));
     }
     batch(ns, "ip", &["-batch", "-"], &del)?;
     Ok((ip_t, br_t, ovs_t))
@@ -163,7 +169,10 @@ fn main() -> Result<()> {
         lab.write_config("a", &lab.scale_config(n, peers, ""))?;
         let (apply, rss) = l2s_timed(&lab, "apply")?;
         let (noop, _) = l2s_timed(&lab, "apply")?;
-        lab.write_config("a", &lab.scale_config(n + 1, peers, ""))?;
+        // A one-VLAN delta: one VLAN taken away, then given back (measured).
+        lab.write_config("a", &lab.scale_config(n - 1, peers, ""))?;
+        l2s_timed(&lab, "apply")?;
+        lab.write_config("a", &lab.scale_config(n, peers, ""))?;
         let (delta, rss2) = l2s_timed(&lab, "apply")?;
         println!(
             "{n:>6} {peers:>5} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>7.2} {:>8.0} {:>8.0} {:>7.1}",

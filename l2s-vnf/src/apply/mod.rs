@@ -1,5 +1,7 @@
 //! Converging the system: observe → diff → execute, with rollback.
 //!
+//! The netlink steps (phases 1 and 3) are [`links`].
+//!
 //! Execution runs in three phases so that nothing is left half-applied:
 //! 1. **netlink** (VXLAN devices, MTUs, flood entries), each step recorded in an undo log;
 //! 2. **one OVSDB transaction** for the bridge and all ports, then a wait until ovs-vswitchd
@@ -9,16 +11,17 @@
 //!    Errors here are collected (every step is still tried) and reported.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
+
+mod links;
 
 use crate::config::{BackendChoice, ConfigIssue, SiteConfig};
 use crate::discover;
 use crate::guard::{self, GuardError};
 use crate::ipsec::{self, IpsecChange, ObservedConn};
-use crate::model::{DesiredState, Facts, IpsecBackend, VxlanSpec};
+use crate::model::{DesiredState, Facts, IpsecBackend};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::ovsdb::{switch, txn, Client, OvsdbError};
 use crate::plan::{self, ActualState, Change, Conflict, ObservedSecurity, Plan};
@@ -272,32 +275,6 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-enum Undo {
-    Delete {
-        index: u32,
-        name: String,
-    },
-    Recreate {
-        spec: VxlanSpec,
-        flood: Vec<IpAddr>,
-        new_index: u32,
-    },
-    Mtu {
-        name: String,
-        mtu: u32,
-    },
-    RemoveFlood {
-        index: u32,
-        dev: String,
-        dst: IpAddr,
-    },
-    AddFlood {
-        index: u32,
-        dev: String,
-        dst: IpAddr,
-    },
-}
-
 /// Execute a plan against the system. `actual` is the state the plan was computed from.
 pub async fn execute(
     sys: &System,
@@ -318,7 +295,7 @@ pub async fn execute(
         .iter()
         .map(|(n, l)| (n.clone(), l.index))
         .collect();
-    let mut undo: Vec<Undo> = vec![];
+    let mut undo: Vec<links::Undo> = vec![];
 
     // Phase 0: the guard and the policy rule, before any VXLAN device exists or comes up.
     for c in &plan.changes {
@@ -333,74 +310,7 @@ pub async fn execute(
     }
 
     // Phase 1: netlink, with undo.
-    let mut phase1 = async {
-        for c in &plan.changes {
-            match c {
-                Change::CreateVxlan { spec } => {
-                    let i = nl.create_vxlan(spec).await?;
-                    info!(dev = %spec.name, vni = spec.vni, "created VXLAN device");
-                    index.insert(spec.name.clone(), i);
-                    undo.push(Undo::Delete {
-                        index: i,
-                        name: spec.name.clone(),
-                    });
-                }
-                Change::ReplaceVxlan {
-                    index: old,
-                    spec,
-                    why,
-                } => {
-                    let before = actual.links.links.get(&spec.name);
-                    nl.delete_link(*old, &spec.name).await?;
-                    let i = nl.create_vxlan(spec).await?;
-                    info!(dev = %spec.name, why = %why, "recreated VXLAN device");
-                    index.insert(spec.name.clone(), i);
-                    if let Some(b) = before {
-                        if let Some(old_spec) = observed_spec(b, spec) {
-                            undo.push(Undo::Recreate {
-                                spec: old_spec,
-                                flood: b.flood.iter().copied().collect(),
-                                new_index: i,
-                            });
-                        }
-                    }
-                }
-                Change::SetMtu { dev, from, to, .. } => {
-                    nl.set_mtu(dev, *to).await?;
-                    undo.push(Undo::Mtu {
-                        name: dev.clone(),
-                        mtu: *from,
-                    });
-                }
-                Change::AddFlood { dev, address, peer } => {
-                    let i = *index
-                        .get(dev)
-                        .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))?;
-                    nl.add_flood(i, dev, *address).await?;
-                    info!(dev = %dev, peer = %peer, dst = %address, "added flood entry");
-                    undo.push(Undo::RemoveFlood {
-                        index: i,
-                        dev: dev.clone(),
-                        dst: *address,
-                    });
-                }
-                Change::RemoveFlood { dev, address } => {
-                    let i = *index
-                        .get(dev)
-                        .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))?;
-                    nl.remove_flood(i, dev, *address).await?;
-                    undo.push(Undo::AddFlood {
-                        index: i,
-                        dev: dev.clone(),
-                        dst: *address,
-                    });
-                }
-                _ => {}
-            }
-        }
-        Ok::<(), ApplyError>(())
-    }
-    .await;
+    let mut phase1 = links::make(nl, plan, actual, &mut index, &mut undo).await;
 
     debug!(
         ms = started.elapsed().as_secs_f64() * 1e3,
@@ -431,7 +341,7 @@ pub async fn execute(
                 "the {} netlink step(s) were kept to match OVSDB: the system holds the new configuration, which ovs-vswitchd applies when it can; it is NOT as before",
                 undo.len()
             ),
-            _ => rollback(nl, undo).await,
+            _ => links::rollback(nl, undo).await,
         };
         return Err(ApplyError::RolledBack {
             cause: cause.to_string(),
@@ -444,25 +354,7 @@ pub async fn execute(
         "OVSDB phase done (ovs-vswitchd applied it)"
     );
     // Phase 3: finishing steps; every one is tried.
-    let mut failures = vec![];
-    for c in &plan.changes {
-        let r = match c {
-            Change::SetUp { dev } => nl.set_up(dev).await,
-            Change::RestoreMtu { dev, to } => nl.set_mtu(dev, *to).await,
-            Change::DeleteVxlan { index, name } => {
-                let r = nl.delete_link(*index, name).await;
-                if r.is_ok() {
-                    info!(dev = %name, "deleted VXLAN device");
-                }
-                r
-            }
-            _ => Ok(()),
-        };
-        if let Err(e) = r {
-            warn!(error = %e, "finishing step failed");
-            failures.push(e.to_string());
-        }
-    }
+    let mut failures = links::finish(nl, plan).await;
     // ovs-vswitchd reports ports it could not open.
     let added: Vec<String> = plan
         .changes
@@ -575,64 +467,4 @@ async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyE
         }
     }
     Ok(())
-}
-
-fn observed_spec(l: &crate::plan::ObservedLink, wanted: &VxlanSpec) -> Option<VxlanSpec> {
-    let a = l.vxlan.as_ref()?;
-    Some(VxlanSpec {
-        name: l.name.clone(),
-        vni: a.vni?,
-        local: a.local?,
-        port: a.port?,
-        underlay_index: a.underlay_index?,
-        mtu: l.mtu,
-        alias: l.alias.clone().unwrap_or_else(|| wanted.alias.clone()),
-    })
-}
-
-async fn rollback(nl: &Netlink, undo: Vec<Undo>) -> String {
-    let steps = undo.len();
-    let mut errors = vec![];
-    for u in undo.into_iter().rev() {
-        let r = match u {
-            Undo::Delete { index, name } => nl.delete_link(index, &name).await,
-            Undo::Recreate {
-                spec,
-                flood,
-                new_index,
-            } => {
-                let mut r = nl.delete_link(new_index, &spec.name).await;
-                if r.is_ok() {
-                    r = match nl.create_vxlan(&spec).await {
-                        Ok(i) => {
-                            let mut r = Ok(());
-                            for dst in flood {
-                                if let Err(e) = nl.add_flood(i, &spec.name, dst).await {
-                                    r = Err(e);
-                                }
-                            }
-                            r
-                        }
-                        Err(e) => Err(e),
-                    };
-                }
-                r
-            }
-            Undo::Mtu { name, mtu } => nl.set_mtu(&name, mtu).await,
-            Undo::RemoveFlood { index, dev, dst } => nl.remove_flood(index, &dev, dst).await,
-            Undo::AddFlood { index, dev, dst } => nl.add_flood(index, &dev, dst).await,
-        };
-        if let Err(e) = r {
-            errors.push(e.to_string());
-        }
-    }
-    if errors.is_empty() {
-        format!("{steps} step(s) undone, the system is as before")
-    } else {
-        format!(
-            "{} of {steps} undo step(s) failed: {}",
-            errors.len(),
-            errors.join("; ")
-        )
-    }
 }
