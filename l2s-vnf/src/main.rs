@@ -69,7 +69,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let loaded = SiteConfig::load(&cli.config);
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: the kernel's dumps and ovsdb-server's answers of a large observation
+    // are read side by side (the machines are 2-core VMs).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

@@ -379,7 +379,10 @@ impl Lab {
         env(&mut c);
         c.arg(&db)
             .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!("--pidfile={}", d.join("ovsdb-server.pid").display()))
+            .arg(format!(
+                "--pidfile={}",
+                d.join("ovsdb-server.pid").display()
+            ))
             .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
             .arg("--detach");
         if !self.pidfiles.contains(&d.join("ovsdb-server.pid")) {
@@ -393,7 +396,10 @@ impl Lab {
         let mut c = netns(ns, "ovs-vswitchd");
         env(&mut c);
         c.arg(format!("unix:{}", sock.display()))
-            .arg(format!("--pidfile={}", d.join("ovs-vswitchd.pid").display()))
+            .arg(format!(
+                "--pidfile={}",
+                d.join("ovs-vswitchd.pid").display()
+            ))
             .arg(format!("--log-file={}", d.join("vswitchd.log").display()))
             .arg("--detach");
         if !self.pidfiles.contains(&d.join("ovs-vswitchd.pid")) {

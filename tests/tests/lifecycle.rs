@@ -318,7 +318,10 @@ fn a_frozen_vswitchd_leaves_the_system_as_before() {
     let took = t.elapsed();
     lab.signal_vswitchd("a", libc::SIGCONT).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "apply succeeded with a frozen ovs-vswitchd");
+    assert!(
+        !out.status.success(),
+        "apply succeeded with a frozen ovs-vswitchd"
+    );
     assert!(err.contains("ovs-vswitchd is stopped"), "{err}");
     assert!(err.contains("the OVSDB transaction was reverted"), "{err}");
     assert!(err.contains("the system is as before"), "{err}");
@@ -331,7 +334,10 @@ fn a_frozen_vswitchd_leaves_the_system_as_before() {
     assert_eq!(devices(), devices0, "VXLAN devices after the failed apply");
     assert_eq!(uuid(&lab, "a", "l2s-vx101"), uuid101);
     let plan = lab.l2s_ok("a", &["plan"]).unwrap();
-    assert!(plan.contains("40 to add") || plan.contains("+ vxlan l2s-vx149"), "{plan}");
+    assert!(
+        plan.contains("40 to add") || plan.contains("+ vxlan l2s-vx149"),
+        "{plan}"
+    );
 
     // ovs-vswitchd runs again: the same apply converges, and the next is a no-op.
     lab.l2s_ok("a", &["apply"]).unwrap();

@@ -31,12 +31,28 @@ async fn together<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output
 /// How to take back one phase-1 step.
 pub(super) enum Undo {
     /// A device this plan created.
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
     /// A device this plan replaced: the old one, as it was.
-    Recreate { spec: VxlanSpec, flood: Vec<IpAddr> },
-    Mtu { name: String, mtu: u32 },
-    RemoveFlood { index: u32, dev: String, dst: IpAddr },
-    AddFlood { index: u32, dev: String, dst: IpAddr },
+    Recreate {
+        spec: VxlanSpec,
+        flood: Vec<IpAddr>,
+    },
+    Mtu {
+        name: String,
+        mtu: u32,
+    },
+    RemoveFlood {
+        index: u32,
+        dev: String,
+        dst: IpAddr,
+    },
+    AddFlood {
+        index: u32,
+        dev: String,
+        dst: IpAddr,
+    },
 }
 
 /// The spec of a device as observed (to recreate it on rollback).
@@ -106,7 +122,11 @@ pub(super) async fn make(
         }
     }
     // New devices, then their indexes.
-    let made = together(new.iter().map(|s| async move { (nl.create_vxlan(s).await, *s) })).await;
+    let made = together(
+        new.iter()
+            .map(|s| async move { (nl.create_vxlan(s).await, *s) }),
+    )
+    .await;
     settle(made, undo, |s| {
         info!(dev = %s.name, vni = s.vni, "created VXLAN device");
         Undo::Delete {
@@ -123,9 +143,11 @@ pub(super) async fn make(
     }
     // MTUs and flood entries.
     let index = &*index;
-    let steps = plan.changes.iter().filter_map(|c| match c {
-        Change::SetMtu { .. } | Change::AddFlood { .. } | Change::RemoveFlood { .. } => Some(c),
-        _ => None,
+    let steps = plan.changes.iter().filter(|c| {
+        matches!(
+            c,
+            Change::SetMtu { .. } | Change::AddFlood { .. } | Change::RemoveFlood { .. }
+        )
     });
     let done = together(steps.map(|c| async move { (step(nl, c, index).await, c) })).await;
     let mut first = None;
@@ -142,11 +164,7 @@ pub(super) async fn make(
 }
 
 /// One MTU or flood step; how to undo it.
-async fn step(
-    nl: &Netlink,
-    c: &Change,
-    index: &BTreeMap<String, u32>,
-) -> Result<Undo, ApplyError> {
+async fn step(nl: &Netlink, c: &Change, index: &BTreeMap<String, u32>) -> Result<Undo, ApplyError> {
     let index_of = |dev: &String| {
         index
             .get(dev)
@@ -179,11 +197,7 @@ async fn step(
                 dst: *address,
             }
         }
-        other => {
-            return Err(ApplyError::Refused(format!(
-                "not a netlink step: {other}"
-            )))
-        }
+        other => return Err(ApplyError::Refused(format!("not a netlink step: {other}"))),
     })
 }
 

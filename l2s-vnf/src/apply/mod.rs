@@ -11,6 +11,7 @@
 //!    Errors here are collected (every step is still tried) and reported.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -23,7 +24,7 @@ use crate::guard::{self, GuardError};
 use crate::ipsec::{self, IpsecChange, ObservedConn};
 use crate::model::{DesiredState, Facts, IpsecBackend};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::ovsdb::{switch, txn, Client, OvsdbError};
+use crate::ovsdb::{replica::Replica, switch, txn, Client, OvsdbError};
 use crate::plan::{self, ActualState, Change, Conflict, ObservedSecurity, Plan};
 use crate::vici::{self, ViciError};
 
@@ -68,6 +69,8 @@ pub struct System {
     pub ovsdb: Client,
     /// charon, when IPsec is on (required) or when it happens to be reachable (for cleanup).
     pub vici: Option<vici::Client>,
+    /// The daemon's monitor-fed copy of OVSDB, read instead of a select while it is live.
+    pub replica: Option<Arc<Replica>>,
 }
 
 impl System {
@@ -96,6 +99,7 @@ impl System {
             netlink,
             ovsdb,
             vici,
+            replica: None,
         })
     }
 
@@ -147,18 +151,24 @@ impl System {
                 .and_then(Result::ok)
                 .unwrap_or_default()
         };
-        let (switch, links, rules, charon, guard_listing, policies) = tokio::join!(
-            switch::observe(&self.ovsdb, bridge),
-            self.netlink.observe(),
-            rules,
-            charon,
-            guard_listing,
-            policies
-        );
+        let switch = async {
+            match self.replica.as_ref().and_then(|r| r.observed(bridge)) {
+                Some(s) => Ok(s),
+                None => switch::observe(&self.ovsdb, bridge).await,
+            }
+        };
+        // A socket holds one dump at a time: the rule dump follows the link dump.
+        let links_and_rules = async {
+            let links = self.netlink.observe().await?;
+            Ok::<_, ApplyError>((links, rules.await?))
+        };
+        let (switch, links_and_rules, charon, guard_listing, policies) =
+            tokio::join!(switch, links_and_rules, charon, guard_listing, policies);
         let (conns, sas, keys) = charon?;
+        let (links, rules) = links_and_rules?;
         let security = ObservedSecurity {
             guard: guard_listing,
-            vxlan_rules: rules?,
+            vxlan_rules: rules,
             conns,
             sas,
             policies,
@@ -166,7 +176,7 @@ impl System {
         };
         Ok(ActualState {
             switch: switch?,
-            links: links?,
+            links,
             security,
         })
     }
@@ -273,6 +283,8 @@ pub async fn prepare_with(
 pub struct Report {
     pub changes: usize,
     pub elapsed: Duration,
+    /// The OVS configuration number ovs-vswitchd reached with it, if it changed OVSDB.
+    pub ovs_cfg: Option<i64>,
 }
 
 /// Execute a plan against the system. `actual` is the state the plan was computed from.
@@ -286,6 +298,7 @@ pub async fn execute(
         return Ok(Report {
             changes: 0,
             elapsed: started.elapsed(),
+            ovs_cfg: None,
         });
     }
     let nl = &sys.netlink;
@@ -296,6 +309,7 @@ pub async fn execute(
         .map(|(n, l)| (n.clone(), l.index))
         .collect();
     let mut undo: Vec<links::Undo> = vec![];
+    let mut ovs_cfg = None;
 
     // Phase 0: the guard and the policy rule, before any VXLAN device exists or comes up.
     for c in &plan.changes {
@@ -325,6 +339,7 @@ pub async fn execute(
             .collect();
         phase1 = txn::apply(&sys.ovsdb, &ovs, actual.switch.bridge.as_ref(), &index)
             .await
+            .map(|reached| ovs_cfg = reached)
             .map_err(ApplyError::from);
         if phase1.is_ok() && !ovs.is_empty() {
             info!(
@@ -396,6 +411,7 @@ pub async fn execute(
     Ok(Report {
         changes: plan.changes.len(),
         elapsed: started.elapsed(),
+        ovs_cfg,
     })
 }
 

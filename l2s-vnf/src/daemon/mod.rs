@@ -31,6 +31,7 @@ use crate::apply::{self, ApplyError, System};
 use crate::config::SiteConfig;
 use crate::health;
 use crate::ipsec::{self, DesiredConn};
+use crate::ovsdb::replica::Replica;
 use crate::plan::{ActualState, DiffOptions};
 use crate::status::{self, unix_now, DaemonStatus, ReconcileRecord, RepairRecord, Status};
 use control::{Job, ReloadOutcome, Reply, Request};
@@ -46,6 +47,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const RECENT_REPAIRS: usize = 20;
 /// Above this many changes, a start or reload logs a summary (each change at debug level).
 const LOG_EACH_CHANGE: usize = 40;
+/// How long the OVSDB replica may take to show a configuration ovs-vswitchd reached.
+const REPLICA_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Why a reconcile runs.
 #[derive(Debug, Clone)]
@@ -82,13 +85,17 @@ struct Daemon {
     events: Arc<IpsecEvents>,
     /// Each VLAN's data path as the last reconcile found it: why it is degraded, if it is.
     health: BTreeMap<u16, Vec<String>>,
+    /// The OVSDB copy the watcher keeps (observation reads it while it is live).
+    replica: Arc<Replica>,
 }
 
 impl Daemon {
     /// Observe, diff and apply once.
     async fn converge(&mut self, cause: &Cause) -> Result<Vec<String>, ApplyError> {
         if self.sys.is_none() {
-            self.sys = Some(System::connect(&self.cfg).await?);
+            let mut sys = System::connect(&self.cfg).await?;
+            sys.replica = Some(self.replica.clone());
+            self.sys = Some(sys);
         }
         let Some(sys) = &self.sys else {
             return Err(ApplyError::Refused("no system connection".into()));
@@ -149,7 +156,16 @@ impl Daemon {
                 }
             }
         }
-        apply::execute(sys, &p.plan, &p.actual).await?;
+        let report = apply::execute(sys, &p.plan, &p.actual).await?;
+        if let Some(cfg) = report.ovs_cfg {
+            // Observation reads the replica: let it see ovs-vswitchd apply our change.
+            if !self.replica.caught_up(cfg, REPLICA_CATCH_UP).await {
+                debug!(
+                    cfg,
+                    "the OVSDB replica is behind; OVSDB is read until it catches up"
+                );
+            }
+        }
         // Judge the data plane as the changes left it, not as it was before them.
         let after = sys.observe(&self.cfg.switch.bridge).await?;
         self.judge(&after);
@@ -178,6 +194,9 @@ impl Daemon {
     async fn reconcile(&mut self, cause: Cause) -> Result<Vec<String>, ApplyError> {
         let t = Instant::now();
         let r = self.converge(&cause).await;
+        // An observation at thousands of VLANs is tens of megabytes for a moment: hand them
+        // back, or the daemon would hold its largest reconcile for ever.
+        release_memory();
         let elapsed = t.elapsed();
         self.metrics
             .reconcile_seconds
@@ -243,7 +262,12 @@ impl Daemon {
                 self.stats.last_reload_error = None;
                 self.metrics.reloads.inc();
                 if rewatch {
-                    *watchers = Watchers::start(&self.cfg, tx.clone(), self.events.clone());
+                    *watchers = Watchers::start(
+                        &self.cfg,
+                        tx.clone(),
+                        self.events.clone(),
+                        self.replica.clone(),
+                    );
                 }
                 if let Err(e) = self.reload_psks().await {
                     warn!(error = %e, "could not hand the PSKs to charon again");
@@ -360,6 +384,29 @@ impl Daemon {
     }
 }
 
+/// Give the heap a reconcile freed back to the system: glibc keeps it otherwise.
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim(3) only hands free heap pages back to the kernel.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One malloc arena per worker thread would keep one reconcile's peak each: two suffice for
+/// a daemon whose work is one loop.
+fn limit_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt(3) with M_ARENA_MAX only bounds how many arenas glibc creates.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Large buffers (a dump's worth) straight from mmap, so that freeing returns them.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
 /// When to retry after a failed reconcile: 0.25 s, doubling up to 5 s, reset by a success.
 struct Retry {
     wait: Duration,
@@ -444,6 +491,7 @@ fn fatal(what: &str, e: impl std::fmt::Display) -> ApplyError {
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError> {
+    limit_arenas();
     let lock_file = lock::lock_path(&cfg.daemon.control_socket);
     let _lock = lock::InstanceLock::acquire(&lock_file).map_err(|e| fatal("cannot start", e))?;
     let listener =
@@ -472,7 +520,8 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| fatal("signals", e))?;
 
     let (tx, mut triggers) = mpsc::unbounded_channel::<Trigger>();
-    let mut watchers = Watchers::start(&cfg, tx.clone(), events.clone());
+    let replica = Arc::new(Replica::default());
+    let mut watchers = Watchers::start(&cfg, tx.clone(), events.clone(), replica.clone());
     info!(
         config = %config_path.display(),
         control = %cfg.daemon.control_socket.display(),
@@ -495,6 +544,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         metrics,
         events,
         health: BTreeMap::new(),
+        replica,
     };
     let mut retry = Retry::default();
     match d.reconcile(Cause::Start).await {

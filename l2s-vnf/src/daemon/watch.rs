@@ -18,7 +18,7 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourAttribute;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -27,7 +27,7 @@ use crate::config::SiteConfig;
 use crate::guard;
 use crate::ipsec;
 use crate::model::{vxlan_device_name, ALIAS_PREFIX, VXLAN_DEVICE_PREFIX};
-use crate::ovsdb;
+use crate::ovsdb::{self, replica::Replica};
 use crate::vici::{self, Item, Section};
 
 /// Something changed that may need a repair.
@@ -72,9 +72,14 @@ impl Drop for Watchers {
 }
 
 impl Watchers {
-    pub fn start(cfg: &SiteConfig, tx: Triggers, events: Arc<IpsecEvents>) -> Self {
+    pub fn start(
+        cfg: &SiteConfig,
+        tx: Triggers,
+        events: Arc<IpsecEvents>,
+        replica: Arc<Replica>,
+    ) -> Self {
         let mut tasks = vec![
-            tokio::spawn(ovsdb_watch(cfg.switch.ovsdb.clone(), tx.clone())),
+            tokio::spawn(ovsdb_watch(cfg.switch.ovsdb.clone(), tx.clone(), replica)),
             tokio::spawn(netlink_watch(Interest::of(cfg), tx.clone())),
             tokio::spawn(nftables_watch(
                 guard::table_name(&cfg.switch.bridge),
@@ -91,16 +96,6 @@ impl Watchers {
         }
         Watchers { tasks }
     }
-}
-
-/// The OVSDB rows and columns whose change can mean drift (not statistics, which tick).
-fn ovsdb_monitor_request() -> Value {
-    json!({
-        "Bridge": {"columns": ["name", "ports", "external_ids", "datapath_type"]},
-        "Port": {"columns": ["name", "tag", "interfaces", "external_ids", "vlan_mode", "trunks"]},
-        "Interface": {"columns": ["name", "type", "options", "external_ids", "ofport", "error"]},
-        "Open_vSwitch": {"columns": ["bridges"]}
-    })
 }
 
 /// `Bridge: 1 row(s), Port: 2 row(s)` for a monitor update.
@@ -120,22 +115,25 @@ fn summarize_update(update: &Value) -> String {
         .join(", ")
 }
 
-async fn ovsdb_watch(path: PathBuf, tx: Triggers) {
+/// The OVSDB monitor: keeps the replica current and wakes the loop on every change that may
+/// be drift (after the replica has it, so the reconcile sees it).
+async fn ovsdb_watch(path: PathBuf, tx: Triggers, replica: Arc<Replica>) {
     let mut lost = false;
     loop {
         match ovsdb::Client::connect(&path).await {
-            Ok(client) => match client
-                .monitor("l2s-vnf-watch", ovsdb_monitor_request())
-                .await
-            {
-                Ok((_, mut updates)) => {
+            Ok(client) => match client.monitor("l2s-vnf-watch", Replica::request()).await {
+                Ok((initial, mut updates)) => {
+                    replica.reset(&initial);
                     if lost {
                         info!("ovsdb-server is reachable again");
                         fire(&tx, "ovsdb", "ovsdb-server is back");
                     }
                     while let Some(u) = updates.recv().await {
-                        fire(&tx, "ovsdb", summarize_update(&u));
+                        if replica.update(&u) {
+                            fire(&tx, "ovsdb", summarize_update(&u));
+                        }
                     }
+                    replica.lost();
                     warn!(path = %path.display(), "lost the connection to ovsdb-server; reconnecting");
                     fire(&tx, "ovsdb", "connection to ovsdb-server lost");
                     lost = true;
@@ -423,7 +421,7 @@ mod tests {
 
     #[test]
     fn monitor_updates_are_summarized() {
-        let u = json!({"Port": {"u1": {}, "u2": {}}, "Bridge": {"u3": {}}});
+        let u = serde_json::json!({"Port": {"u1": {}, "u2": {}}, "Bridge": {"u3": {}}});
         assert_eq!(summarize_update(&u), "Bridge: 1 row(s), Port: 2 row(s)");
     }
 

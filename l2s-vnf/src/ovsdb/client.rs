@@ -190,7 +190,12 @@ impl Client {
         // at the whole VLAN space) move into the request without a copy.
         let names: Vec<String> = ops
             .iter()
-            .map(|o| o.get("op").and_then(Value::as_str).unwrap_or("?").to_string())
+            .map(|o| {
+                o.get("op")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string()
+            })
             .collect();
         let mut params = Vec::with_capacity(ops.len() + 1);
         params.push(json!(DATABASE));

@@ -3,9 +3,11 @@
 //! - [`client`]: JSON-RPC over the OVSDB socket (transact, monitor, echo);
 //! - [`switch`]: what OVSDB holds for us (bridge, ports, interface health);
 //! - [`txn`]: a plan's OVS changes as transactions, and their inverse;
-//! - [`vswitchd`]: waiting for ovs-vswitchd to apply them, as long as it makes progress.
+//! - [`vswitchd`]: waiting for ovs-vswitchd to apply them, as long as it makes progress;
+//! - [`replica`]: the daemon's monitor-fed copy of the rows it observes.
 
 pub mod client;
+pub mod replica;
 pub mod switch;
 pub mod txn;
 pub mod vswitchd;

@@ -4,7 +4,7 @@
 //! Executing a plan's OVS changes is [`super::txn`]; waiting for ovs-vswitchd is
 //! [`super::vswitchd`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
@@ -134,104 +134,191 @@ fn optional<'a>(row: &'a Value, column: &str) -> Option<&'a Value> {
         .and_then(|m| m.first().copied())
 }
 
+/// The columns observation reads, per table (also what the daemon's replica monitors).
+pub const BRIDGE_COLUMNS: &[&str] = &["name", "ports", "datapath_type", "external_ids"];
+pub const PORT_COLUMNS: &[&str] = &["name", "tag", "interfaces", "external_ids"];
+pub const IFACE_COLUMNS: &[&str] = &["ofport", "error"];
+
+#[derive(Debug, Clone)]
+struct BridgeRow {
+    name: String,
+    ports: Vec<String>,
+    datapath: Datapath,
+    owner: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct PortRow {
+    name: String,
+    tag: Option<u16>,
+    iface: Option<String>,
+    role: Option<PortRole>,
+    orig_mtu: Option<u32>,
+    bound_ifindex: Option<u32>,
+}
+
+/// The rows of Bridge, Port and Interface that observation needs, parsed; filled from one
+/// select, or kept current from a monitor (the daemon's replica).
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    bridges: HashMap<String, BridgeRow>,
+    ports: HashMap<String, PortRow>,
+    ifaces: HashMap<String, ObservedIface>,
+}
+
+impl Rows {
+    /// Insert, replace or (row `None`) delete one row of `table`.
+    pub fn set(&mut self, table: &str, uuid: &str, row: Option<&Value>) {
+        let uuid = uuid.to_string();
+        match (table, row) {
+            ("Bridge", None) => drop(self.bridges.remove(&uuid)),
+            ("Port", None) => drop(self.ports.remove(&uuid)),
+            ("Interface", None) => drop(self.ifaces.remove(&uuid)),
+            ("Bridge", Some(b)) => {
+                let ext = b.get("external_ids").map(map_of).unwrap_or_default();
+                self.bridges.insert(
+                    uuid,
+                    BridgeRow {
+                        name: b
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                        ports: b
+                            .get("ports")
+                            .map(set_members)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(uuid_of)
+                            .collect(),
+                        datapath: Datapath::from_ovs(
+                            b.get("datapath_type").and_then(Value::as_str).unwrap_or(""),
+                        ),
+                        owner: ext.get(EXT_OWNER).cloned(),
+                    },
+                );
+            }
+            ("Port", Some(p)) => {
+                let ext = p.get("external_ids").map(map_of).unwrap_or_default();
+                self.ports.insert(
+                    uuid,
+                    PortRow {
+                        name: p
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                        tag: optional(p, "tag")
+                            .and_then(Value::as_u64)
+                            .and_then(|t| u16::try_from(t).ok()),
+                        iface: p
+                            .get("interfaces")
+                            .map(set_members)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .find_map(uuid_of),
+                        role: ext.get(EXT_ROLE).and_then(|r| PortRole::parse(r)),
+                        orig_mtu: ext.get(EXT_ORIG_MTU).and_then(|m| m.parse().ok()),
+                        bound_ifindex: ext.get(EXT_IFINDEX).and_then(|m| m.parse().ok()),
+                    },
+                );
+            }
+            ("Interface", Some(i)) => {
+                self.ifaces.insert(
+                    uuid,
+                    ObservedIface {
+                        ofport: optional(i, "ofport").and_then(Value::as_i64),
+                        error: optional(i, "error")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Rows from a select of each table (rows carry their `_uuid`).
+    fn add_selected(&mut self, table: &str, rows: &[Value]) {
+        for r in rows {
+            if let Some(uuid) = r.get("_uuid").and_then(uuid_of) {
+                self.set(table, &uuid, Some(r));
+            }
+        }
+    }
+
+    /// What concerns the instance managing `bridge`.
+    pub fn observed(&self, bridge: &str) -> ObservedSwitch {
+        let mut out = ObservedSwitch::default();
+        for (uuid, b) in &self.bridges {
+            let members = b.ports.iter().filter_map(|u| {
+                let p = self.ports.get(u)?;
+                Some(ObservedPort {
+                    uuid: u.clone(),
+                    name: p.name.clone(),
+                    tag: p.tag,
+                    role: p.role,
+                    orig_mtu: p.orig_mtu,
+                    bound_ifindex: p.bound_ifindex,
+                    iface: p
+                        .iface
+                        .as_ref()
+                        .and_then(|i| self.ifaces.get(i).cloned())
+                        .unwrap_or_default(),
+                })
+            });
+            if b.name == bridge {
+                let ports: BTreeMap<String, ObservedPort> =
+                    members.map(|p| (p.name.clone(), p)).collect();
+                for name in ports.keys() {
+                    out.port_bridge.insert(name.clone(), b.name.clone());
+                }
+                out.bridge = Some(ObservedBridge {
+                    uuid: uuid.clone(),
+                    name: b.name.clone(),
+                    datapath: b.datapath,
+                    owner: b.owner.clone(),
+                    ports,
+                });
+            } else {
+                for p in members {
+                    out.port_bridge.insert(p.name, b.name.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+fn select(table: &str, columns: &[&str]) -> Value {
+    let mut cols = vec!["_uuid"];
+    cols.extend_from_slice(columns);
+    json!({"op": "select", "table": table, "where": [], "columns": cols})
+}
+
 /// Read the bridge called `bridge` with its ports and their interfaces, and every port's
-/// bridge.
+/// bridge, in one transaction.
 pub async fn observe(client: &Client, bridge: &str) -> Result<ObservedSwitch, OvsdbError> {
     let ops = vec![
-        json!({"op": "select", "table": "Bridge", "where": [], "columns": ["_uuid", "name", "ports", "datapath_type", "external_ids"]}),
-        json!({"op": "select", "table": "Port", "where": [], "columns": ["_uuid", "name", "tag", "interfaces", "external_ids"]}),
-        json!({"op": "select", "table": "Interface", "where": [], "columns": ["_uuid", "ofport", "error"]}),
+        select("Bridge", BRIDGE_COLUMNS),
+        select("Port", PORT_COLUMNS),
+        select("Interface", IFACE_COLUMNS),
     ];
     let res = client.transact(ops).await?;
-    let (bridges, ports, ifaces) = match res.as_slice() {
-        [b, p, i, ..] => (rows(b), rows(p), rows(i)),
+    let mut rows = Rows::default();
+    match res.as_slice() {
+        [b, p, i, ..] => {
+            rows.add_selected("Bridge", self::rows(b));
+            rows.add_selected("Port", self::rows(p));
+            rows.add_selected("Interface", self::rows(i));
+        }
         _ => {
             return Err(OvsdbError::Protocol(
                 "select returned too few results".into(),
             ))
         }
-    };
-    let iface_by_uuid: BTreeMap<String, ObservedIface> = ifaces
-        .iter()
-        .filter_map(|i| {
-            let uuid = i.get("_uuid").and_then(uuid_of)?;
-            Some((
-                uuid,
-                ObservedIface {
-                    ofport: optional(i, "ofport").and_then(Value::as_i64),
-                    error: optional(i, "error")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                },
-            ))
-        })
-        .collect();
-    let mut port_by_uuid: BTreeMap<String, ObservedPort> = BTreeMap::new();
-    for p in ports {
-        let (Some(uuid), Some(name)) = (
-            p.get("_uuid").and_then(uuid_of),
-            p.get("name").and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        let ext = p.get("external_ids").map(map_of).unwrap_or_default();
-        let tag = optional(p, "tag")
-            .and_then(Value::as_u64)
-            .and_then(|t| u16::try_from(t).ok());
-        let iface = p
-            .get("interfaces")
-            .map(set_members)
-            .unwrap_or_default()
-            .into_iter()
-            .find_map(uuid_of)
-            .and_then(|u| iface_by_uuid.get(&u).cloned())
-            .unwrap_or_default();
-        port_by_uuid.insert(
-            uuid.clone(),
-            ObservedPort {
-                uuid,
-                name: name.to_string(),
-                tag,
-                role: ext.get(EXT_ROLE).and_then(|r| PortRole::parse(r)),
-                orig_mtu: ext.get(EXT_ORIG_MTU).and_then(|m| m.parse().ok()),
-                bound_ifindex: ext.get(EXT_IFINDEX).and_then(|m| m.parse().ok()),
-                iface,
-            },
-        );
     }
-    let mut out = ObservedSwitch::default();
-    for b in bridges {
-        let (Some(uuid), Some(name)) = (
-            b.get("_uuid").and_then(uuid_of),
-            b.get("name").and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        let members: Vec<ObservedPort> = b
-            .get("ports")
-            .map(set_members)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(uuid_of)
-            .filter_map(|u| port_by_uuid.get(&u).cloned())
-            .collect();
-        for p in &members {
-            out.port_bridge.insert(p.name.clone(), name.to_string());
-        }
-        if name == bridge {
-            let ext = b.get("external_ids").map(map_of).unwrap_or_default();
-            out.bridge = Some(ObservedBridge {
-                uuid,
-                name: name.to_string(),
-                datapath: Datapath::from_ovs(
-                    b.get("datapath_type").and_then(Value::as_str).unwrap_or(""),
-                ),
-                owner: ext.get(EXT_OWNER).cloned(),
-                ports: members.into_iter().map(|p| (p.name.clone(), p)).collect(),
-            });
-        }
-    }
-    Ok(out)
+    Ok(rows.observed(bridge))
 }
 
 /// Interface errors ovs-vswitchd reported for the given port names (e.g. "could not open

@@ -326,17 +326,19 @@ fn next_cfg(results: &[Value]) -> Result<i64, OvsdbError> {
         .ok_or_else(|| OvsdbError::Protocol("next_cfg missing from transaction reply".into()))
 }
 
-/// Execute the OVS changes of a plan and wait until ovs-vswitchd has applied them. When it
-/// does not, whatever committed is reverted and the error says whether that worked.
+/// Execute the OVS changes of a plan and wait until ovs-vswitchd has applied them; returns
+/// the configuration number it reached (`None`: nothing to do). When it does not, whatever
+/// committed is reverted and the error says whether that worked.
 pub async fn apply(
     client: &Client,
     changes: &[&Change],
     observed: Option<&ObservedBridge>,
     ifindex: &BTreeMap<String, u32>,
-) -> Result<(), OvsdbError> {
+) -> Result<Option<i64>, OvsdbError> {
     if changes.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
+    let mut reached = None;
     let (first, second) = build(changes, observed.map(|b| b.uuid.as_str()), ifindex);
     let mut created = Created::default();
     let mut committed = false;
@@ -353,14 +355,17 @@ pub async fn apply(
         created.ports.extend(new.ports);
         created.bridge = created.bridge.or(new.bridge);
         let waited = match next_cfg(&results) {
-            Ok(n) => vswitchd::wait_applied(client, n, txn.rows).await,
+            Ok(n) => vswitchd::wait_applied(client, n, txn.rows)
+                .await
+                .map(|()| n),
             Err(e) => Err(e),
         };
-        if let Err(e) = waited {
-            return Err(revert(client, changes, observed, &created, e).await);
+        match waited {
+            Ok(n) => reached = Some(n),
+            Err(e) => return Err(revert(client, changes, observed, &created, e).await),
         }
     }
-    Ok(())
+    Ok(reached)
 }
 
 async fn revert(

@@ -6,6 +6,10 @@
 //! Figures mean something only where guests run under KVM. Under TCG (as on machines whose
 //! KVM cannot run guests) it says so and exits 0; `--force` runs it anyway (function, not
 //! speed). Usage: `l2s-guest-bench [--secs 10] [--force]`. Needs root and tests/deps.sh.
+//!
+//! `l2s-guest-bench --scale 500,1000` instead measures `l2s-vnf apply` at N VLANs × 16 peers
+//! on the kernel datapath beside its floor (ip -batch, bridge -batch, one ovs-vsctl
+//! transaction) in one guest; under TCG only the ratio means anything.
 
 use std::time::Duration;
 
@@ -110,6 +114,52 @@ fn iperf(a: &Vm, b: &Vm, secs: u64) -> Result<f64> {
         .context("no receiver figure in iperf3's output")
 }
 
+/// `--scale N,M`: apply vs floor on the kernel datapath, in one guest.
+fn scale(image: &Image, deb: &[u8], counts: &[u64], accel: Accel) -> Result<()> {
+    let g = Guest::boot(
+        image,
+        Boot {
+            memory_mib: 3072,
+            cpus: 2,
+            plain: true,
+            ..Default::default()
+        },
+    )?;
+    g.write_bytes("/tmp/l2s-vnf.deb", deb)?;
+    g.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/l2s-vnf.deb >/dev/null")?;
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/lab/scale.sh"),
+    )?;
+    g.write("/root/scale.sh", &script, 0o755)?;
+    println!("kernel datapath, 16 peers, {accel:?} (only the ratios mean anything under TCG)");
+    println!(
+        "{:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8} | {:>9} {:>9}",
+        "vlans", "apply s", "floor s", "ratio", "ip s", "bridge s", "vsctl s", "no-op s", "+1 s"
+    );
+    for &n in counts {
+        let out = g.sh(&format!("/root/scale.sh {n}"))?;
+        let get = |k: &str| -> f64 {
+            out.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let floor = get("floor_ip") + get("floor_bridge") + get("floor_ovs");
+        println!(
+            "{n:>6} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>9.2} {:>9.2}",
+            get("apply"),
+            floor,
+            get("apply") / floor,
+            get("floor_ip"),
+            get("floor_bridge"),
+            get("floor_ovs"),
+            get("noop"),
+            get("delta")
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let secs = arg("--secs", 10);
     let force = std::env::args().any(|a| a == "--force");
@@ -120,7 +170,8 @@ fn main() -> Result<()> {
     let deb_path = l2s_lab::package()?;
     let image = Image::ensure(&deb_path)?;
     let accel = Accel::probe(&image);
-    if accel == Accel::Tcg && !force {
+    let scale_mode = std::env::args().any(|a| a == "--scale");
+    if accel == Accel::Tcg && !force && !scale_mode {
         println!(
             "KVM does not run guests on this machine: they would run under TCG (software emulation), \
              where throughput figures are not meaningful. Run this on a machine where KVM works, or \
@@ -129,6 +180,15 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let deb = std::fs::read(&deb_path)?;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(counts) = args
+        .iter()
+        .position(|a| a == "--scale")
+        .and_then(|i| args.get(i + 1))
+    {
+        let counts: Vec<u64> = counts.split(',').filter_map(|c| c.parse().ok()).collect();
+        return scale(&image, &deb, &counts, accel);
+    }
     println!("two L2S VMs on one underlay ({accel:?}), iperf3 {secs} s per figure");
     println!(
         "{:>5} | {:>14} {:>14} | {:>18} {:>14} | {:>18} {:>14}",

@@ -141,6 +141,32 @@ fn floor(lab: &Lab, vlans: usize, peers: usize) -> Result<(Duration, Duration, D
     Ok((ip_t, br_t, ovs_t))
 }
 
+/// The floor of a one-VLAN delta with the bridge full: one more device with its flood
+/// entries and its port, by `ip`, `bridge` and `ovs-vsctl` (which waits for ovs-vswitchd).
+fn floor_one(lab: &Lab, peers: usize) -> Result<Duration> {
+    let ns = &lab.site("a").ns;
+    let db = format!("--db=unix:{}", lab.site("a").ovsdb_sock.display());
+    let t = Instant::now();
+    sh(netns(ns, "ip").args([
+        "link", "add", "fxone", "mtu", "1450", "up", "type", "vxlan", "id", "9999", "dstport",
+        "4789", "local", "192.0.2.1", "dev", "eth1",
+    ]))?;
+    let mut fdb = String::new();
+    for p in 0..peers {
+        let _ = writeln!(
+            fdb,
+            "fdb append 00:00:00:00:00:00 dev fxone dst 192.0.2.{}",
+            10 + p
+        );
+    }
+    batch(ns, "bridge", &["-batch", "-"], &fdb)?;
+    sh(netns(ns, "ovs-vsctl").args([&db, "add-port", "l2s0", "fxone", "tag=4094"]))?;
+    let took = t.elapsed();
+    sh(netns(ns, "ovs-vsctl").args([&db, "del-port", "l2s0", "fxone"]))?;
+    sh(netns(ns, "ip").args(["link", "del", "fxone"]))?;
+    Ok(took)
+}
+
 fn main() -> Result<()> {
     if let Some(why) = l2s_lab::skip_reason() {
         bail!("cannot benchmark: {why}");
@@ -148,7 +174,7 @@ fn main() -> Result<()> {
     let vlan_counts = arg_list("--vlans", &[500, 1000, 2000, 4094]);
     let peers = arg_list("--peers", &[16])[0];
     println!(
-        "{:>6} {:>5} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8} | {:>7} {:>8} {:>8} {:>7}",
+        "{:>6} {:>5} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8} | {:>7} {:>8} {:>8} {:>8} {:>7}",
         "vlans",
         "peers",
         "apply s",
@@ -160,6 +186,7 @@ fn main() -> Result<()> {
         "ms/vlan",
         "no-op ms",
         "+1 ms",
+        "floor+1",
         "RSS MiB"
     );
     for &n in &vlan_counts {
@@ -174,8 +201,9 @@ fn main() -> Result<()> {
         l2s_timed(&lab, "apply")?;
         lab.write_config("a", &lab.scale_config(n, peers, ""))?;
         let (delta, rss2) = l2s_timed(&lab, "apply")?;
+        let floor_delta = floor_one(&lab, peers)?;
         println!(
-            "{n:>6} {peers:>5} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>7.2} {:>8.0} {:>8.0} {:>7.1}",
+            "{n:>6} {peers:>5} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>7.2} {:>8.0} {:>8.0} {:>8.0} {:>7.1}",
             apply.as_secs_f64(),
             fl.as_secs_f64(),
             apply.as_secs_f64() / fl.as_secs_f64(),
@@ -185,6 +213,7 @@ fn main() -> Result<()> {
             apply.as_secs_f64() * 1e3 / n as f64,
             noop.as_secs_f64() * 1e3,
             delta.as_secs_f64() * 1e3,
+            floor_delta.as_secs_f64() * 1e3,
             rss.max(rss2) as f64 / 1024.0
         );
         l2s_timed(&lab, "down")?;

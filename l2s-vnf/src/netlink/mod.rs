@@ -3,7 +3,8 @@
 //! the underlay (address, MTU) that the desired state needs.
 //!
 //! A netlink socket belongs to the network namespace it was opened in: the daemon runs inside
-//! its site's namespace and opens its socket there.
+//! its site's namespace and opens its socket there. The large dumps of an observation are
+//! read by [`dump`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -24,6 +25,8 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
 use crate::model::VxlanSpec;
+
+mod dump;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanAttrs {
@@ -62,6 +65,8 @@ pub enum NetlinkError {
         what: String,
         source: rtnetlink::Error,
     },
+    #[error("netlink: cannot list {0}: {1}")]
+    Dump(&'static str, std::io::Error),
     #[error("interface {0} does not exist")]
     NoSuchLink(String),
     #[error(
@@ -102,45 +107,21 @@ impl Netlink {
     /// read as they stream in: at thousands of VLANs × peers, holding the raw messages would
     /// cost tens of megabytes.
     pub async fn observe(&self) -> Result<ObservedLinks, NetlinkError> {
-        // Statistics are most of a link dump and we need none of them.
-        let mut dump = self
-            .handle
-            .link()
-            .get()
-            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-            .execute();
-        let mut links: BTreeMap<String, ObservedLink> = BTreeMap::new();
-        while let Some(m) = dump.try_next().await.map_err(req("list links"))? {
-            if let Some(l) = parse_link(&m) {
-                links.insert(l.name.clone(), l);
+        // Each dump on a socket of its own, the FDB one in a task of its own: the kernel fills
+        // a dump inside the reading thread's recvmsg, so only two tasks make it two cores.
+        let flood = tokio::spawn(dump::flood());
+        let links = dump::links().await;
+        let flood = flood
+            .await
+            .map_err(|e| NetlinkError::Dump("FDB entries", std::io::Error::other(e)))?;
+        let mut links = links.map_err(|e| NetlinkError::Dump("links", e))?;
+        let mut flood = flood.map_err(|e| NetlinkError::Dump("FDB entries", e))?;
+        tracing::debug!(links = links.len(), "links and FDB dumped");
+        for l in links.values_mut().filter(|l| l.vxlan.is_some()) {
+            if let Some(f) = flood.remove(&l.index) {
+                l.flood = f;
             }
         }
-        tracing::debug!(links = links.len(), "link dump received");
-        let vxlan_index: BTreeMap<u32, String> = links
-            .values()
-            .filter(|l| l.vxlan.is_some())
-            .map(|l| (l.index, l.name.clone()))
-            .collect();
-        if vxlan_index.is_empty() {
-            return Ok(ObservedLinks { links });
-        }
-        let mut fdb = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        let mut entries = 0usize;
-        while let Some(n) = fdb.try_next().await.map_err(req("list FDB entries"))? {
-            entries += 1;
-            let Some(name) = vxlan_index.get(&n.header.ifindex) else {
-                continue;
-            };
-            if let (Some(ip), Some(l)) = (flood_destination(&n), links.get_mut(name)) {
-                l.flood.insert(ip);
-            }
-        }
-        tracing::debug!(entries, "FDB dump received");
         Ok(ObservedLinks { links })
     }
 
@@ -259,9 +240,7 @@ impl Netlink {
         del.message_mut()
             .attributes
             .push(LinkAttribute::IfName(name.to_string()));
-        del.execute()
-            .await
-            .map_err(req(format!("delete {name}")))
+        del.execute().await.map_err(req(format!("delete {name}")))
     }
 
     pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
@@ -346,35 +325,6 @@ impl Netlink {
             format!("remove flood entry {dev} -> {dst}"),
         )
         .await
-    }
-}
-
-/// The destination of an all-zero FDB entry (a flood entry), if this is one.
-fn flood_destination(n: &NeighbourMessage) -> Option<IpAddr> {
-    let mut zero = false;
-    let mut dst = None;
-    for a in &n.attributes {
-        match a {
-            NeighbourAttribute::LinkLayerAddress(mac) => zero = mac.as_slice() == ZERO_MAC,
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
-                dst = Some(IpAddr::V4(*ip))
-            }
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
-                dst = Some(IpAddr::V6(*ip))
-            }
-            // In the bridge family the kernel's NDA_DST is not typed by the header.
-            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => dst = raw_ip(raw),
-            _ => {}
-        }
-    }
-    dst.filter(|_| zero)
-}
-
-fn raw_ip(raw: &[u8]) -> Option<IpAddr> {
-    match raw.len() {
-        4 => <[u8; 4]>::try_from(raw).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(raw).ok().map(IpAddr::from),
-        _ => None,
     }
 }
 
