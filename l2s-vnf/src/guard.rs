@@ -38,7 +38,12 @@ impl GuardSpec {
     /// The complete ruleset text for the table. Rules are keyed on the VXLAN port only, never
     /// on addresses: a forged clear-text frame from any source (not just a peer) is dropped.
     pub fn ruleset(&self) -> String {
-        let port = self.vxlan_port;
+        // VXLAN, and the path probes on the next port (which travel the same SAs).
+        let port = format!(
+            "{{ {}, {} }}",
+            self.vxlan_port,
+            crate::probe::port(self.vxlan_port)
+        );
         let (out_rule, in_rule) = match self.backend {
             IpsecBackend::Kernel => (
                 format!("udp dport {port} rt ipsec missing counter drop comment \"clear-text VXLAN out\""),

@@ -12,11 +12,13 @@ pub mod discover;
 pub mod guard;
 pub mod health;
 pub mod ipsec;
+pub mod macs;
 pub mod model;
 pub mod mtu;
 pub mod netlink;
 pub mod ovsdb;
 pub mod plan;
+pub mod probe;
 #[cfg(test)]
 mod snapshot;
 pub mod status;

@@ -52,6 +52,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Path health to every peer (or one) over the protected path: RTT, jitter, loss, and
+    /// whether a full-size frame passes. Exit 0 when every path is healthy.
+    Probe {
+        /// Only this peer (by name).
+        peer: Option<String>,
+        /// Seconds of small probes (10 a second; default: the periodic five).
+        #[arg(long, default_value_t = 0)]
+        secs: u64,
+        /// Add a bandwidth test of as many seconds (at least one).
+        #[arg(long)]
+        throughput: bool,
+        /// `{"schema":1,"paths":{"<peer>":{…}}}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The MAC table: each MAC by VLAN, behind a local access port or a peer site, and its age.
+    Macs {
+        /// Only this VLAN.
+        #[arg(long)]
+        vlan: Option<u16>,
+        /// `{"schema":1,"macs":[{"vlan","mac","port","peer","age_secs"}]}`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging() {
@@ -119,6 +143,13 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Reload => Ok(reload_cmd(&cfg.daemon.control_socket).await),
+            Command::Macs { vlan, json } => macs_cmd(&cfg, vlan, json).await,
+            Command::Probe {
+                peer,
+                secs,
+                throughput,
+                json,
+            } => probe_cmd(&cfg, peer, secs, throughput, json).await,
         }
     });
     match r {
@@ -481,4 +512,108 @@ async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError
     let s = status::build(cfg, &actual, actual.security.reachable_sas());
     print_status(&s, json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn macs_cmd(cfg: &SiteConfig, vlan: Option<u16>, json: bool) -> Result<ExitCode, ApplyError> {
+    let sys = System::connect_lenient(cfg).await?;
+    let entries = l2s_vnf::macs::table(cfg, &sys, vlan).await?;
+    if json {
+        let doc = serde_json::json!({"schema": 1, "macs": entries});
+        match serde_json::to_string_pretty(&doc) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return Err(ApplyError::Refused(format!("cannot encode: {e}"))),
+        }
+    } else {
+        print!("{}", l2s_vnf::macs::render(&entries));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `probe`: asked of the daemon (it owns the probe port), or done here when none runs.
+async fn probe_cmd(
+    cfg: &SiteConfig,
+    peer: Option<String>,
+    secs: u64,
+    throughput: bool,
+    json: bool,
+) -> Result<ExitCode, ApplyError> {
+    if let Some(p) = &peer {
+        if cfg.peer(p).is_none() {
+            let known: Vec<&str> = cfg.peers.iter().map(|x| x.name.as_str()).collect();
+            eprintln!(
+                "error: unknown peer `{p}`; configured peers: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let wait = std::time::Duration::from_secs(secs * 2 + 60);
+    let request = control::Request::Probe {
+        peer: peer.clone(),
+        secs,
+        throughput,
+    };
+    let results = match control::request(&cfg.daemon.control_socket, request, wait).await {
+        Ok(r) if r.ok => r.probe.unwrap_or_default(),
+        Ok(r) => return Err(ApplyError::Refused(r.error.unwrap_or_default())),
+        Err(control::ControlError::NotRunning { .. }) => {
+            probe_here(cfg, peer, secs, throughput).await?
+        }
+        Err(e) => return Err(ApplyError::Refused(e.to_string())),
+    };
+    if json {
+        let doc = serde_json::json!({"schema": 1, "paths": results});
+        match serde_json::to_string_pretty(&doc) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return Err(ApplyError::Refused(format!("cannot encode: {e}"))),
+        }
+    } else {
+        for (name, h) in &results {
+            println!("{name:<16} {}", status::path_text(h));
+        }
+    }
+    let healthy = results.values().all(|h| h.loss_pct < 100.0 && h.mtu_ok);
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Probe without a daemon: bind the probe port here (the peers' daemons answer).
+async fn probe_here(
+    cfg: &SiteConfig,
+    peer: Option<String>,
+    secs: u64,
+    throughput: bool,
+) -> Result<std::collections::BTreeMap<String, l2s_vnf::probe::PathHealth>, ApplyError> {
+    let nl = netlink::Netlink::connect()?;
+    let mut facts = discover::facts(cfg, &nl).await?;
+    if cfg.ipsec.enabled {
+        facts.ipsec_backend = Some(
+            match l2s_vnf::vici::Client::connect(&cfg.ipsec.vici).await {
+                Ok(v) => apply::resolve_backend(cfg, &v).await?,
+                Err(_) => offline_backend(cfg),
+            },
+        );
+    }
+    let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
+    let paths = daemon::paths::Paths::bind(facts.vtep_ip, cfg.vxlan_port)
+        .await
+        .map_err(|e| ApplyError::Refused(format!("cannot bind the probe port: {e}")))?;
+    paths.configure(
+        cfg.peers
+            .iter()
+            .map(|p| (p.name.clone(), p.address))
+            .collect(),
+        desired.access_mtu,
+    );
+    paths
+        .measure(peer.as_deref(), secs, throughput)
+        .await
+        .map_err(ApplyError::Refused)
 }

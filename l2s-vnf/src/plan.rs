@@ -20,8 +20,8 @@ pub use crate::ovsdb::switch::{
 pub struct ObservedSecurity {
     /// `nft list table` output of our guard table, if it exists.
     pub guard: Option<String>,
-    /// Ports of our policy rules, per family (false = IPv4).
-    pub vxlan_rules: Vec<(u16, bool)>,
+    /// Destination port ranges of our policy rules, per family (false = IPv4).
+    pub vxlan_rules: Vec<((u16, u16), bool)>,
     /// Our connections in charon; `None` when charon was not reachable.
     pub conns: Option<Vec<ObservedConn>>,
     /// Connections with an IKE_SA (any state), with the state of their SAs.
@@ -146,7 +146,7 @@ pub enum Change {
         v6: bool,
     },
     RemoveVxlanRule {
-        port: u16,
+        ports: (u16, u16),
         v6: bool,
     },
     Ipsec(IpsecChange),
@@ -203,14 +203,17 @@ impl fmt::Display for Change {
             Change::AddVxlanRule { port, v6 } => {
                 write!(
                     f,
-                    "+ rule: pref 100 not udp dport {port} lookup main ({})",
+                    "+ rule: pref 100 not udp dport {port}-{} lookup main ({})",
+                    crate::probe::port(*port),
                     if *v6 { "IPv6" } else { "IPv4" }
                 )
             }
-            Change::RemoveVxlanRule { port, v6 } => {
+            Change::RemoveVxlanRule { ports, v6 } => {
                 write!(
                     f,
-                    "- rule: pref 100 not udp dport {port} lookup main ({})",
+                    "- rule: pref 100 not udp dport {}-{} lookup main ({})",
+                    ports.0,
+                    ports.1,
                     if *v6 { "IPv6" } else { "IPv4" }
                 )
             }
@@ -629,14 +632,17 @@ pub fn diff_security(
                 }
                 Some(_) => {}
             }
-            if let Some((port, v6)) = d.vxlan_rule {
-                if !obs.vxlan_rules.contains(&(port, v6)) {
+            let wanted = d
+                .vxlan_rule
+                .map(|(port, v6)| ((port, crate::probe::port(port)), v6));
+            if let Some(((port, _), v6)) = wanted {
+                if !obs.vxlan_rules.iter().any(|r| Some(*r) == wanted) {
                     pre.push(Change::AddVxlanRule { port, v6 });
                 }
             }
-            for &(port, v6) in &obs.vxlan_rules {
-                if d.vxlan_rule != Some((port, v6)) {
-                    post.push(Change::RemoveVxlanRule { port, v6 });
+            for &(ports, v6) in &obs.vxlan_rules {
+                if wanted != Some((ports, v6)) {
+                    post.push(Change::RemoveVxlanRule { ports, v6 });
                 }
             }
             let observed = obs.conns.as_deref().unwrap_or(&[]);
@@ -656,8 +662,8 @@ pub fn diff_security(
                         .map(Change::Ipsec),
                 );
             }
-            for &(port, v6) in &obs.vxlan_rules {
-                post.push(Change::RemoveVxlanRule { port, v6 });
+            for &(ports, v6) in &obs.vxlan_rules {
+                post.push(Change::RemoveVxlanRule { ports, v6 });
             }
             if obs.guard.is_some() {
                 post.push(Change::RemoveGuard {
@@ -970,7 +976,7 @@ mod tests {
         });
         a.security = ObservedSecurity {
             guard: Some("table inet l2s_vnf_l2s0 {}".into()),
-            vxlan_rules: vec![(4789, false)],
+            vxlan_rules: vec![((4789, 4789), false)],
             conns: Some(vec![
                 ObservedConn {
                     name: "l2s-vnf:l2s0:b".into(),

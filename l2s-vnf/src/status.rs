@@ -92,6 +92,9 @@ pub struct PeerStatus {
     pub loaded: bool,
     pub up: bool,
     pub sa: Option<SaState>,
+    /// The daemon's latest path probe (RTT, jitter, loss, full-size frames), when it probes.
+    #[serde(default)]
+    pub path: Option<crate::probe::PathHealth>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +260,7 @@ pub fn build(
                 up: sa.as_ref().is_some_and(SaState::up),
                 connection,
                 sa,
+                path: None,
             }
         })
         .collect();
@@ -298,6 +302,28 @@ pub fn build(
         access_mtu,
         warnings,
         daemon: None,
+    }
+}
+
+impl Status {
+    /// The daemon's path probes, per peer, with an alarm for a path that stopped carrying
+    /// full-size frames.
+    pub fn add_paths(&mut self, paths: &BTreeMap<String, crate::probe::PathHealth>) {
+        for p in &mut self.peers {
+            p.path = paths.get(&p.name).cloned();
+            if let Some(h) = &p.path {
+                if h.loss_pct < 100.0 && !h.mtu_ok {
+                    self.warnings.push(format!(
+                        "MTU alarm on the path to {}: packets of {} bytes (a full frame at the access MTU) do not pass; {} do",
+                        p.name,
+                        h.mtu_size,
+                        h.mtu_passes
+                            .map(|b| format!("{b} bytes"))
+                            .unwrap_or_else(|| "no size".into())
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -432,6 +458,13 @@ impl std::fmt::Display for Status {
                     if p.loaded { "loaded, no SA" } else { "no SA" }
                 )?,
             }
+            if let Some(h) = &p.path {
+                writeln!(
+                    f,
+                    "                                  path: {}",
+                    path_text(h)
+                )?;
+            }
         }
         if let Some(d) = &self.daemon {
             match &d.last_reconcile {
@@ -500,4 +533,27 @@ fn duration(secs: u64) -> String {
 
 fn opt_duration(secs: Option<u64>) -> String {
     secs.map(duration).unwrap_or_else(|| "-".into())
+}
+
+/// One line for a path probe: `rtt 0.4 ms (0.3–0.6), jitter 0.1 ms, loss 0%, full-size ok`.
+pub fn path_text(h: &crate::probe::PathHealth) -> String {
+    let ms = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "rtt {} ms ({}–{}), jitter {} ms, loss {:.0}%, ",
+        ms(h.rtt_ms),
+        ms(h.rtt_min_ms),
+        ms(h.rtt_max_ms),
+        ms(h.jitter_ms),
+        h.loss_pct
+    );
+    s.push_str(&match (h.loss_pct >= 100.0, h.mtu_ok, h.mtu_passes) {
+        (true, _, _) => "no answer".to_string(),
+        (false, true, _) => format!("full-size {} B ok", h.mtu_size),
+        (false, false, Some(p)) => format!("MTU ALARM: {} B lost, {p} B pass", h.mtu_size),
+        (false, false, None) => format!("MTU ALARM: {} B lost", h.mtu_size),
+    });
+    if let Some(t) = h.throughput_mbps {
+        s.push_str(&format!(", {t:.0} Mbit/s"));
+    }
+    s
 }

@@ -113,7 +113,7 @@ impl System {
                         .owned_vxlan_rules(v6)
                         .await?
                         .into_iter()
-                        .map(|(port, _)| (port, v6)),
+                        .map(|(ports, _)| (ports, v6)),
                 );
             }
             Ok::<_, ApplyError>(out)
@@ -390,7 +390,7 @@ pub async fn execute(
                 Some(v) => ipsec_step(v, change).await,
                 None => Err(ApplyError::Refused("charon is not reachable".into())),
             },
-            Change::RemoveVxlanRule { port, v6 } => remove_rules(nl, *port, *v6).await,
+            Change::RemoveVxlanRule { ports, v6 } => remove_rules(nl, *ports, *v6).await,
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -415,9 +415,9 @@ pub async fn execute(
     })
 }
 
-async fn remove_rules(nl: &Netlink, port: u16, v6: bool) -> Result<(), ApplyError> {
+async fn remove_rules(nl: &Netlink, ports: (u16, u16), v6: bool) -> Result<(), ApplyError> {
     for (p, rule) in nl.owned_vxlan_rules(v6).await? {
-        if p == port {
+        if p == ports {
             nl.remove_rule(rule).await?;
         }
     }

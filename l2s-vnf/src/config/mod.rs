@@ -29,6 +29,7 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
 pub const DEFAULT_CHILD_REKEY: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DPD_DELAY: Duration = Duration::from_secs(10);
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// One problem in a config file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +159,8 @@ pub struct Vlan {
 pub struct Daemon {
     pub control_socket: PathBuf,
     pub reconcile_interval: Duration,
+    /// How often the daemon probes each peer's path (`None`: "off").
+    pub probe_interval: Option<Duration>,
 }
 
 /// The control socket a config names, read leniently (for `reload` and `status`, which must

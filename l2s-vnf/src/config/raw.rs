@@ -103,6 +103,7 @@ pub struct RawVlan {
 pub struct RawDaemon {
     pub control_socket: Option<String>,
     pub reconcile_interval: Option<String>,
+    pub probe_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -542,6 +542,28 @@ pub fn validate(
         },
     };
 
+    let probe_interval = match raw.daemon.probe_interval.as_deref() {
+        None => Some(DEFAULT_PROBE_INTERVAL),
+        Some("off") => None,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if RECONCILE_RANGE.contains(&d) => Some(d),
+            Ok(_) => {
+                c.err(
+                    "daemon.probe_interval",
+                    format!("`{s}` is out of range; allowed: 1s..=1h, or \"off\""),
+                );
+                Some(DEFAULT_PROBE_INTERVAL)
+            }
+            Err(e) => {
+                c.err(
+                    "daemon.probe_interval",
+                    format!("`{s}` is not a duration ({e}); write e.g. \"30s\", or \"off\""),
+                );
+                Some(DEFAULT_PROBE_INTERVAL)
+            }
+        },
+    };
+
     // [metrics]
     let metrics = raw
         .metrics
@@ -628,6 +650,7 @@ pub fn validate(
         daemon: Daemon {
             control_socket,
             reconcile_interval,
+            probe_interval,
         },
         metrics,
         locations: locs.clone(),

@@ -5,6 +5,8 @@
 //! ```text
 //! → {"command":"status"}          ← {"ok":true,"status":{…}}
 //! → {"command":"reload"}          ← {"ok":true,"reload":{"changes":[…],"duration_ms":…}}
+//! → {"command":"probe","peer":"site-b","secs":2,"throughput":false}
+//!                                 ← {"ok":true,"probe":{"site-b":{"rtt_ms":…,…}}}
 //!                                 ← {"ok":false,"error":"…"}
 //! ```
 
@@ -20,11 +22,20 @@ use tracing::{debug, warn};
 
 use crate::status::Status;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     Status,
     Reload,
+    /// Probe the path to every peer (or one) now.
+    Probe {
+        #[serde(default)]
+        peer: Option<String>,
+        #[serde(default)]
+        secs: u64,
+        #[serde(default)]
+        throughput: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +54,8 @@ pub struct Reply {
     pub status: Option<Box<Status>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<std::collections::BTreeMap<String, crate::probe::PathHealth>>,
 }
 
 impl Reply {

@@ -61,6 +61,10 @@ pub struct Metrics {
     rekeys: Family<RekeyLabels, Gauge>,
     vlans: Gauge,
     vlan_up: Family<VlanLabels, Gauge>,
+    path_rtt: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    path_jitter: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    path_loss: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    path_mtu_ok: Family<PeerLabels, Gauge>,
     ports: Family<PortLabels, Gauge>,
     access_mtu: Gauge,
     guard: Gauge,
@@ -81,6 +85,10 @@ impl Metrics {
             rekeys: Family::default(),
             vlans: Gauge::default(),
             vlan_up: Family::default(),
+            path_rtt: Family::default(),
+            path_jitter: Family::default(),
+            path_loss: Family::default(),
+            path_mtu_ok: Family::default(),
             ports: Family::default(),
             access_mtu: Gauge::default(),
             guard: Gauge::default(),
@@ -129,6 +137,26 @@ impl Metrics {
             "1 when the VLAN's data path works (VTEP, ports, flood entries, SAs to its peers)",
             m.vlan_up.clone(),
         );
+        r.register(
+            "path_rtt_seconds",
+            "Mean round trip of the latest path probe to the peer (over its SA)",
+            m.path_rtt.clone(),
+        );
+        r.register(
+            "path_jitter_seconds",
+            "Mean difference between successive probe round trips",
+            m.path_jitter.clone(),
+        );
+        r.register(
+            "path_loss_ratio",
+            "Share of the latest path probes that did not come back",
+            m.path_loss.clone(),
+        );
+        r.register(
+            "path_mtu_ok",
+            "1 when a probe as large as a full frame at the access MTU reaches the peer",
+            m.path_mtu_ok.clone(),
+        );
         r.register("access_ports", "Access ports by state", m.ports.clone());
         r.register(
             "access_mtu_bytes",
@@ -149,6 +177,24 @@ impl Metrics {
         self.sa_up.clear();
         self.sa_bytes.clear();
         self.sa_packets.clear();
+        for f in [&self.path_rtt, &self.path_jitter, &self.path_loss] {
+            f.clear();
+        }
+        self.path_mtu_ok.clear();
+        for p in &s.peers {
+            let Some(h) = &p.path else { continue };
+            let l = PeerLabels {
+                peer: p.name.clone(),
+            };
+            if let Some(rtt) = h.rtt_ms {
+                self.path_rtt.get_or_create(&l).set(rtt / 1e3);
+            }
+            if let Some(j) = h.jitter_ms {
+                self.path_jitter.get_or_create(&l).set(j / 1e3);
+            }
+            self.path_loss.get_or_create(&l).set(h.loss_pct / 100.0);
+            self.path_mtu_ok.get_or_create(&l).set(i64::from(h.mtu_ok));
+        }
         for p in &s.peers {
             let peer = p.name.clone();
             self.sa_up

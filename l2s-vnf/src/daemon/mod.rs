@@ -14,6 +14,7 @@
 pub mod control;
 pub mod lock;
 pub mod metrics;
+pub mod paths;
 pub mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +37,7 @@ use crate::plan::{ActualState, DiffOptions};
 use crate::status::{self, unix_now, DaemonStatus, ReconcileRecord, RepairRecord, Status};
 use control::{Job, ReloadOutcome, Reply, Request};
 use metrics::Metrics;
+use paths::Paths;
 use watch::{IpsecEvents, Trigger, Watchers};
 
 /// Events that arrive within this window are handled by one reconcile.
@@ -87,6 +89,12 @@ struct Daemon {
     health: BTreeMap<u16, Vec<String>>,
     /// The OVSDB copy the watcher keeps (observation reads it while it is live).
     replica: Arc<Replica>,
+    /// Path probes to the peers, once the probe port is bound.
+    paths: Option<Arc<Paths>>,
+    probe_task: Option<tokio::task::JoinHandle<()>>,
+    /// This site's VTEP address and access MTU, as the last reconcile found them.
+    vtep: Option<std::net::IpAddr>,
+    access_mtu: u32,
 }
 
 impl Daemon {
@@ -104,6 +112,8 @@ impl Daemon {
             wait_for_missing_ports: true,
         };
         let p = apply::prepare_with(&self.cfg, sys, opts).await?;
+        self.vtep = Some(p.facts.vtep_ip);
+        self.access_mtu = p.desired.access_mtu;
         let waiting: Vec<String> = p.plan.waiting.iter().map(|c| c.to_string()).collect();
         for w in waiting.iter().filter(|w| !self.waiting.contains(w)) {
             warn!("{w} (its port waits for it)");
@@ -172,6 +182,35 @@ impl Daemon {
         Ok(changes)
     }
 
+    /// Bind the probe port once the VTEP address is known (and start probing), and keep the
+    /// probed peers and the full-size frame in step with the config.
+    async fn configure_probes(&mut self) {
+        let (Some(interval), Some(vtep)) = (self.cfg.daemon.probe_interval, self.vtep) else {
+            return;
+        };
+        if self.paths.is_none() {
+            match Paths::bind(vtep, self.cfg.vxlan_port).await {
+                Ok(paths) => {
+                    self.probe_task = Some(tokio::spawn(paths.clone().run(interval)));
+                    self.paths = Some(paths);
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot bind the path probe port; probing later");
+                    return;
+                }
+            }
+        }
+        if let Some(paths) = &self.paths {
+            let peers = self
+                .cfg
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.address))
+                .collect();
+            paths.configure(peers, self.access_mtu);
+        }
+    }
+
     /// Judge each VLAN's data path from an observation; log when that judgement changes.
     fn judge(&mut self, actual: &ActualState) {
         let health = health::vlans(&self.cfg, actual, actual.security.reachable_sas());
@@ -194,6 +233,7 @@ impl Daemon {
     async fn reconcile(&mut self, cause: Cause) -> Result<Vec<String>, ApplyError> {
         let t = Instant::now();
         let r = self.converge(&cause).await;
+        self.configure_probes().await;
         // An observation at thousands of VLANs is tens of megabytes for a moment: hand them
         // back, or the daemon would hold its largest reconcile for ever.
         release_memory();
@@ -353,6 +393,9 @@ impl Daemon {
         };
         let mut s = status::build(&self.cfg, &actual, sas.as_ref());
         s.source = "daemon".into();
+        if let Some(paths) = &self.paths {
+            s.add_paths(&paths.results());
+        }
         s.warnings.extend(warnings);
         s.warnings.extend(self.waiting.iter().cloned());
         if let Some(e) = self.last_error() {
@@ -545,6 +588,10 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         events,
         health: BTreeMap::new(),
         replica,
+        paths: None,
+        probe_task: None,
+        vtep: None,
+        access_mtu: 0,
     };
     let mut retry = Retry::default();
     match d.reconcile(Cause::Start).await {
@@ -567,6 +614,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
                 true
             }
             Some((req, back)) = jobs.recv() => {
+                let reload = req == Request::Reload;
                 let reply = match req {
                     Request::Status => Reply {
                         ok: true,
@@ -574,9 +622,29 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
                         ..Default::default()
                     },
                     Request::Reload => d.reload("control socket", &mut watchers, &tx).await,
+                    // Probes take seconds: measured beside the loop, answered from there.
+                    Request::Probe { peer, secs, throughput } => {
+                        match d.paths.clone() {
+                            Some(paths) => {
+                                tokio::spawn(async move {
+                                    let reply = match paths.measure(peer.as_deref(), secs, throughput).await {
+                                        Ok(r) => Reply { ok: true, probe: Some(r), ..Default::default() },
+                                        Err(e) => Reply::error(e),
+                                    };
+                                    let _ = back.send(reply);
+                                });
+                            }
+                            None => {
+                                let _ = back.send(Reply::error(
+                                    "path probes are not running: [daemon] probe_interval is \"off\", or the probe port could not be bound (see the log)",
+                                ));
+                            }
+                        }
+                        continue;
+                    }
                 };
                 let _ = back.send(reply);
-                req == Request::Reload
+                reload
             }
             Some(first) = triggers.recv() => {
                 let mut batch = vec![first];
@@ -612,6 +680,9 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     info!("stopping; the bridge, VTEPs, IPsec connections and the guard stay in place");
     drop(watchers);
+    if let Some(t) = &d.probe_task {
+        t.abort();
+    }
     control_task.abort();
     if let Some(t) = metrics_task {
         t.abort();

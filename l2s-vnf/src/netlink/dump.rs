@@ -41,6 +41,9 @@ const IFLA_VXLAN_PORT: u16 = 15;
 const IFLA_VXLAN_LOCAL6: u16 = 17;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
+const NDA_CACHEINFO: u16 = 3;
+/// `clock_t` ticks per second in netlink's cache info (USER_HZ).
+const USER_HZ: u32 = 100;
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -144,6 +147,50 @@ fn flood_entry(p: &[u8]) -> Option<(u32, IpAddr)> {
         }
     }
     dst.filter(|_| zero).map(|d| (ifindex, d))
+}
+
+/// A MAC a VXLAN device learned: where frames from it came from, and how long ago.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Learned {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub dst: IpAddr,
+    pub age_secs: u64,
+}
+
+/// One `RTM_NEWNEIGH` payload of the bridge family: a learned (not all-zero) entry with a
+/// remote destination.
+fn learned_entry(p: &[u8]) -> Option<Learned> {
+    let ifindex = u32_at(p, 4)?;
+    let (mut mac, mut dst, mut age) = (None, None, 0);
+    for (ty, v) in attrs(p.get(12..)?) {
+        match ty {
+            NDA_LLADDR => mac = <[u8; 6]>::try_from(v).ok(),
+            NDA_DST => dst = ip(v),
+            // struct nda_cacheinfo: confirmed, used, updated, refcnt.
+            NDA_CACHEINFO => age = u64::from(u32_at(v, 8).unwrap_or(0) / USER_HZ),
+            _ => {}
+        }
+    }
+    let mac = mac.filter(|m| m.iter().any(|b| *b != 0))?;
+    Some(Learned {
+        ifindex,
+        mac,
+        dst: dst?,
+        age_secs: age,
+    })
+}
+
+/// The MACs VXLAN devices learned (bridge FDB entries with a remote destination).
+pub async fn learned() -> std::io::Result<Vec<Learned>> {
+    let mut body = vec![0u8; 12];
+    body[0] = AF_BRIDGE;
+    let mut out = vec![];
+    dump(&request(RTM_GETNEIGH, &body), RTM_NEWNEIGH, |p| {
+        out.extend(learned_entry(p))
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Send one dump request and hand each message of type `kind` to `each`. A dump the kernel
@@ -303,6 +350,21 @@ mod tests {
             Some((7, "198.51.100.2".parse().unwrap()))
         );
         assert_eq!(flood_entry(&entry([2, 0, 0, 0, 0, 1])), None);
+    }
+
+    #[test]
+    fn a_learned_entry_has_its_destination_and_age() {
+        let mut p = vec![0u8; 12];
+        p[0] = AF_BRIDGE;
+        p[4..8].copy_from_slice(&9u32.to_ne_bytes());
+        p.extend(attr(NDA_LLADDR, &[2, 0, 0, 0, 0, 3]));
+        p.extend(attr(NDA_DST, &[192, 0, 2, 3]));
+        let mut ci = vec![0u8; 16];
+        ci[8..12].copy_from_slice(&450u32.to_ne_bytes());
+        p.extend(attr(NDA_CACHEINFO, &ci));
+        let l = learned_entry(&p).unwrap();
+        assert_eq!((l.ifindex, l.mac, l.age_secs), (9, [2, 0, 0, 0, 0, 3], 4));
+        assert_eq!(l.dst, "192.0.2.3".parse::<IpAddr>().unwrap());
     }
 
     #[tokio::test]

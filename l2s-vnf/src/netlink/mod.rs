@@ -26,7 +26,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
 use crate::model::VxlanSpec;
 
-mod dump;
+pub mod dump;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanAttrs {
@@ -421,11 +421,11 @@ impl Netlink {
             .map_err(req("list policy rules"))
     }
 
-    /// Our rules (marked with our protocol), each with the VXLAN port it is for.
+    /// Our rules (marked with our protocol), each with the destination ports it covers.
     pub async fn owned_vxlan_rules(
         &self,
         v6: bool,
-    ) -> Result<Vec<(u16, RuleMessage)>, NetlinkError> {
+    ) -> Result<Vec<((u16, u16), RuleMessage)>, NetlinkError> {
         let ours = RuleAttribute::Protocol(RouteProtocol::Other(VXLAN_RULE_PROTOCOL));
         Ok(self
             .rules(v6)
@@ -433,16 +433,17 @@ impl Netlink {
             .into_iter()
             .filter(|r| r.attributes.contains(&ours))
             .filter_map(|r| {
-                let port = r.attributes.iter().find_map(|a| match a {
-                    RuleAttribute::DestinationPortRange(p) => Some(p.start),
+                let ports = r.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::DestinationPortRange(p) => Some((p.start, p.end)),
                     _ => None,
                 })?;
-                Some((port, r))
+                Some((ports, r))
             })
             .collect())
     }
 
-    /// `ip rule add pref 100 not ipproto udp dport PORT lookup main proto 0x4c`.
+    /// `ip rule add pref 100 not ipproto udp dport PORT-PORT+1 lookup main proto 0x4c`: VXLAN
+    /// and the path probes (the next port) go to charon's table, nothing else.
     pub async fn add_vxlan_rule(&self, port: u16, v6: bool) -> Result<(), NetlinkError> {
         let add = self
             .handle
@@ -458,7 +459,7 @@ impl Netlink {
             m.attributes
                 .push(RuleAttribute::DestinationPortRange(RulePortRange {
                     start: port,
-                    end: port,
+                    end: crate::probe::port(port),
                 }));
             m.attributes
                 .push(RuleAttribute::Protocol(RouteProtocol::Other(

@@ -4,12 +4,14 @@
 //! - [`switch`]: what OVSDB holds for us (bridge, ports, interface health);
 //! - [`txn`]: a plan's OVS changes as transactions, and their inverse;
 //! - [`vswitchd`]: waiting for ovs-vswitchd to apply them, as long as it makes progress;
-//! - [`replica`]: the daemon's monitor-fed copy of the rows it observes.
+//! - [`replica`]: the daemon's monitor-fed copy of the rows it observes;
+//! - [`unixctl`]: ovs-vswitchd's control socket (the MAC learning table).
 
 pub mod client;
 pub mod replica;
 pub mod switch;
 pub mod txn;
+pub mod unixctl;
 pub mod vswitchd;
 
 pub use client::{Client, OvsdbError};

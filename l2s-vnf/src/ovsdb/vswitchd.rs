@@ -45,7 +45,7 @@ fn is_vswitchd(pid: i32) -> bool {
 
 /// The ovs-vswitchd that serves this OVSDB: its pidfile beside the database socket (OVS's
 /// run directory), else the one process of that name in our network namespace.
-fn find(db_socket: &Path) -> Option<i32> {
+pub(crate) fn find(db_socket: &Path) -> Option<i32> {
     let from_pidfile = db_socket
         .parent()
         .map(|d| d.join("ovs-vswitchd.pid"))

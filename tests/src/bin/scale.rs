@@ -148,8 +148,22 @@ fn floor_one(lab: &Lab, peers: usize) -> Result<Duration> {
     let db = format!("--db=unix:{}", lab.site("a").ovsdb_sock.display());
     let t = Instant::now();
     sh(netns(ns, "ip").args([
-        "link", "add", "fxone", "mtu", "1450", "up", "type", "vxlan", "id", "9999", "dstport",
-        "4789", "local", "192.0.2.1", "dev", "eth1",
+        "link",
+        "add",
+        "fxone",
+        "mtu",
+        "1450",
+        "up",
+        "type",
+        "vxlan",
+        "id",
+        "9999",
+        "dstport",
+        "4789",
+        "local",
+        "192.0.2.1",
+        "dev",
+        "eth1",
     ]))?;
     let mut fdb = String::new();
     for p in 0..peers {

@@ -1,0 +1,137 @@
+//! `l2s-vnf macs`: the MAC table of the switch that spans the sites, as an operator reads it
+//! on any switch — each MAC by VLAN, behind a local access port or a peer site.
+//!
+//! Two tables make it: ovs-vswitchd's learning table (`fdb/show`) says on which port of the
+//! bridge a MAC was seen; for a VXLAN port, the VXLAN device's own learned entry says which
+//! site's VTEP it came from. Both learn again when a MAC moves, and age out what went quiet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{ApplyError, System};
+use crate::config::SiteConfig;
+use crate::netlink::dump::{self, Learned};
+use crate::ovsdb::unixctl;
+use crate::plan::PortRole;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacEntry {
+    pub vlan: u16,
+    pub mac: String,
+    /// The local access port, when the MAC is at this site.
+    pub port: Option<String>,
+    /// The peer site, when the MAC is behind another site.
+    pub peer: Option<String>,
+    pub age_secs: u64,
+}
+
+fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The table, optionally for one VLAN (which must be configured).
+pub async fn table(
+    cfg: &SiteConfig,
+    sys: &System,
+    vlan: Option<u16>,
+) -> Result<Vec<MacEntry>, ApplyError> {
+    if let Some(v) = vlan {
+        if !cfg.vlans.iter().any(|x| x.id == v) {
+            let known: Vec<String> = cfg.vlans.iter().map(|x| x.id.to_string()).collect();
+            return Err(ApplyError::Refused(format!(
+                "VLAN {v} is not configured at this site; configured: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let Some(bridge) = &actual.switch.bridge else {
+        return Ok(vec![]);
+    };
+    let socket = unixctl::socket(&cfg.switch.ovsdb)?;
+    let text = unixctl::call(&socket, "fdb/show", &[&bridge.name]).await?;
+    let learned: Vec<Learned> = dump::learned()
+        .await
+        .map_err(|e| ApplyError::Refused(format!("cannot list learned MACs: {e}")))?;
+    let remote: HashMap<(u32, String), IpAddr> = learned
+        .into_iter()
+        .map(|l| ((l.ifindex, mac_text(&l.mac)), l.dst))
+        .collect();
+    let by_ofport: HashMap<i64, &crate::plan::ObservedPort> = bridge
+        .ports
+        .values()
+        .filter_map(|p| Some((p.iface.ofport?, p)))
+        .collect();
+    let peer_of: BTreeMap<IpAddr, &str> = cfg
+        .peers
+        .iter()
+        .map(|p| (p.address, p.name.as_str()))
+        .collect();
+    let mut out = vec![];
+    for row in unixctl::parse_fdb(&text) {
+        if vlan.is_some_and(|v| v != row.vlan) {
+            continue;
+        }
+        let Some(p) = by_ofport.get(&row.ofport) else {
+            continue;
+        };
+        let (port, peer) = match p.role {
+            Some(PortRole::Access) => (Some(p.name.clone()), None),
+            Some(PortRole::Vtep) => {
+                let dst = actual
+                    .links
+                    .links
+                    .get(&p.name)
+                    .and_then(|l| remote.get(&(l.index, row.mac.clone())));
+                let peer = match dst {
+                    Some(ip) => peer_of
+                        .get(ip)
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| ip.to_string()),
+                    // Not (yet) in the VXLAN device's table: some peer of that VLAN.
+                    None => "?".to_string(),
+                };
+                (None, Some(peer))
+            }
+            None => continue,
+        };
+        out.push(MacEntry {
+            vlan: row.vlan,
+            mac: row.mac,
+            port,
+            peer,
+            age_secs: row.age_secs,
+        });
+    }
+    out.sort_by(|a, b| (a.vlan, &a.mac).cmp(&(b.vlan, &b.mac)));
+    Ok(out)
+}
+
+/// The table as text, one MAC a line.
+pub fn render(entries: &[MacEntry]) -> String {
+    let mut s = format!(
+        "{:>4}  {:<17}  {:<24}  {:>5}\n",
+        "vlan", "mac", "where", "age"
+    );
+    for e in entries {
+        let place = match (&e.port, &e.peer) {
+            (Some(p), _) => format!("port {p}"),
+            (None, Some(p)) => format!("site {p}"),
+            _ => "-".into(),
+        };
+        s.push_str(&format!(
+            "{:>4}  {:<17}  {:<24}  {:>4}s\n",
+            e.vlan, e.mac, place, e.age_secs
+        ));
+    }
+    s
+}
