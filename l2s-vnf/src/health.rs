@@ -116,11 +116,8 @@ pub fn vlans(
                     }
                 }
                 let vtep = link.and_then(|l| l.vxlan.as_ref());
-                let (Some(peer), Some(local), Some(underlay)) = (
-                    cfg.peer(name),
-                    vtep.and_then(|x| x.local),
-                    vtep.and_then(|x| x.underlay_index),
-                ) else {
+                let underlay = vtep.and_then(|x| x.underlay_index);
+                let (Some(peer), Some(local)) = (cfg.peer(name), vtep.and_then(|x| x.local)) else {
                     continue;
                 };
                 // Kernel SPD policies matter with the kernel backend: configured so, or shown
@@ -155,7 +152,7 @@ pub fn vlans(
 pub fn bypass_reason(
     policies: &[crate::xfrm::Policy],
     local: IpAddr,
-    underlay: u32,
+    underlay: Option<u32>,
     peer: &str,
     remote: IpAddr,
     port: u16,
@@ -219,6 +216,7 @@ mod tests {
                 .iter()
                 .map(|a| a.parse().unwrap())
                 .collect::<BTreeSet<_>>(),
+            stats: None,
         }
     }
 

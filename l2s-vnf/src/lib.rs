@@ -22,5 +22,6 @@ pub mod probe;
 #[cfg(test)]
 mod snapshot;
 pub mod status;
+pub mod storm;
 pub mod vici;
 pub mod xfrm;

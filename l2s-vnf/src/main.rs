@@ -307,7 +307,7 @@ fn bypass_check(cfg: &SiteConfig, facts: &Facts) -> Result<(), ApplyError> {
             l2s_vnf::health::bypass_reason(
                 &policies,
                 facts.vtep_ip,
-                facts.underlay_index,
+                Some(facts.underlay_index),
                 &p.name,
                 p.address,
                 cfg.vxlan_port,
@@ -509,7 +509,8 @@ async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError
     }
     let sys = System::connect_lenient(cfg).await?;
     let actual = sys.observe(&cfg.switch.bridge).await?;
-    let s = status::build(cfg, &actual, actual.security.reachable_sas());
+    let mut s = status::build(cfg, &actual, actual.security.reachable_sas());
+    s.warn_refused_frames(None);
     print_status(&s, json)?;
     Ok(ExitCode::SUCCESS)
 }

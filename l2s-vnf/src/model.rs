@@ -9,6 +9,7 @@ use crate::config::{BackendChoice, ConfigIssue, DatapathChoice, MtuSetting, Site
 use crate::guard::{self, GuardSpec};
 use crate::ipsec::{self, DesiredConn};
 use crate::mtu::{self, EspMode, EspOverhead, Family, MtuInputs, MtuResult, Protection};
+use crate::storm::StormLimit;
 
 /// Every VXLAN device l2s-vnf creates is named `l2s-vx<VNI>` (at most 14 bytes).
 pub const VXLAN_DEVICE_PREFIX: &str = "l2s-vx";
@@ -92,7 +93,10 @@ pub struct VxlanSpec {
     pub vni: u32,
     pub local: IpAddr,
     pub port: u16,
-    pub underlay_index: u32,
+    /// The underlay device the VTEP is bound to. `None` when the access MTU is above what a
+    /// bound VXLAN device allows (underlay MTU − headroom; only with `outer_fragmentation`):
+    /// the kernel then routes the encapsulated frames and fragments them on the way out.
+    pub underlay_index: Option<u32>,
     pub mtu: u32,
     pub alias: String,
 }
@@ -127,6 +131,8 @@ pub struct DesiredState {
     pub mtu: MtuResult,
     pub vlans: BTreeMap<u16, DesiredVlan>,
     pub security: Option<DesiredSecurity>,
+    /// Storm-control limits of the access ports, in port-name order (see `storm`).
+    pub storm: Vec<StormLimit>,
 }
 
 fn esp_protection(backend: IpsecBackend, esp: &[EspOverhead]) -> Protection {
@@ -190,6 +196,14 @@ pub fn max_access_mtu(
         .iter()
         .filter_map(mtu::compute)
         .min_by_key(|r| r.access_mtu)
+}
+
+/// Whether a VTEP with this MTU can be bound to the underlay device: Linux caps a bound VXLAN
+/// device at the underlay's MTU less the encapsulation (50 bytes over IPv4, 70 over IPv6).
+/// Only an access MTU above that (`outer_fragmentation`) leaves the VTEP unbound.
+pub fn vxlan_binds_underlay(access_mtu: u32, facts: &Facts) -> bool {
+    let headroom = Family::of(&facts.vtep_ip).header() + mtu::VXLAN_OVERHEAD;
+    access_mtu + headroom <= facts.underlay_mtu
 }
 
 /// The error for an explicit `mtu.access` the path cannot carry.
@@ -335,7 +349,8 @@ impl DesiredState {
                     vni: v.vni,
                     local: facts.vtep_ip,
                     port: cfg.vxlan_port,
-                    underlay_index: facts.underlay_index,
+                    underlay_index: vxlan_binds_underlay(access_mtu, facts)
+                        .then_some(facts.underlay_index),
                     mtu: access_mtu,
                     alias: vxlan_alias(&cfg.switch.bridge, v.id),
                 };
@@ -371,7 +386,21 @@ impl DesiredState {
                 conns: ipsec::desired_conns(cfg, facts.vtep_ip, backend),
             }),
         };
+        let mut storm: Vec<StormLimit> = cfg
+            .vlans
+            .iter()
+            .filter_map(|v| Some((v, v.bum_limit(&cfg.switch)?)))
+            .flat_map(|(v, pps)| {
+                v.ports.iter().map(move |p| StormLimit {
+                    port: p.clone(),
+                    vlan: v.id,
+                    pps,
+                })
+            })
+            .collect();
+        storm.sort_by(|a, b| a.port.cmp(&b.port));
         Ok(DesiredState {
+            storm,
             security,
             owner: cfg.site.name.clone(),
             bridge: cfg.switch.bridge.clone(),
@@ -395,6 +424,23 @@ mod tests {
         assert!(!alias_owned_by(Some(&a), "l2s1"));
         assert!(!alias_owned_by(Some("someone else"), "l2s0"));
         assert!(!alias_owned_by(None, "l2s0"));
+    }
+
+    #[test]
+    fn vteps_stay_bound_to_the_underlay_unless_the_access_mtu_cannot_fit() {
+        let mut facts = Facts {
+            underlay_index: 7,
+            vtep_ip: "192.0.2.1".parse().unwrap(),
+            underlay_mtu: 1500,
+            kernel_has_ovs_datapath: false,
+            ipsec_backend: None,
+        };
+        assert!(vxlan_binds_underlay(1450, &facts));
+        assert!(!vxlan_binds_underlay(1451, &facts));
+        assert!(!vxlan_binds_underlay(1500, &facts));
+        facts.vtep_ip = "2001:db8::1".parse().unwrap();
+        assert!(vxlan_binds_underlay(1430, &facts));
+        assert!(!vxlan_binds_underlay(1431, &facts));
     }
 
     #[test]

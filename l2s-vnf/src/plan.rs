@@ -14,6 +14,7 @@ pub use crate::netlink::{ObservedLink, ObservedLinks, VxlanAttrs};
 pub use crate::ovsdb::switch::{
     ObservedBridge, ObservedIface, ObservedPort, ObservedSwitch, PortRole,
 };
+use crate::storm::{ObservedStorm, StormLimit};
 
 /// The guard, the policy rule and charon's connections as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct ActualState {
     pub switch: ObservedSwitch,
     pub links: ObservedLinks,
     pub security: ObservedSecurity,
+    /// Storm control in ovs-vswitchd; `None` when it could not be asked.
+    pub storm: Option<ObservedStorm>,
 }
 
 /// One step of a plan.
@@ -149,6 +152,11 @@ pub enum Change {
         ports: (u16, u16),
         v6: bool,
     },
+    /// Replace storm control in ovs-vswitchd with exactly these limits (none: remove ours).
+    SetStormControl {
+        bridge: String,
+        limits: Vec<StormLimit>,
+    },
     Ipsec(IpsecChange),
 }
 
@@ -192,6 +200,18 @@ impl fmt::Display for Change {
             },
             Change::RemovePort { name, role, .. } => write!(f, "- port {name} ({})", role.as_str()),
             Change::RestoreMtu { dev, to } => write!(f, "~ mtu {dev} restored to {to}"),
+            Change::SetStormControl { bridge, limits } if limits.is_empty() => {
+                write!(f, "- storm control on {bridge}")
+            }
+            Change::SetStormControl { bridge, limits } => write!(
+                f,
+                "~ storm control on {bridge}: {}",
+                limits
+                    .iter()
+                    .map(|l| format!("{} {} pps", l.port, l.pps))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Change::EnsureGuard { spec, why } => write!(
                 f,
                 "{} guard: nftables table inet {} ({:?} backend; {why})",
@@ -297,7 +317,7 @@ fn vxlan_mismatch(spec: &VxlanSpec, obs: &ObservedLink) -> Option<String> {
     if a.port != Some(spec.port) {
         why.push(format!("dstport {:?} -> {}", a.port, spec.port));
     }
-    if a.underlay_index != Some(spec.underlay_index) {
+    if a.underlay_index != spec.underlay_index {
         why.push("underlay device changed".into());
     }
     if !a.learning {
@@ -600,6 +620,26 @@ pub fn diff_with(
     if !conflicts.is_empty() {
         return Err(conflicts);
     }
+    // Storm control: flows name ports by OpenFlow number, which a port (re)added here changes.
+    let ports_change = c.iter().any(|c| {
+        matches!(
+            c,
+            Change::CreateBridge { .. }
+                | Change::SetDatapath { .. }
+                | Change::AddPort { .. }
+                | Change::RebindPort { .. }
+        )
+    });
+    let storm_ok = match (&actual.storm, ports) {
+        (Some(o), Some(ports)) => o.matches(&desired.storm, ports),
+        _ => desired.storm.is_empty(),
+    };
+    if !storm_ok || (ports_change && !desired.storm.is_empty()) {
+        late.push(Change::SetStormControl {
+            bridge: desired.bridge.clone(),
+            limits: desired.storm.clone(),
+        });
+    }
     c.extend(late);
     let (pre, post) = diff_security(desired.security.as_ref(), &actual.security, &desired.bridge);
     let mut changes = pre;
@@ -761,6 +801,7 @@ mod tests {
             kind: None,
             vxlan: None,
             flood: BTreeSet::new(),
+            stats: None,
         }
     }
 
@@ -848,7 +889,7 @@ mod tests {
             vni: Some(101),
             local: Some(spec.local),
             port: Some(spec.port),
-            underlay_index: Some(spec.underlay_index),
+            underlay_index: spec.underlay_index,
             learning: true,
         });
         vx.flood = BTreeSet::from(["192.0.2.2".parse().unwrap()]);

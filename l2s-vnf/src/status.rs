@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use crate::config::SiteConfig;
 use crate::ipsec::{conn_name, SaState};
 use crate::model::{alias_owned_by, EXT_OWNER};
+use crate::netlink::LinkStats;
 use crate::plan::{ActualState, PortRole};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +114,52 @@ pub struct PortStatus {
     /// Why ovs-vswitchd cannot use the port, if it cannot.
     #[serde(default)]
     pub problem: Option<String>,
+    /// The device's counters (rx: from the VNF into the switch, tx: to the VNF).
+    #[serde(default)]
+    pub counters: Option<Counters>,
+    /// The storm-control limit on broadcast, multicast and unknown unicast from this port.
+    #[serde(default)]
+    pub bum_limit_pps: Option<u32>,
+}
+
+/// Traffic counters of a port or a VLAN: `rx` entered the switch (from a VNF, or from the
+/// peer sites for a VTEP), `tx` left it. Kernel counters, from the device's creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames the device refused on entry: above its MTU, or no room to queue them.
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames that could not be sent (a datapath counts a frame above the MTU here).
+    pub tx_dropped: u64,
+    /// Broadcast, multicast and unknown-unicast frames dropped by storm control.
+    pub bum_limited: u64,
+}
+
+impl Counters {
+    pub fn from_link(s: &LinkStats) -> Self {
+        Counters {
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            rx_dropped: s.rx_dropped + s.rx_length_errors + s.rx_over_errors,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+            tx_dropped: s.tx_dropped + s.tx_errors,
+            bum_limited: 0,
+        }
+    }
+
+    pub fn add(&mut self, o: &Counters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.rx_dropped += o.rx_dropped;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.tx_dropped += o.tx_dropped;
+        self.bum_limited += o.bum_limited;
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +182,15 @@ pub struct VlanStatus {
     /// Why it does not, when it does not.
     #[serde(default)]
     pub degraded: Vec<String>,
+    /// The VLAN's traffic: its access ports and its VTEP together.
+    #[serde(default)]
+    pub counters: Counters,
+    /// The VTEP alone (rx: from the peer sites, tx: to them).
+    #[serde(default)]
+    pub vtep_counters: Option<Counters>,
+    /// The storm-control limit of each of its access ports, if any.
+    #[serde(default)]
+    pub bum_limit_pps: Option<u32>,
 }
 
 pub fn build(
@@ -160,6 +216,13 @@ pub fn build(
             access_ports: vec![],
             up: false,
             degraded: vec![],
+            counters: Counters::default(),
+            vtep_counters: None,
+            bum_limit_pps: cfg
+                .vlans
+                .iter()
+                .find(|v| v.id == id)
+                .and_then(|v| v.bum_limit_pps.or(cfg.switch.bum_limit_pps)),
         }
     };
     if let Some(b) = b {
@@ -175,6 +238,7 @@ pub fn build(
                     if let Some(l) = l {
                         v.vtep_up = l.up;
                         v.vtep_mtu = Some(l.mtu);
+                        v.vtep_counters = l.stats.as_ref().map(Counters::from_link);
                         v.vni = l.vxlan.as_ref().and_then(|x| x.vni);
                         v.local = l.vxlan.as_ref().and_then(|x| x.local);
                         v.flood = l.flood.iter().copied().collect();
@@ -200,6 +264,10 @@ pub fn build(
                             p.name
                         ));
                     }
+                    let counters = l.and_then(|l| l.stats.as_ref()).map(|s| Counters {
+                        bum_limited: actual.storm.as_ref().map_or(0, |o| o.limited(p)),
+                        ..Counters::from_link(s)
+                    });
                     v.access_ports.push(PortStatus {
                         name: p.name.clone(),
                         exists: l.is_some(),
@@ -207,6 +275,8 @@ pub fn build(
                         mtu: l.map(|l| l.mtu),
                         problem: crate::plan::stale_binding(p, l.map(|l| l.index))
                             .or_else(|| p.iface.problem()),
+                        counters,
+                        bum_limit_pps: v.bum_limit_pps,
                     });
                 }
             }
@@ -230,6 +300,13 @@ pub fn build(
                 l.name
             ));
         }
+    }
+    for v in vlans.values_mut() {
+        let mut sum = v.vtep_counters.unwrap_or_default();
+        for c in v.access_ports.iter().filter_map(|p| p.counters.as_ref()) {
+            sum.add(c);
+        }
+        v.counters = sum;
     }
     let access_mtu = vlans.values().filter_map(|v| v.vtep_mtu).min();
     for (id, why) in crate::health::vlans(cfg, actual, sas) {
@@ -306,6 +383,34 @@ pub fn build(
 }
 
 impl Status {
+    /// Warn about access ports that refuse frames: almost always a VNF whose MTU is above the
+    /// access MTU, whose large frames vanish there. Counted since `since` (a baseline and
+    /// what it marks), else since each device was created.
+    pub fn warn_refused_frames(&mut self, since: Option<(&BTreeMap<String, u64>, &str)>) {
+        for v in &self.vlans {
+            for p in &v.access_ports {
+                let (Some(c), Some(mtu)) = (&p.counters, p.mtu) else {
+                    continue;
+                };
+                let base = since
+                    .and_then(|(b, _)| b.get(&p.name))
+                    .copied()
+                    .filter(|b| *b <= c.rx_dropped)
+                    .unwrap_or(0);
+                let n = c.rx_dropped - base;
+                if n == 0 {
+                    continue;
+                }
+                self.warnings.push(format!(
+                    "access port {} (vlan {}) refused {n} incoming frame(s) since {}; a VNF sending frames larger than the access MTU does this: it needs MTU {mtu} on that link (or set [mtu] access = 1500 with outer_fragmentation = true)",
+                    p.name,
+                    v.id,
+                    since.map_or("the device was created", |(_, what)| what)
+                ));
+            }
+        }
+    }
+
     /// The daemon's path probes, per peer, with an alarm for a path that stopped carrying
     /// full-size frames.
     pub fn add_paths(&mut self, paths: &BTreeMap<String, crate::probe::PathHealth>) {
@@ -398,10 +503,18 @@ impl std::fmt::Display for Status {
             for why in &v.degraded {
                 writeln!(f, "           ! {why}")?;
             }
+            writeln!(
+                f,
+                "           traffic: {}{}",
+                counters_text(&v.counters),
+                v.bum_limit_pps
+                    .map(|l| format!("; storm limit {l} pps per port"))
+                    .unwrap_or_default()
+            )?;
             for p in &v.access_ports {
                 writeln!(
                     f,
-                    "           port {} ({}{})",
+                    "           port {} ({}{}){}",
                     p.name,
                     if !p.exists {
                         "MISSING"
@@ -410,7 +523,11 @@ impl std::fmt::Display for Status {
                     } else {
                         "down"
                     },
-                    p.mtu.map(|m| format!(", mtu {m}")).unwrap_or_default()
+                    p.mtu.map(|m| format!(", mtu {m}")).unwrap_or_default(),
+                    p.counters
+                        .as_ref()
+                        .map(|c| format!(": {}", counters_text(c)))
+                        .unwrap_or_default()
                 )?;
             }
         }
@@ -513,6 +630,48 @@ impl std::fmt::Display for Status {
         }
         Ok(())
     }
+}
+
+/// `in 12 pkts/3.4 kB, out 10 pkts/2.1 kB, dropped 0/0, storm-limited 5`.
+fn counters_text(c: &Counters) -> String {
+    let mut s = format!(
+        "in {} pkts/{}, out {} pkts/{}, dropped {} in/{} out",
+        c.rx_packets,
+        bytes_text(c.rx_bytes),
+        c.tx_packets,
+        bytes_text(c.tx_bytes),
+        c.rx_dropped,
+        c.tx_dropped
+    );
+    if c.bum_limited > 0 {
+        s.push_str(&format!(", storm-limited {}", c.bum_limited));
+    }
+    s
+}
+
+fn bytes_text(b: u64) -> String {
+    match b {
+        b if b >= 10_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 10_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 10_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
+/// Frames each access port has refused on entry so far (a baseline for
+/// [`Status::warn_refused_frames`]).
+pub fn refused_frames(actual: &ActualState) -> BTreeMap<String, u64> {
+    let Some(b) = &actual.switch.bridge else {
+        return BTreeMap::new();
+    };
+    b.ports
+        .values()
+        .filter(|p| p.role == Some(PortRole::Access))
+        .filter_map(|p| {
+            let s = actual.links.links.get(&p.name)?.stats.as_ref()?;
+            Some((p.name.clone(), Counters::from_link(s).rx_dropped))
+        })
+        .collect()
 }
 
 pub fn unix_now() -> u64 {

@@ -216,10 +216,12 @@ fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
 
 /// Whether an outbound policy applies to VXLAN (UDP to `port`) from `local` to `remote`
 /// leaving through `underlay` (an ifindex).
-fn covers(p: &Policy, local: IpAddr, remote: IpAddr, port: u16, underlay: u32) -> bool {
+/// `underlay` is the device VXLAN leaves by, `None` when the VTEP is not bound to one (the
+/// route decides, so a policy on any device may apply).
+fn covers(p: &Policy, local: IpAddr, remote: IpAddr, port: u16, underlay: Option<u32>) -> bool {
     p.dir == XFRM_POLICY_OUT
         && !p.special
-        && (p.ifindex == 0 || u32::try_from(p.ifindex).ok() == Some(underlay))
+        && (p.ifindex == 0 || underlay.is_none_or(|u| u32::try_from(p.ifindex).ok() == Some(u)))
         && matches!(p.proto, 0 | IPPROTO_UDP)
         && port & p.dport_mask == p.dport & p.dport_mask
         && prefix_contains(p.src, p.src_len, local)
@@ -246,7 +248,7 @@ pub fn bypass(
     local: IpAddr,
     remote: IpAddr,
     port: u16,
-    underlay: u32,
+    underlay: Option<u32>,
     priority: u32,
 ) -> Option<&Policy> {
     policies
@@ -285,11 +287,14 @@ mod tests {
         let ours = policy("198.51.100.1", 32, "198.51.100.2", 32, 1000, true);
         // charon's bypass-lan: the subnet, automatic pass priority (~175k).
         let lan = policy("198.51.100.0", 24, "198.51.100.0", 24, 175_423, false);
-        assert_eq!(bypass(&[ours.clone(), lan], l, r, 4789, 2, 1000), None);
+        assert_eq!(
+            bypass(&[ours.clone(), lan], l, r, 4789, Some(2), 1000),
+            None
+        );
         // A pass policy someone installed above ours diverts VXLAN.
         let high = policy("198.51.100.0", 24, "198.51.100.0", 24, 100, false);
         let both = [ours.clone(), high.clone()];
-        assert_eq!(bypass(&both, l, r, 4789, 2, 1000), Some(&high));
+        assert_eq!(bypass(&both, l, r, 4789, Some(2), 1000), Some(&high));
         assert_eq!(
             high.to_string(),
             "a pass policy 198.51.100.0/24 -> 198.51.100.0/24 priority 100"
@@ -298,7 +303,10 @@ mod tests {
         let other = policy("203.0.113.0", 24, "203.0.113.0", 24, 1, false);
         let mut marked = high.clone();
         marked.special = true;
-        assert_eq!(bypass(&[ours, other, marked], l, r, 4789, 2, 1000), None);
+        assert_eq!(
+            bypass(&[ours, other, marked], l, r, 4789, Some(2), 1000),
+            None
+        );
     }
 
     #[test]
@@ -309,9 +317,9 @@ mod tests {
         ike_only.proto = IPPROTO_UDP;
         ike_only.dport = 500;
         ike_only.dport_mask = 0xffff;
-        assert_eq!(bypass(&[ike_only.clone()], l, r, 4789, 2, 1000), None);
+        assert_eq!(bypass(&[ike_only.clone()], l, r, 4789, Some(2), 1000), None);
         ike_only.dport = 4789;
-        assert!(bypass(&[ike_only], l, r, 4789, 2, 1000).is_some());
+        assert!(bypass(&[ike_only], l, r, 4789, Some(2), 1000).is_some());
     }
 
     #[test]

@@ -63,7 +63,7 @@ fn observed_spec(l: &ObservedLink, wanted: &VxlanSpec) -> Option<VxlanSpec> {
         vni: a.vni?,
         local: a.local?,
         port: a.port?,
-        underlay_index: a.underlay_index?,
+        underlay_index: a.underlay_index,
         mtu: l.mtu,
         alias: l.alias.clone().unwrap_or_else(|| wanted.alias.clone()),
     })

@@ -71,6 +71,8 @@ pub struct System {
     pub vici: Option<vici::Client>,
     /// The daemon's monitor-fed copy of OVSDB, read instead of a select while it is live.
     pub replica: Option<Arc<Replica>>,
+    /// ovs-ofctl's address of the bridge (storm control).
+    pub ofctl_target: String,
 }
 
 impl System {
@@ -100,6 +102,7 @@ impl System {
             ovsdb,
             vici,
             replica: None,
+            ofctl_target: crate::storm::target(&cfg.switch.ovsdb, &cfg.switch.bridge),
         })
     }
 
@@ -151,6 +154,13 @@ impl System {
                 .and_then(Result::ok)
                 .unwrap_or_default()
         };
+        let target = self.ofctl_target.clone();
+        let storm = async {
+            tokio::task::spawn_blocking(move || crate::storm::observe(&target))
+                .await
+                .ok()
+                .flatten()
+        };
         let switch = async {
             match self.replica.as_ref().and_then(|r| r.observed(bridge)) {
                 Some(s) => Ok(s),
@@ -162,8 +172,14 @@ impl System {
             let links = self.netlink.observe().await?;
             Ok::<_, ApplyError>((links, rules.await?))
         };
-        let (switch, links_and_rules, charon, guard_listing, policies) =
-            tokio::join!(switch, links_and_rules, charon, guard_listing, policies);
+        let (switch, links_and_rules, charon, guard_listing, policies, storm) = tokio::join!(
+            switch,
+            links_and_rules,
+            charon,
+            guard_listing,
+            policies,
+            storm
+        );
         let (conns, sas, keys) = charon?;
         let (links, rules) = links_and_rules?;
         let security = ObservedSecurity {
@@ -178,6 +194,7 @@ impl System {
             switch: switch?,
             links,
             security,
+            storm,
         })
     }
 }
@@ -262,6 +279,21 @@ pub async fn prepare_with(
         }
     }
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
+    if !desired.storm.is_empty() && !crate::storm::available() {
+        let key = match cfg.switch.bum_limit_pps {
+            Some(_) => "switch.bum_limit_pps".to_string(),
+            None => cfg
+                .vlans
+                .iter()
+                .position(|v| v.bum_limit_pps.is_some())
+                .map(|i| format!("vlan[{i}].bum_limit_pps"))
+                .unwrap_or_default(),
+        };
+        return Err(ApplyError::Config(vec![cfg.issue(
+            &key,
+            "storm control needs ovs-ofctl (package openvswitch-common), which cannot be run here",
+        )]));
+    }
     let actual = sys.observe(&cfg.switch.bridge).await?;
     debug!(ms = t.elapsed().as_secs_f64() * 1e3, "observed the system");
     let plan = plan::diff_with(&desired, &actual, opts).map_err(ApplyError::Conflicts)?;
@@ -381,6 +413,18 @@ pub async fn execute(
         .collect();
     for (port, err) in switch::interface_errors(&sys.ovsdb, &added).await? {
         failures.push(format!("ovs-vswitchd cannot use port {port}: {err}"));
+    }
+    for c in &plan.changes {
+        if let Change::SetStormControl { limits, .. } = c {
+            let (target, limits) = (sys.ofctl_target.clone(), limits.clone());
+            let done = tokio::task::spawn_blocking(move || crate::storm::ensure(&target, &limits))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match done {
+                Ok(()) => info!(change = %c, "storm control in force"),
+                Err(e) => failures.push(e),
+            }
+        }
     }
 
     // Phase 4: IPsec, then removals of security objects (the guard last of all).

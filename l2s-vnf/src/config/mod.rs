@@ -119,6 +119,9 @@ pub struct Switch {
     pub datapath: DatapathChoice,
     /// Path of the OVSDB unix socket.
     pub ovsdb: PathBuf,
+    /// Default storm-control limit of every VLAN's access ports (broadcast, multicast and
+    /// unknown unicast, packets per second per port).
+    pub bum_limit_pps: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +156,15 @@ pub struct Vlan {
     pub ports: Vec<String>,
     /// Names of the peers sharing this VLAN (resolved: all peers when not given).
     pub peers: Vec<String>,
+    /// This VLAN's own storm-control limit (overrides `[switch] bum_limit_pps`).
+    pub bum_limit_pps: Option<u32>,
+}
+
+impl Vlan {
+    /// The storm-control limit that applies to this VLAN's access ports.
+    pub fn bum_limit(&self, switch: &Switch) -> Option<u32> {
+        self.bum_limit_pps.or(switch.bum_limit_pps)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,7 @@ pub struct RawSwitch {
     pub bridge: Option<String>,
     pub datapath: Option<String>,
     pub ovsdb: Option<String>,
+    pub bum_limit_pps: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +97,7 @@ pub struct RawVlan {
     #[serde(default)]
     pub ports: Vec<String>,
     pub peers: Option<Vec<String>>,
+    pub bum_limit_pps: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -144,6 +144,11 @@ pub fn validate(
         PathBuf::new()
     });
 
+    let bum_limit_pps = raw
+        .switch
+        .bum_limit_pps
+        .and_then(|v| bum_limit(&mut c, "switch.bum_limit_pps", v));
+
     // [vxlan]
     let vxlan_port = match raw.vxlan.port {
         None => DEFAULT_VXLAN_PORT,
@@ -491,11 +496,15 @@ pub fn validate(
                 list
             }
         };
+        let vlan_limit = rv
+            .bum_limit_pps
+            .and_then(|v| bum_limit(&mut c, &key("bum_limit_pps"), v));
         vlans.push(Vlan {
             id: rv.id.clamp(0, 4095) as u16,
             vni: vni.clamp(0, 16_777_215) as u32,
             ports: rv.ports,
             peers: vlan_peers,
+            bum_limit_pps: vlan_limit,
         });
     }
     // The generated VXLAN names must not collide with anything configured.
@@ -629,6 +638,7 @@ pub fn validate(
             bridge,
             datapath,
             ovsdb,
+            bum_limit_pps,
         },
         vxlan_port,
         ipsec: Ipsec {
@@ -655,6 +665,27 @@ pub fn validate(
         metrics,
         locations: locs.clone(),
     })
+}
+
+/// Storm-control limits a switch port can meaningfully enforce.
+pub const BUM_LIMIT_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
+
+fn bum_limit(c: &mut Checker, key: &str, v: i64) -> Option<u32> {
+    if BUM_LIMIT_RANGE.contains(&v) {
+        return Some(v as u32);
+    }
+    c.err(
+        key,
+        format!(
+            "{v} packets per second is {}; allowed: 1..=1000000 (leave the key out for no limit)",
+            if v < 1 {
+                "no traffic at all"
+            } else {
+                "beyond any port's rate"
+            }
+        ),
+    );
+    None
 }
 
 fn dedup_issues(issues: &mut Vec<ConfigIssue>) {

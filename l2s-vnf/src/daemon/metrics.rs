@@ -21,7 +21,7 @@ use tracing::debug;
 
 use super::control::{Job, Request};
 use super::watch::IpsecEvents;
-use crate::status::Status;
+use crate::status::{Counters, Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -49,6 +49,86 @@ struct PortLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VlanDirLabels {
+    vlan: u16,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccessPortLabels {
+    port: String,
+    vlan: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccessPortDirLabels {
+    port: String,
+    vlan: u16,
+    direction: &'static str,
+}
+
+/// Traffic counters by direction, labelled `L`: packets, bytes, drops.
+struct TrafficFamilies<L> {
+    packets: Family<L, Counter>,
+    bytes: Family<L, Counter>,
+    dropped: Family<L, Counter>,
+}
+
+impl<
+        L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    > TrafficFamilies<L>
+{
+    fn new() -> Self {
+        TrafficFamilies {
+            packets: Family::default(),
+            bytes: Family::default(),
+            dropped: Family::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry, of: &str, what: &str) {
+        r.register(
+            format!("{of}_packets"),
+            format!("Packets through {what} (in: into the switch; out: out of it)"),
+            self.packets.clone(),
+        );
+        r.register(
+            format!("{of}_bytes"),
+            format!("Bytes through {what}"),
+            self.bytes.clone(),
+        );
+        r.register(
+            format!("{of}_dropped"),
+            format!("Frames {what} dropped (in: refused on entry, e.g. above the MTU)"),
+            self.dropped.clone(),
+        );
+    }
+
+    fn clear(&self) {
+        self.packets.clear();
+        self.bytes.clear();
+        self.dropped.clear();
+    }
+
+    /// Kernel counters are copied, not added up: they count from the device's creation.
+    fn set(&self, c: &Counters, label: impl Fn(&'static str) -> L) {
+        for (direction, packets, bytes, dropped) in [
+            ("in", c.rx_packets, c.rx_bytes, c.rx_dropped),
+            ("out", c.tx_packets, c.tx_bytes, c.tx_dropped),
+        ] {
+            let l = label(direction);
+            store(&self.packets.get_or_create(&l), packets);
+            store(&self.bytes.get_or_create(&l), bytes);
+            store(&self.dropped.get_or_create(&l), dropped);
+        }
+    }
+}
+
+fn store(c: &Counter, v: u64) {
+    c.inner().store(v, Ordering::Relaxed);
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub reconcile_seconds: Histogram,
@@ -66,6 +146,11 @@ pub struct Metrics {
     path_loss: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     path_mtu_ok: Family<PeerLabels, Gauge>,
     ports: Family<PortLabels, Gauge>,
+    vlan_traffic: TrafficFamilies<VlanDirLabels>,
+    vlan_bum_limited: Family<VlanLabels, Counter>,
+    port_traffic: TrafficFamilies<AccessPortDirLabels>,
+    port_bum_limited: Family<AccessPortLabels, Counter>,
+    port_bum_limit: Family<AccessPortLabels, Gauge>,
     access_mtu: Gauge,
     guard: Gauge,
 }
@@ -90,6 +175,11 @@ impl Metrics {
             path_loss: Family::default(),
             path_mtu_ok: Family::default(),
             ports: Family::default(),
+            vlan_traffic: TrafficFamilies::new(),
+            vlan_bum_limited: Family::default(),
+            port_traffic: TrafficFamilies::new(),
+            port_bum_limited: Family::default(),
+            port_bum_limit: Family::default(),
             access_mtu: Gauge::default(),
             guard: Gauge::default(),
         };
@@ -158,6 +248,25 @@ impl Metrics {
             m.path_mtu_ok.clone(),
         );
         r.register("access_ports", "Access ports by state", m.ports.clone());
+        m.vlan_traffic
+            .register(&mut r, "vlan", "the VLAN's access ports and VTEP");
+        r.register(
+            "vlan_bum_limited",
+            "Broadcast/multicast frames storm control dropped on the VLAN's access ports",
+            m.vlan_bum_limited.clone(),
+        );
+        m.port_traffic
+            .register(&mut r, "port", "the access port (in: from the VNF)");
+        r.register(
+            "port_bum_limited",
+            "Broadcast/multicast frames storm control dropped from the access port",
+            m.port_bum_limited.clone(),
+        );
+        r.register(
+            "port_bum_limit_pps",
+            "The access port's storm-control limit (packets per second)",
+            m.port_bum_limit.clone(),
+        );
         r.register(
             "access_mtu_bytes",
             "The access MTU in use (VTEP MTU)",
@@ -232,6 +341,37 @@ impl Metrics {
             self.vlan_up
                 .get_or_create(&VlanLabels { vlan: v.id })
                 .set(i64::from(v.up));
+        }
+        self.vlan_traffic.clear();
+        self.vlan_bum_limited.clear();
+        self.port_traffic.clear();
+        self.port_bum_limited.clear();
+        self.port_bum_limit.clear();
+        for v in &s.vlans {
+            let vlan = v.id;
+            self.vlan_traffic
+                .set(&v.counters, |direction| VlanDirLabels { vlan, direction });
+            store(
+                &self.vlan_bum_limited.get_or_create(&VlanLabels { vlan }),
+                v.counters.bum_limited,
+            );
+            for p in &v.access_ports {
+                let l = AccessPortLabels {
+                    port: p.name.clone(),
+                    vlan,
+                };
+                if let Some(c) = &p.counters {
+                    self.port_traffic.set(c, |direction| AccessPortDirLabels {
+                        port: p.name.clone(),
+                        vlan,
+                        direction,
+                    });
+                    store(&self.port_bum_limited.get_or_create(&l), c.bum_limited);
+                }
+                if let Some(pps) = p.bum_limit_pps {
+                    self.port_bum_limit.get_or_create(&l).set(i64::from(pps));
+                }
+            }
         }
         self.ports.clear();
         for p in s.vlans.iter().flat_map(|v| &v.access_ports) {
@@ -352,5 +492,93 @@ mod tests {
         ] {
             assert!(text.contains(family), "{family} missing in:\n{text}");
         }
+    }
+
+    /// A status with one of everything: a VLAN with a port, a peer with an SA and a probe.
+    fn full_status() -> Status {
+        let counters = Counters {
+            rx_packets: 10,
+            rx_bytes: 1000,
+            rx_dropped: 1,
+            tx_packets: 20,
+            tx_bytes: 2000,
+            tx_dropped: 0,
+            bum_limited: 5,
+        };
+        serde_json::from_value(serde_json::json!({
+            "schema": 1, "source": "daemon", "site": "a", "bridge": null, "access_mtu": 1400,
+            "ipsec": {"enabled": true, "guard": true, "charon": true},
+            "warnings": [],
+            "vlans": [{
+                "id": 101, "vni": 101, "vtep": "l2s-vx101", "vtep_up": true, "vtep_mtu": 1400,
+                "local": "192.0.2.1", "flood": [], "up": true, "counters": counters,
+                "bum_limit_pps": 500,
+                "access_ports": [{"name": "ens4", "exists": true, "up": true, "mtu": 1400,
+                                  "counters": counters, "bum_limit_pps": 500}]
+            }],
+            "peers": [{
+                "name": "b", "address": "192.0.2.2", "connection": "c", "loaded": true,
+                "up": true, "sa": {"ike_state": "ESTABLISHED", "child_state": "INSTALLED",
+                                   "established_secs": 1, "bytes_in": 1, "bytes_out": 1,
+                                   "packets_in": 1, "packets_out": 1,
+                                   "ike_rekey_in_secs": 1, "child_rekey_in_secs": 1},
+                "path": {"rtt_ms": 0.5, "rtt_min_ms": 0.4, "rtt_max_ms": 0.6,
+                         "jitter_ms": 0.1, "loss_pct": 0.0, "mtu_ok": true,
+                         "mtu_size": 1400, "mtu_passes": null, "at_unix": 1}
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn counters_and_storm_drops_are_exported_per_vlan_and_port() {
+        let m = Metrics::new();
+        m.observe(&full_status(), &IpsecEvents::default());
+        let text = m.encode();
+        for sample in [
+            "l2s_vnf_vlan_packets_total{vlan=\"101\",direction=\"in\"} 10",
+            "l2s_vnf_vlan_bytes_total{vlan=\"101\",direction=\"out\"} 2000",
+            "l2s_vnf_vlan_bum_limited_total{vlan=\"101\"} 5",
+            "l2s_vnf_port_dropped_total{port=\"ens4\",vlan=\"101\",direction=\"in\"} 1",
+            "l2s_vnf_port_bum_limited_total{port=\"ens4\",vlan=\"101\"} 5",
+            "l2s_vnf_port_bum_limit_pps{port=\"ens4\",vlan=\"101\"} 500",
+        ] {
+            assert!(text.contains(sample), "{sample} missing in:\n{text}");
+        }
+    }
+
+    /// The dashboard shipped in the package queries only what the daemon exports.
+    #[test]
+    fn every_dashboard_query_names_an_exported_metric() {
+        let dashboard = include_str!("../../grafana/l2s-vnf.json");
+        let _: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        let m = Metrics::new();
+        m.reconcile_seconds.observe(0.01);
+        m.observe(&full_status(), &IpsecEvents::default());
+        let text = m.encode();
+        let samples: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let mut named = std::collections::BTreeSet::new();
+        let mut rest = dashboard;
+        while let Some(at) = rest.find("l2s_vnf_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            named.insert(name);
+        }
+        assert!(named.len() >= 15, "the dashboard names only {named:?}");
+        let missing: Vec<_> = named
+            .iter()
+            .filter(|n| !samples.contains(n.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not exported: {missing:?}\nexported: {samples:?}"
+        );
     }
 }

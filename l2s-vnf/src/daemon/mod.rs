@@ -95,6 +95,9 @@ struct Daemon {
     /// This site's VTEP address and access MTU, as the last reconcile found them.
     vtep: Option<std::net::IpAddr>,
     access_mtu: u32,
+    /// Frames each access port had refused when the access MTU was last set (status warns
+    /// about refusals after that).
+    refused_base: BTreeMap<String, u64>,
 }
 
 impl Daemon {
@@ -113,6 +116,9 @@ impl Daemon {
         };
         let p = apply::prepare_with(&self.cfg, sys, opts).await?;
         self.vtep = Some(p.facts.vtep_ip);
+        if self.access_mtu != p.desired.access_mtu {
+            self.refused_base = status::refused_frames(&p.actual);
+        }
         self.access_mtu = p.desired.access_mtu;
         let waiting: Vec<String> = p.plan.waiting.iter().map(|c| c.to_string()).collect();
         for w in waiting.iter().filter(|w| !self.waiting.contains(w)) {
@@ -393,6 +399,10 @@ impl Daemon {
         };
         let mut s = status::build(&self.cfg, &actual, sas.as_ref());
         s.source = "daemon".into();
+        s.warn_refused_frames(Some((
+            &self.refused_base,
+            "the daemon last set the access MTU",
+        )));
         if let Some(paths) = &self.paths {
             s.add_paths(&paths.results());
         }
@@ -592,6 +602,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         probe_task: None,
         vtep: None,
         access_mtu: 0,
+        refused_base: BTreeMap::new(),
     };
     let mut retry = Retry::default();
     match d.reconcile(Cause::Start).await {

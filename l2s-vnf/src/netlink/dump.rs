@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 
-use super::{ObservedLink, VxlanAttrs};
+use super::{LinkStats, ObservedLink, VxlanAttrs};
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -29,6 +29,7 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
+const IFLA_STATS64: u16 = 23;
 const IFLA_EXT_MASK: u16 = 29;
 const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 const IFLA_INFO_KIND: u16 = 1;
@@ -93,6 +94,7 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
         kind: None,
         vxlan: None,
         flood: BTreeSet::new(),
+        stats: None,
     };
     let mut data = None;
     for (ty, v) in attrs(p.get(16..)?) {
@@ -100,6 +102,7 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
             IFLA_IFNAME => l.name = text(v),
             IFLA_MTU => l.mtu = u32_at(v, 0)?,
             IFLA_IFALIAS => l.alias = Some(text(v)).filter(|a| !a.is_empty()),
+            IFLA_STATS64 => l.stats = LinkStats::from_stats64(v),
             IFLA_LINKINFO => {
                 for (ty, v) in attrs(v) {
                     match ty {

@@ -48,6 +48,47 @@ pub struct ObservedLink {
     pub vxlan: Option<VxlanAttrs>,
     /// For VXLAN devices: destinations of all-zero FDB entries.
     pub flood: BTreeSet<IpAddr>,
+    /// The device's counters, when the kernel reported them.
+    pub stats: Option<LinkStats>,
+}
+
+/// The counters of a device that status reports (from `struct rtnl_link_stats64`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+    /// Frames refused for their length (NICs count a frame above the MTU here).
+    pub rx_length_errors: u64,
+    pub rx_over_errors: u64,
+}
+
+impl LinkStats {
+    /// From the `IFLA_STATS64` payload: u64 counters in `rtnl_link_stats64`'s order.
+    pub fn from_stats64(b: &[u8]) -> Option<Self> {
+        let at = |i: usize| -> Option<u64> {
+            Some(u64::from_ne_bytes(
+                b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        Some(LinkStats {
+            rx_packets: at(0)?,
+            tx_packets: at(1)?,
+            rx_bytes: at(2)?,
+            tx_bytes: at(3)?,
+            rx_errors: at(4)?,
+            tx_errors: at(5)?,
+            rx_dropped: at(6)?,
+            tx_dropped: at(7)?,
+            rx_length_errors: at(10).unwrap_or(0),
+            rx_over_errors: at(11).unwrap_or(0),
+        })
+    }
 }
 
 /// What netlink shows that concerns us.
@@ -179,9 +220,11 @@ impl Netlink {
     /// then mark it as ours with its alias. A device that cannot be marked is removed again.
     pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), NetlinkError> {
         let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.underlay_index)
             .port(spec.port)
             .learning(true);
+        if let Some(dev) = spec.underlay_index {
+            b = b.dev(dev);
+        }
         b = match spec.local {
             IpAddr::V4(a) => b.local(a),
             IpAddr::V6(a) => b.local6(a),
@@ -367,6 +410,7 @@ fn parse_link(m: &LinkMessage) -> Option<ObservedLink> {
         kind,
         vxlan,
         flood: BTreeSet::new(),
+        stats: None,
     })
 }
 
