@@ -855,20 +855,38 @@ impl Lab {
     }
 
     /// A TCP transfer of `bytes` from `client` to `server` (iperf3); returns bits/s.
-    pub fn tcp_transfer(&mut self, server: &Vnf, client: &Vnf, bytes: &str) -> Result<f64> {
+    pub fn tcp_transfer(&self, server: &Vnf, client: &Vnf, bytes: &str) -> Result<f64> {
         iperf3(&server.ns, &server.ip, &client.ns, &["-n", bytes])
     }
 
     /// One iperf3 TCP run of `secs` seconds from `client_ns` to a server at `server_ip` in
     /// `server_ns`; returns the receiver's bits/s.
     pub fn iperf(
-        &mut self,
+        &self,
         server_ns: &str,
         server_ip: &str,
         client_ns: &str,
         secs: u32,
     ) -> Result<f64> {
         iperf3(server_ns, server_ip, client_ns, &["-t", &secs.to_string()])
+    }
+
+    /// Like [`Lab::iperf`], paced at `rate` (iperf3's `-b`, e.g. `200M`): a service that needs
+    /// that much, not a measure of the machine's spare CPU.
+    pub fn iperf_paced(
+        &self,
+        server_ns: &str,
+        server_ip: &str,
+        client_ns: &str,
+        secs: u32,
+        rate: &str,
+    ) -> Result<f64> {
+        iperf3(
+            server_ns,
+            server_ip,
+            client_ns,
+            &["-t", &secs.to_string(), "-b", rate],
+        )
     }
 
     /// A numeric attribute of an interface inside a namespace (`/sys/class/net/<dev>/<attr>`).
@@ -1033,6 +1051,9 @@ pub struct Capture {
     pub file: PathBuf,
 }
 
+/// tcpdump's filter for clear-text VXLAN: the port, or a later UDP fragment (IPv4 offset ≠ 0).
+pub const CLEAR_TEXT_VXLAN: &str = "udp port 4789 or (ip proto 17 and ip[6:2] & 0x1fff != 0)";
+
 impl Capture {
     /// Start capturing on the lab's underlay bridge (headers only) into `<lab>/<name>.pcap`.
     pub fn start(lab: &Lab, name: &str) -> Result<Capture> {
@@ -1059,9 +1080,11 @@ impl Capture {
             .unwrap_or(0)
     }
 
-    /// Clear-text VXLAN packets so far (must always be zero with IPsec on).
+    /// Clear-text VXLAN packets so far (must always be zero with IPsec on), counting the
+    /// later fragments of a fragmented UDP datagram too: they carry no port, so a filter on
+    /// 4789 alone would miss VXLAN that was fragmented before encryption.
     pub fn clear_text_vxlan(&self) -> usize {
-        self.count("udp port 4789")
+        self.count(CLEAR_TEXT_VXLAN)
     }
 
     pub fn stop(&mut self) {
@@ -1115,7 +1138,50 @@ impl PingStream {
     }
 }
 
+/// A VNF gone wrong (a loop, a storm): minimum-size broadcast frames (EtherType 0x88b5) out
+/// of a device (argv[2]) as fast as one core sends them, for `secs` seconds (argv[1]).
+const BLAST: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[2], 0))
+mac = bytes.fromhex(open("/sys/class/net/%s/address" % sys.argv[2]).read().strip().replace(":", ""))
+frame = b"\xff" * 6 + mac + b"\x88\xb5" + b"storm" + bytes(41)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    for _ in range(1000):
+        try:
+            s.send(frame)
+        except OSError:
+            pass
+"#;
+
 impl Lab {
+    /// Start a broadcast storm from `from` into the switch (see [`BLAST`]); it ends by itself
+    /// after `secs`.
+    pub fn blast_broadcast(&mut self, from: &Vnf, secs: u32) -> Result<()> {
+        self.spawn(netns(&from.ns, "python3").args(["-c", BLAST, &secs.to_string(), "eth0"]))
+    }
+
+    /// The same sender burning the same CPU, into a veth pair inside the VNF (this kernel has
+    /// no dummy devices): what the storm costs this machine's shared cores without the switch
+    /// seeing a frame of it.
+    pub fn blast_nowhere(&mut self, from: &Vnf, secs: u32) -> Result<()> {
+        if self.link_attr(&from.ns, "burn0", "ifindex").is_none() {
+            sh(netns(&from.ns, "ip")
+                .args(["link", "add", "burn0", "type", "veth", "peer", "burn1"]))?;
+            for d in ["burn0", "burn1"] {
+                sh(netns(&from.ns, "ip").args(["link", "set", d, "up"]))?;
+            }
+        }
+        self.spawn(netns(&from.ns, "python3").args(["-c", BLAST, &secs.to_string(), "burn0"]))
+    }
+
+    /// Frames received by a VNF's eth0 so far.
+    pub fn vnf_rx_packets(&self, v: &Vnf) -> u64 {
+        self.link_attr(&v.ns, "eth0", "statistics/rx_packets")
+            .unwrap_or(0)
+    }
+
     /// Flush the neighbour caches of VNFs, so that the next packet needs ARP again — a
     /// broadcast that must cross the flood path.
     pub fn forget_neighbours(&self, vnfs: &[&Vnf]) {

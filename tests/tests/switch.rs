@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use l2s_lab::{netns, require_lab, sh, Capture, Lab, PaperLab, Vnf};
@@ -183,4 +184,295 @@ fn path_health_runs_over_the_sa_and_raises_an_mtu_alarm() {
         "clear-text probes on the underlay"
     );
     assert_eq!(cap.clear_text_vxlan(), 0);
+}
+
+/// Broadcast frames per second `v` receives while `during` runs (its eth0 counter).
+fn rx_rate(lab: &Lab, v: &Vnf, during: impl FnOnce()) -> f64 {
+    let (n0, t0) = (lab.vnf_rx_packets(v), Instant::now());
+    during();
+    (lab.vnf_rx_packets(v) - n0) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn port_status(lab: &Lab, site: &str, port: &str) -> serde_json::Value {
+    let st = json(lab, site, &["status", "--json"]);
+    st["vlans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["access_ports"].as_array().unwrap().clone())
+        .find(|p| p["name"] == port)
+        .unwrap_or_default()
+}
+
+#[test]
+fn storm_control_holds_a_broadcast_storm_to_its_limit() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    let a101b = t.lab.add_vnf("a", "acc101b", "10.101.0.4/24").unwrap();
+    let layout = t.lab.config(
+        "a",
+        &["b", "c"],
+        &[
+            (101, &["acc101", "acc101b"], None),
+            (102, &["acc102"], Some(&["b"])),
+        ],
+    );
+    t.lab.write_config("a", &layout).unwrap();
+    for s in ["a", "b", "c"] {
+        t.lab.l2s_ok(s, &["apply"]).unwrap();
+    }
+    assert!(t.ping_mesh().is_empty());
+    assert!(t.lab.ping(&a101b, &t.c101.ip, 2));
+    let mtu = json(&t.lab, "a", &["status", "--json"])["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    let mut vnfs = t.vnfs().to_vec();
+    vnfs.push(&a101b);
+    t.lab.set_vnf_mtu(&vnfs, mtu).unwrap();
+
+    // Unicast at half of what this machine carries beside the blaster: a service that needs
+    // that rate (its full speed would only measure the CPU left on these two shared cores).
+    let quiet = t.lab.iperf(&t.c101.ns, &t.c101.ip, &a101b.ns, 3).unwrap();
+    t.lab.blast_nowhere(&t.a101, 4).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let spare = t.lab.iperf(&t.c101.ns, &t.c101.ip, &a101b.ns, 3).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let rate = format!("{}M", (spare / 2e6) as u64);
+    // Without a limit the storm reaches every site of the VLAN at whatever rate it has.
+    t.lab.blast_broadcast(&t.a101, 5).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut paced_unlimited = 0.0;
+    let unlimited = rx_rate(&t.lab, &t.b101, || {
+        paced_unlimited = t
+            .lab
+            .iperf_paced(&t.c101.ns, &t.c101.ip, &a101b.ns, 3, &rate)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "storm without a limit: {unlimited:.0} frames/s at site B; unicast paced at {rate}: {:.0} Mbit/s",
+        paced_unlimited / 1e6
+    );
+    assert!(
+        unlimited > 5000.0,
+        "the blaster is no storm: {unlimited:.0}/s"
+    );
+
+    // VLAN 101 limited to 500 frames/s per port; VLAN 102 has the switch's default.
+    let limited = layout
+        .replace("[switch]\n", "[switch]\nbum_limit_pps = 2000\n")
+        .replace(
+            "[[vlan]]\nid = 101\n",
+            "[[vlan]]\nid = 101\nbum_limit_pps = 500\n",
+        );
+    t.lab.write_config("a", &limited).unwrap();
+    let plan = t.lab.l2s_ok("a", &["plan"]).unwrap();
+    assert!(
+        plan.contains("~ storm control on l2s0: acc101 500 pps, acc101b 500 pps, acc102 2000 pps"),
+        "{plan}"
+    );
+    t.lab.l2s_ok("a", &["apply"]).unwrap();
+    assert!(t.lab.l2s_ok("a", &["plan"]).unwrap().contains("no changes"));
+    assert_eq!(port_status(&t.lab, "a", "acc101")["bum_limit_pps"], 500);
+    assert_eq!(port_status(&t.lab, "a", "acc102")["bum_limit_pps"], 2000);
+
+    let lab = &mut t.lab;
+    // The blaster shares this machine's two cores with the switch and the other VNFs; the
+    // unicast to compare with runs beside the same blaster sending into a dummy device.
+    let (mut before, mut during, mut at_b) = (vec![], vec![], vec![]);
+    let mut other_vlan = 0;
+    let mut vlan102_ok = true;
+    for _ in 0..3 {
+        lab.blast_nowhere(&t.a101, 4).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        before.push(
+            lab.iperf_paced(&t.c101.ns, &t.c101.ip, &a101b.ns, 3, &rate)
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        lab.blast_broadcast(&t.a101, 5).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let n102 = lab.vnf_rx_packets(&t.b102);
+        at_b.push(rx_rate(lab, &t.b101, || {
+            during.push(
+                lab.iperf_paced(&t.c101.ns, &t.c101.ip, &a101b.ns, 3, &rate)
+                    .unwrap(),
+            );
+        }));
+        other_vlan += lab.vnf_rx_packets(&t.b102) - n102;
+        vlan102_ok &= lab.ping(&t.a102, &t.b102.ip, 1);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (before, during) = (median(&mut before), median(&mut during));
+    let at_b = at_b.iter().copied().fold(0.0, f64::max);
+    let limited_count = port_status(lab, "a", "acc101")["counters"]["bum_limited"]
+        .as_u64()
+        .unwrap();
+    eprintln!(
+        "storm limited to 500/s: at most {at_b:.0} frames/s at site B; unicast at full speed {:.0} Mbit/s alone, {:.0} beside the blaster; paced at {rate} (median of 3): {:.0} beside the blaster, {:.0} in the storm ({:.0} %); {limited_count} frames dropped by the meter; VLAN 102 saw {other_vlan} frames",
+        quiet / 1e6,
+        spare / 1e6,
+        before / 1e6,
+        during / 1e6,
+        100.0 * during / before
+    );
+    assert!(
+        before > 50e6,
+        "no unicast to compare with: {before:.0} bit/s"
+    );
+    assert!(at_b <= 500.0 * 1.2, "site B received {at_b:.0} frames/s");
+    assert!(
+        during >= 0.9 * before,
+        "unicast fell to {during:.0} from {before:.0}"
+    );
+    assert!(other_vlan < 50, "VLAN 102 received {other_vlan} frames");
+    assert!(vlan102_ok, "VLAN 102 stopped working during the storm");
+    assert!(
+        limited_count > 1000,
+        "status shows {limited_count} frames limited"
+    );
+    let text = lab.l2s_ok("a", &["status"]).unwrap();
+    assert!(text.contains("storm-limited"), "{text}");
+
+    // ovs-vswitchd holds meters and flows only in memory: losing them is drift.
+    let mgmt = format!(
+        "unix:{}/l2s0.mgmt",
+        lab.site("a").ovsdb_sock.parent().unwrap().display()
+    );
+    sh(Command::new("ovs-ofctl").args(["-O", "OpenFlow13", "del-meters", &mgmt])).unwrap();
+    let plan = lab.l2s_ok("a", &["plan"]).unwrap();
+    assert!(plan.contains("~ storm control on l2s0"), "{plan}");
+    lab.l2s_ok("a", &["apply"]).unwrap();
+    assert!(lab.l2s_ok("a", &["plan"]).unwrap().contains("no changes"));
+
+    // Removing the limits removes every flow and meter of ours.
+    lab.write_config("a", &layout).unwrap();
+    assert!(lab
+        .l2s_ok("a", &["plan"])
+        .unwrap()
+        .contains("- storm control on l2s0"));
+    lab.l2s_ok("a", &["apply"]).unwrap();
+    let flows =
+        sh(Command::new("ovs-ofctl").args(["-O", "OpenFlow13", "dump-flows", &mgmt])).unwrap();
+    assert!(!flows.contains("meter:"), "{flows}");
+}
+
+/// A ping of `size` bytes of payload that must not be fragmented by the sender.
+fn ping_size(from: &Vnf, to: &str, size: u32) -> bool {
+    l2s_lab::run(netns(&from.ns, "ping").args([
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-s",
+        &size.to_string(),
+        "-M",
+        "do",
+        to,
+    ]))
+    .is_ok_and(|o| o.status.success())
+}
+
+fn sa_bytes(lab: &Lab, site: &str, peer: &str) -> u64 {
+    let st = json(lab, site, &["status", "--json"]);
+    st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer)
+        .map(|p| {
+            p["sa"]["bytes_out"].as_u64().unwrap_or(0) + p["sa"]["bytes_in"].as_u64().unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn vnfs_that_keep_mtu_1500_are_named_and_work_with_outer_fragmentation() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    t.secure("").unwrap();
+    for s in ["a", "b", "c"] {
+        t.lab.start_daemon(s).unwrap();
+    }
+    // The VNFs keep 1500, as third-party images often must.
+    assert!(t
+        .lab
+        .ping_eventually(&t.a101, &t.b101.ip, Duration::from_secs(30)));
+    let lab = &t.lab;
+    let mtu = json(lab, "a", &["status", "--json"])["access_mtu"]
+        .as_u64()
+        .unwrap();
+    assert!(mtu < 1500, "access MTU {mtu}");
+    assert_eq!(lab.mtu(&t.a101.ns, "eth0"), Some(1500));
+    assert!(
+        !ping_size(&t.a101, &t.b101.ip, 1472),
+        "a 1500-byte packet crossed an access port of MTU {mtu}"
+    );
+    // …and status says where and why instead of a silent black hole.
+    let needs = "access port acc101 (vlan 101) refused";
+    within(
+        Duration::from_secs(10),
+        "the refused-frames warning",
+        || {
+            let st = lab.l2s_ok("a", &["status"]).unwrap();
+            st.contains(needs) && st.contains(&format!("needs MTU {mtu} on that link"))
+        },
+    );
+    assert!(
+        port_status(lab, "a", "acc101")["counters"]["rx_dropped"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // outer_fragmentation: access 1500 at every site of VLAN 101, reloaded in place.
+    for s in ["a", "b", "c"] {
+        let p = lab.site(s).dir.join("site.toml");
+        let cfg = std::fs::read_to_string(&p).unwrap().replace(
+            "[daemon]\n",
+            "[mtu]\naccess = 1500\nouter_fragmentation = true\n\n[daemon]\n",
+        );
+        std::fs::write(&p, cfg).unwrap();
+        lab.l2s_ok(s, &["reload"]).unwrap();
+    }
+    assert_eq!(
+        json(lab, "a", &["status", "--json"])["access_mtu"].as_u64(),
+        Some(1500)
+    );
+    let mut cap = Capture::start(lab, "outer-fragmentation").unwrap();
+    let sa0 = sa_bytes(lab, "a", "site-b");
+    within(
+        Duration::from_secs(20),
+        "1500-byte packets across sites",
+        || ping_size(&t.a101, &t.b101.ip, 1472) && ping_size(&t.a101, &t.c101.ip, 1472),
+    );
+    let bps = lab.tcp_transfer(&t.b101, &t.a101, "4M").unwrap();
+    // The daemon's status carries the SA counters of its last look at charon.
+    let mut grown = 0;
+    within(
+        Duration::from_secs(15),
+        "the transfer counted by the SA",
+        || {
+            grown = sa_bytes(lab, "a", "site-b") - sa0;
+            grown > 4_000_000
+        },
+    );
+    eprintln!(
+        "VNFs at 1500 over an access MTU of 1500 (computed {mtu}): TCP {:.0} Mbit/s, SA bytes +{grown}",
+        bps / 1e6
+    );
+    let st = lab.l2s_ok("a", &["status"]).unwrap();
+    assert!(!st.contains("refused incoming"), "{st}");
+    cap.stop();
+    // libipsec fragments inside the tunnel (its TUN device is smaller than the frames), the
+    // kernel fragments ESP after encryption: either way nothing leaves in clear text.
+    assert_eq!(cap.clear_text_vxlan(), 0);
+    assert!(
+        cap.count("esp or udp port 4500") > 1000,
+        "no ESP on the underlay"
+    );
 }
