@@ -97,9 +97,14 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// How long one ovs-ofctl call may take (`--timeout`).
+const OFCTL_TIMEOUT: &str = "--timeout=3";
+
 fn ofctl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut cmd = Command::new("ovs-ofctl");
-    cmd.args(["-O", "OpenFlow13"]).args(args);
+    // A stopped or wedged ovs-vswitchd accepts the connection and never answers: bounded, so
+    // a reconcile notices it instead of hanging on it.
+    cmd.args(["-O", "OpenFlow13", OFCTL_TIMEOUT]).args(args);
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
