@@ -186,6 +186,7 @@ pub struct Site {
     pub ovsdb_sock: PathBuf,
 }
 
+#[derive(Clone)]
 pub struct Vnf {
     pub ns: String,
     pub ip: String,
@@ -368,44 +369,40 @@ impl Lab {
 
     /// ovsdb-server (on `<d>/conf.db`) and ovs-vswitchd, detached, pidfiles in `d`.
     fn spawn_ovs(&mut self, ns: &str, d: &Path) -> Result<PathBuf> {
-        let db = d.join("conf.db");
+        let sock = self.spawn_ovs_daemon(ns, d, OVSDB_SERVER)?;
+        self.spawn_ovs_daemon(ns, d, OVS_VSWITCHD)?;
+        Ok(sock)
+    }
+
+    /// One of the two OVS daemons (`OVSDB_SERVER` or `OVS_VSWITCHD`), detached, as its systemd
+    /// unit would start it; returns the database socket.
+    fn spawn_ovs_daemon(&mut self, ns: &str, d: &Path, which: &str) -> Result<PathBuf> {
         let sock = d.join("db.sock");
-        let env = |c: &mut Command| {
-            c.env("OVS_RUNDIR", d)
-                .env("OVS_DBDIR", d)
-                .env("OVS_LOGDIR", d);
-        };
-        let mut c = netns(ns, "ovsdb-server");
-        env(&mut c);
-        c.arg(&db)
-            .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!(
-                "--pidfile={}",
-                d.join("ovsdb-server.pid").display()
-            ))
-            .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
+        let pidfile = d.join(format!("{which}.pid"));
+        let mut c = netns(ns, which);
+        c.env("OVS_RUNDIR", d)
+            .env("OVS_DBDIR", d)
+            .env("OVS_LOGDIR", d);
+        if which == OVSDB_SERVER {
+            c.arg(d.join("conf.db"))
+                .arg(format!("--remote=punix:{}", sock.display()))
+                .arg(format!("--log-file={}", d.join("ovsdb.log").display()));
+        } else {
+            c.arg(format!("unix:{}", sock.display()))
+                .arg(format!("--log-file={}", d.join("vswitchd.log").display()));
+        }
+        c.arg(format!("--pidfile={}", pidfile.display()))
             .arg("--detach");
-        if !self.pidfiles.contains(&d.join("ovsdb-server.pid")) {
-            self.pidfiles.push(d.join("ovsdb-server.pid"));
+        if !self.pidfiles.contains(&pidfile) {
+            self.pidfiles.push(pidfile);
         }
         sh(&mut c)?;
-        let mut c = netns(ns, "ovs-vsctl");
-        c.arg(format!("--db=unix:{}", sock.display()))
-            .args(["--no-wait", "init"]);
-        sh(&mut c)?;
-        let mut c = netns(ns, "ovs-vswitchd");
-        env(&mut c);
-        c.arg(format!("unix:{}", sock.display()))
-            .arg(format!(
-                "--pidfile={}",
-                d.join("ovs-vswitchd.pid").display()
-            ))
-            .arg(format!("--log-file={}", d.join("vswitchd.log").display()))
-            .arg("--detach");
-        if !self.pidfiles.contains(&d.join("ovs-vswitchd.pid")) {
-            self.pidfiles.push(d.join("ovs-vswitchd.pid"));
+        if which == OVSDB_SERVER {
+            let mut c = netns(ns, "ovs-vsctl");
+            c.arg(format!("--db=unix:{}", sock.display()))
+                .args(["--no-wait", "init"]);
+            sh(&mut c)?;
         }
-        sh(&mut c)?;
         Ok(sock)
     }
 
@@ -637,24 +634,38 @@ impl Lab {
 
     /// Kill a site's ovsdb-server and ovs-vswitchd (SIGKILL, as a crash would).
     pub fn kill_ovs(&self, site: &str) {
-        let d = self.site(site).dir.join("ovs");
-        for pf in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
-            if let Some(pid) = std::fs::read_to_string(d.join(pf))
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) on a daemon this lab started (its pidfile is in our dir).
-                #[allow(unsafe_code)]
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-                let t = Instant::now();
-                while pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+        self.kill_ovs_daemon(site, OVS_VSWITCHD);
+        self.kill_ovs_daemon(site, OVSDB_SERVER);
+    }
+
+    /// Kill one OVS daemon of a site (`OVSDB_SERVER` or `OVS_VSWITCHD`; SIGKILL, as a crash
+    /// would) and wait until it is gone.
+    pub fn kill_ovs_daemon(&self, site: &str, which: &str) {
+        let pf = self.site(site).dir.join("ovs").join(format!("{which}.pid"));
+        if let Some(pid) = std::fs::read_to_string(&pf)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on a daemon this lab started (its pidfile is in our dir).
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
             }
-            let _ = std::fs::remove_file(d.join(pf));
+            let t = Instant::now();
+            while pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
+        let _ = std::fs::remove_file(pf);
+    }
+
+    /// Start one OVS daemon of a site again, on the database it had (what systemd's
+    /// `Restart=` does after a crash).
+    pub fn start_ovs_daemon(&mut self, site: &str, which: &str) -> Result<()> {
+        let s = self.site(site);
+        let (ns, d) = (s.ns.clone(), s.dir.join("ovs"));
+        self.spawn_ovs_daemon(&ns, &d, which)?;
+        Ok(())
     }
 
     /// Send a signal to a site's ovs-vswitchd (e.g. SIGSTOP to freeze it, SIGCONT to resume).
@@ -830,6 +841,24 @@ impl Lab {
         ]))
         .map(|o| o.status.success())
         .unwrap_or(false)
+    }
+
+    /// A ping of `size` bytes of payload that the sender must not fragment (`-M do`): whether
+    /// an IP packet of `size` + 28 crosses whole.
+    pub fn ping_df(&self, from: &Vnf, to: &str, size: u32) -> bool {
+        run(netns(&from.ns, "ping").args([
+            "-c",
+            "2",
+            "-W",
+            "2",
+            "-s",
+            &size.to_string(),
+            "-M",
+            "do",
+            "-q",
+            to,
+        ]))
+        .is_ok_and(|o| o.status.success())
     }
 
     /// Ping until it works (MAC learning and OVS start-up take a moment), up to `within`.
@@ -1045,6 +1074,47 @@ impl PaperLab {
     }
 }
 
+/// Poll `ok` every 10 ms until it holds; panics after `limit` (naming `what`); returns how long
+/// it took.
+pub fn within(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        if ok() {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Lab {
+    /// `status --json` of a site (from its daemon when one runs).
+    pub fn status_json(&self, site: &str) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.l2s_ok(site, &["status", "--json"])?,
+        )?)
+    }
+
+    /// Whether `site` reports VLAN `vlan` as up (its data path, not only its objects).
+    pub fn vlan_up(&self, site: &str, vlan: u16) -> bool {
+        self.status_json(site)
+            .ok()
+            .and_then(|st| {
+                st["vlans"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["id"] == vlan)
+                    .map(|v| v["up"] == true)
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// The OVS daemons, by program name (for [`Lab::kill_ovs_daemon`] and
+/// [`Lab::start_ovs_daemon`]).
+pub const OVSDB_SERVER: &str = "ovsdb-server";
+pub const OVS_VSWITCHD: &str = "ovs-vswitchd";
+
 /// A capture of the underlay bridge, running until stopped or dropped.
 pub struct Capture {
     child: Child,
@@ -1057,9 +1127,14 @@ pub const CLEAR_TEXT_VXLAN: &str = "udp port 4789 or (ip proto 17 and ip[6:2] & 
 impl Capture {
     /// Start capturing on the lab's underlay bridge (headers only) into `<lab>/<name>.pcap`.
     pub fn start(lab: &Lab, name: &str) -> Result<Capture> {
+        Self::on(lab, &lab.underlay_ns, "ul0", name)
+    }
+
+    /// Start capturing on `dev` in namespace `ns` (e.g. a VNF's `eth0`).
+    pub fn on(lab: &Lab, ns: &str, dev: &str, name: &str) -> Result<Capture> {
         let file = lab.dir.join(format!("{name}.pcap"));
-        let child = netns(&lab.underlay_ns, "tcpdump")
-            .args(["-i", "ul0", "-n", "-U", "-s", "128", "-w"])
+        let child = netns(ns, "tcpdump")
+            .args(["-i", dev, "-n", "-U", "-s", "128", "-w"])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1208,6 +1283,185 @@ impl Lab {
             }
         }
         bail!("no service within {limit:?}: {last}")
+    }
+}
+
+/// Faults an L2S VM meets in the field, made on purpose (the faults-under-load test and the
+/// soak benchmark).
+impl Lab {
+    /// Take a site's underlay interface down or up (a cable pulled, a provider outage).
+    pub fn set_underlay(&self, site: &str, up: bool) -> Result<()> {
+        sh(netns(&self.site(site).ns, "ip").args([
+            "link",
+            "set",
+            "eth1",
+            if up { "up" } else { "down" },
+        ]))?;
+        Ok(())
+    }
+
+    /// Drop `pct` % of the IPsec packets crossing the underlay (`None`: none). This kernel has
+    /// no netem, so loss comes from an nftables rule on the underlay bridge, and no delay.
+    pub fn set_underlay_loss(&self, pct: Option<u32>) -> Result<()> {
+        let _ =
+            run(netns(&self.underlay_ns, "nft").args(["delete", "table", "bridge", "l2slab_loss"]));
+        if let Some(pct) = pct {
+            let rules = format!(
+                "table bridge l2slab_loss {{\n  chain forward {{\n    type filter hook forward priority 0;\n    udp dport 4500 numgen random mod 100 < {pct} drop\n    ip protocol esp numgen random mod 100 < {pct} drop\n  }}\n}}\n"
+            );
+            let file = self.dir.join("loss.nft");
+            std::fs::write(&file, rules)?;
+            sh(netns(&self.underlay_ns, "nft").arg("-f").arg(&file))?;
+        }
+        Ok(())
+    }
+
+    /// Ask charon at `site` to rekey its IKE_SA with `peer` (e.g. "site-b"), without waiting.
+    pub fn rekey_ike(&self, site: &str, peer: &str) -> Result<()> {
+        let vici = self.site(site).dir.join("charon.vici");
+        sh(Command::new("swanctl").args([
+            "--rekey",
+            "--ike",
+            &format!("l2s-vnf:l2s0:{peer}"),
+            "--uri",
+            &format!("unix://{}", vici.display()),
+        ]))?;
+        Ok(())
+    }
+
+    /// A site's L2S VM goes down hard and boots again: the daemon, charon and OVS die
+    /// (SIGKILL); what the kernel held (VXLAN devices, nftables, policy rules, routes, MTUs of
+    /// the access NICs) is gone; OVS's database survives on disk. Then everything starts from
+    /// the site's config, as at boot.
+    pub fn reboot_site(&mut self, site: &str) -> Result<()> {
+        let _ = self.stop_daemon(site, libc::SIGKILL);
+        self.kill_charon(site);
+        self.kill_ovs(site);
+        let ns = self.site(site).ns.clone();
+        for dev in self.links(&ns) {
+            if dev.starts_with("l2s") || dev.starts_with("ipsec") {
+                let _ = run(netns(&ns, "ip").args(["link", "del", &dev]));
+            } else if dev.starts_with("acc") {
+                let _ = run(netns(&ns, "ip").args(["link", "set", &dev, "mtu", "1500"]));
+            }
+        }
+        let _ = run(netns(&ns, "nft").args(["flush", "ruleset"]));
+        while run(netns(&ns, "ip").args(["rule", "del", "pref", "100"]))
+            .is_ok_and(|o| o.status.success())
+        {}
+        let _ = run(netns(&ns, "ip").args(["route", "flush", "table", "220"]));
+        self.restart_ovs(site)?;
+        self.start_charon(site)?;
+        self.start_daemon(site)?;
+        Ok(())
+    }
+}
+
+/// The faults of the faults-under-load test and the soak benchmark, each alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Site C's underlay link down for 5 s, then up.
+    UnderlayDown,
+    /// 5 % loss on the underlay for 10 s with forced IKE rekeys from site A.
+    LossWithRekeys,
+    /// Site B's ovs-vswitchd killed alone, started again after 1 s.
+    VswitchdKilled,
+    /// Site B's ovsdb-server killed alone, started again after 1 s.
+    OvsdbKilled,
+    /// Site C's charon killed right after it started an IKE rekey, started again after 1 s.
+    CharonKilledMidRekey,
+    /// Site C's L2S VM rebooted (see [`Lab::reboot_site`]).
+    SiteRebooted,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::UnderlayDown,
+        Fault::LossWithRekeys,
+        Fault::VswitchdKilled,
+        Fault::OvsdbKilled,
+        Fault::CharonKilledMidRekey,
+        Fault::SiteRebooted,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Fault::UnderlayDown => "underlay of site C down for 5 s",
+            Fault::LossWithRekeys => "5 % loss on the underlay for 10 s, with forced IKE rekeys",
+            Fault::VswitchdKilled => "ovs-vswitchd of site B killed alone, restarted after 1 s",
+            Fault::OvsdbKilled => "ovsdb-server of site B killed alone, restarted after 1 s",
+            Fault::CharonKilledMidRekey => "charon of site C killed in the middle of an IKE rekey",
+            Fault::SiteRebooted => "site C rebooted (daemon, charon, OVS and kernel state gone)",
+        }
+    }
+
+    /// The site it strikes (the loss strikes the underlay, seen from site A and B's pair).
+    pub fn site(self) -> &'static str {
+        match self {
+            Fault::UnderlayDown | Fault::CharonKilledMidRekey | Fault::SiteRebooted => "c",
+            Fault::VswitchdKilled | Fault::OvsdbKilled | Fault::LossWithRekeys => "b",
+        }
+    }
+
+    /// Roughly how long it lasts, in seconds.
+    pub fn secs(self) -> u32 {
+        match self {
+            Fault::UnderlayDown | Fault::SiteRebooted => 5,
+            Fault::LossWithRekeys => 10,
+            Fault::CharonKilledMidRekey => 3,
+            Fault::VswitchdKilled | Fault::OvsdbKilled => 2,
+        }
+    }
+
+    /// Make it happen and clear it again (returns when the fault has cleared).
+    pub fn inflict(self, lab: &mut Lab) -> Result<()> {
+        let pause = |s: f64| std::thread::sleep(Duration::from_secs_f64(s));
+        match self {
+            Fault::UnderlayDown => {
+                lab.set_underlay("c", false)?;
+                pause(5.0);
+                lab.set_underlay("c", true)?;
+            }
+            Fault::LossWithRekeys => {
+                lab.set_underlay_loss(Some(5))?;
+                for _ in 0..2 {
+                    lab.rekey_ike("a", "site-b")?;
+                    lab.rekey_ike("a", "site-c")?;
+                    pause(5.0);
+                }
+                lab.set_underlay_loss(None)?;
+            }
+            Fault::VswitchdKilled | Fault::OvsdbKilled => {
+                let which = if self == Fault::VswitchdKilled {
+                    OVS_VSWITCHD
+                } else {
+                    OVSDB_SERVER
+                };
+                lab.kill_ovs_daemon("b", which);
+                pause(1.0);
+                lab.start_ovs_daemon("b", which)?;
+            }
+            Fault::CharonKilledMidRekey => {
+                lab.rekey_ike("c", "site-a")?;
+                pause(0.005);
+                lab.kill_charon("c");
+                pause(1.0);
+                lab.start_charon("c")?;
+            }
+            Fault::SiteRebooted => lab.reboot_site("c")?,
+        }
+        Ok(())
+    }
+}
+
+impl PaperLab {
+    /// The pair of VNFs a fault cuts off, and one it must leave alone (if any).
+    pub fn pairs_for(&self, f: Fault) -> ((&Vnf, &Vnf), Option<(&Vnf, &Vnf)>) {
+        match f.site() {
+            "c" => ((&self.a101, &self.c101), Some((&self.a102, &self.b102))),
+            _ if f == Fault::LossWithRekeys => ((&self.a101, &self.b101), None),
+            _ => ((&self.a102, &self.b102), Some((&self.a101, &self.c101))),
+        }
     }
 }
 

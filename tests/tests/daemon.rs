@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use l2s_lab::{netns, require_lab, run, sh, Capture, Lab, PaperLab, PingStream, Vnf};
+use l2s_lab::{netns, require_lab, run, sh, within, Capture, Lab, PaperLab, PingStream, Vnf};
 
 const REPAIR_LIMIT: Duration = Duration::from_secs(2);
 const SERVICE_LIMIT: Duration = Duration::from_secs(10);
@@ -28,18 +28,6 @@ fn start_all(t: &mut PaperLab) {
     );
 }
 
-/// Poll `ok` until it holds; panics after `limit` (with `what`), returns how long it took.
-fn within(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    loop {
-        if ok() {
-            return t.elapsed();
-        }
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn in_ns(ns: &str, prog: &str, args: &[&str]) -> String {
     sh(netns(ns, prog).args(args)).unwrap()
 }
@@ -48,25 +36,6 @@ fn flood(ns: &str, dev: &str) -> String {
     run(netns(ns, "bridge").args(["fdb", "show", "dev", dev]))
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
-}
-
-fn status_json(lab: &Lab, site: &str) -> serde_json::Value {
-    serde_json::from_str(&lab.l2s_ok(site, &["status", "--json"]).unwrap()).unwrap()
-}
-
-/// Whether the daemon at `site` reports VLAN `vlan` as up in `status --json`.
-fn vlan_up(lab: &Lab, site: &str, vlan: u16) -> bool {
-    lab.l2s_ok(site, &["status", "--json"])
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|st| {
-            st["vlans"]
-                .as_array()?
-                .iter()
-                .find(|v| v["id"] == vlan)
-                .map(|v| v["up"] == true)
-        })
-        .unwrap_or(false)
 }
 
 /// charon's view at a site, through its VICI socket.
@@ -287,7 +256,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
     let mut figures: Vec<(&str, Duration, Duration)> = vec![];
     for d in &drifts {
         let repairs = || {
-            status_json(lab, "a")["daemon"]["repairs_total"]
+            lab.status_json("a").unwrap()["daemon"]["repairs_total"]
                 .as_u64()
                 .unwrap()
         };
@@ -296,7 +265,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
         let repair = within(
             REPAIR_LIMIT,
             &format!("{}: repaired and VLAN {} up", d.what, d.vlan),
-            || (d.repaired)() && vlan_up(lab, "a", d.vlan),
+            || (d.repaired)() && lab.vlan_up("a", d.vlan),
         );
         let mut slowest = Duration::ZERO;
         for (from, to) in &d.traffic {
@@ -328,7 +297,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
         REPAIR_LIMIT,
         "status reports the missing access port",
         || {
-            let st = status_json(lab, "a");
+            let st = lab.status_json("a").unwrap();
             st["vlans"]
                 .as_array()
                 .unwrap()
@@ -344,7 +313,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
     );
     lab.replug(a101, access_mtu).unwrap();
     within(REPAIR_LIMIT, "VLAN 101 up after the VNF came back", || {
-        vlan_up(lab, "a", 101)
+        lab.vlan_up("a", 101)
     });
     lab.service_within(a101, b101, REPAIR_LIMIT).unwrap();
 
@@ -394,7 +363,7 @@ fn daemon_survives_crashes_and_restarts() {
     t.lab.start_daemon("a").unwrap();
     let (sent, received) = stream.finish().unwrap();
     assert_eq!(received, sent, "packets lost across kill -9 and restart");
-    let st = status_json(&t.lab, "a");
+    let st = t.lab.status_json("a").unwrap();
     let last = &st["daemon"]["last_reconcile"];
     assert_eq!(last["trigger"], "start", "{st:#}");
     assert_eq!(
@@ -477,7 +446,7 @@ fn reload_applies_the_delta_keeps_a_broken_config_out_and_does_not_leak() {
         t.lab.daemon_pid("a").is_some(),
         "the daemon died of a bad config"
     );
-    let st = status_json(&t.lab, "a");
+    let st = t.lab.status_json("a").unwrap();
     assert!(
         st["daemon"]["reloads_failed"].as_u64().unwrap() >= 2,
         "{st:#}"
@@ -600,7 +569,7 @@ fn single_instance_late_ports_and_metrics() {
     assert!(lab.daemon_pid("a") == Some(pid));
 
     // `late0` does not exist yet: a warning, not a failure; it joins when it appears.
-    let st = status_json(&lab, "a");
+    let st = lab.status_json("a").unwrap();
     let warnings = st["warnings"].to_string();
     assert!(warnings.contains("late0"), "{st:#}");
     let ns = lab.site("a").ns.clone();

@@ -116,22 +116,9 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
         "pings over IPsec that failed"
     );
     // A don't-fragment ping of exactly the access MTU passes.
-    let df = run(netns(&t.a101.ns, "ping").args([
-        "-M",
-        "do",
-        "-s",
-        &(mtu - 28).to_string(),
-        "-c",
-        "3",
-        "-W",
-        "2",
-        &t.b101.ip,
-    ]))
-    .unwrap();
     assert!(
-        df.status.success(),
-        "DF ping of {mtu} bytes: {}",
-        String::from_utf8_lossy(&df.stdout)
+        lab.ping_df(&t.a101, &t.b101.ip, mtu - 28),
+        "DF ping of {mtu} bytes"
     );
 
     let (a101, b101, c101) = (&t.a101, &t.b101, &t.c101);

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use l2s_lab::{netns, require_lab, sh, Capture, Lab, PaperLab, Vnf};
+use l2s_lab::{netns, require_lab, sh, within, Capture, Lab, PaperLab, Vnf};
 
 fn json(lab: &Lab, site: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&lab.l2s_ok(site, args).unwrap()).unwrap()
@@ -17,17 +17,6 @@ fn mac_of(v: &Vnf) -> String {
         .unwrap()
         .trim()
         .to_string()
-}
-
-fn within(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    loop {
-        if ok() {
-            return t.elapsed();
-        }
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Where site A's MAC table puts `mac` on `vlan`: ("port", name) or ("peer", site).
@@ -361,22 +350,6 @@ fn storm_control_holds_a_broadcast_storm_to_its_limit() {
     assert!(!flows.contains("meter:"), "{flows}");
 }
 
-/// A ping of `size` bytes of payload that must not be fragmented by the sender.
-fn ping_size(from: &Vnf, to: &str, size: u32) -> bool {
-    l2s_lab::run(netns(&from.ns, "ping").args([
-        "-c",
-        "2",
-        "-W",
-        "1",
-        "-s",
-        &size.to_string(),
-        "-M",
-        "do",
-        to,
-    ]))
-    .is_ok_and(|o| o.status.success())
-}
-
 fn sa_bytes(lab: &Lab, site: &str, peer: &str) -> u64 {
     let st = json(lab, site, &["status", "--json"]);
     st["peers"]
@@ -409,7 +382,7 @@ fn vnfs_that_keep_mtu_1500_are_named_and_work_with_outer_fragmentation() {
     assert!(mtu < 1500, "access MTU {mtu}");
     assert_eq!(lab.mtu(&t.a101.ns, "eth0"), Some(1500));
     assert!(
-        !ping_size(&t.a101, &t.b101.ip, 1472),
+        !lab.ping_df(&t.a101, &t.b101.ip, 1472),
         "a 1500-byte packet crossed an access port of MTU {mtu}"
     );
     // …and status says where and why instead of a silent black hole.
@@ -448,7 +421,7 @@ fn vnfs_that_keep_mtu_1500_are_named_and_work_with_outer_fragmentation() {
     within(
         Duration::from_secs(20),
         "1500-byte packets across sites",
-        || ping_size(&t.a101, &t.b101.ip, 1472) && ping_size(&t.a101, &t.c101.ip, 1472),
+        || lab.ping_df(&t.a101, &t.b101.ip, 1472) && lab.ping_df(&t.a101, &t.c101.ip, 1472),
     );
     let bps = lab.tcp_transfer(&t.b101, &t.a101, "4M").unwrap();
     // The daemon's status carries the SA counters of its last look at charon.
