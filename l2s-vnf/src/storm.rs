@@ -52,6 +52,11 @@ pub struct ObservedStorm {
 }
 
 impl ObservedStorm {
+    /// Nothing of ours in force.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty() && self.meters.is_empty()
+    }
+
     /// Packets storm control dropped from this port.
     pub fn limited(&self, p: &ObservedPort) -> u64 {
         p.iface

@@ -11,6 +11,7 @@
 //!    Errors here are collected (every step is still tried) and reported.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,8 @@ pub struct System {
     pub replica: Option<Arc<Replica>>,
     /// ovs-ofctl's address of the bridge (storm control).
     pub ofctl_target: String,
+    /// Whether observing reads storm control (see [`System::note_storm`]).
+    observe_storm: AtomicBool,
 }
 
 impl System {
@@ -103,7 +106,21 @@ impl System {
             vici,
             replica: None,
             ofctl_target: crate::storm::target(&cfg.switch.ovsdb, &cfg.switch.bridge),
+            observe_storm: AtomicBool::new(true),
         })
+    }
+
+    /// Storm control is read from ovs-vswitchd over OpenFlow — two round trips that wait for
+    /// its main loop, slow on a bridge of thousands of ports — only while it matters: limits
+    /// configured, or ours seen in force. With neither, nothing of ours can appear (only
+    /// l2s-vnf adds it), so the daemon stops asking until a config wants limits again.
+    pub fn note_storm(&self, desired: &DesiredState, actual: &ActualState) {
+        let needed =
+            !desired.storm.is_empty() || actual.storm.as_ref().is_some_and(|s| !s.is_empty());
+        // Unknown (not read, or unreadable) and not wanted: keep asking as before.
+        if needed || actual.storm.is_some() {
+            self.observe_storm.store(needed, Ordering::Relaxed);
+        }
     }
 
     /// Read everything this instance may own, all sources at once.
@@ -155,7 +172,11 @@ impl System {
                 .unwrap_or_default()
         };
         let target = self.ofctl_target.clone();
+        let read_storm = self.observe_storm.load(Ordering::Relaxed);
         let storm = async {
+            if !read_storm {
+                return None;
+            }
             tokio::task::spawn_blocking(move || crate::storm::observe(&target))
                 .await
                 .ok()

@@ -115,6 +115,7 @@ impl Daemon {
             wait_for_missing_ports: true,
         };
         let p = apply::prepare_with(&self.cfg, sys, opts).await?;
+        sys.note_storm(&p.desired, &p.actual);
         self.vtep = Some(p.facts.vtep_ip);
         if self.access_mtu != p.desired.access_mtu {
             self.refused_base = status::refused_frames(&p.actual);
