@@ -1074,6 +1074,26 @@ impl PaperLab {
     }
 }
 
+/// A benchmark's `--name VALUE` argument, or `default` when absent or unparsable.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A benchmark's `--name 1,2,3` argument, or `default`.
+pub fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
 /// Poll `ok` every 10 ms until it holds; panics after `limit` (naming `what`); returns how long
 /// it took.
 pub fn within(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
@@ -1214,21 +1234,9 @@ impl PingStream {
 }
 
 /// A VNF gone wrong (a loop, a storm): minimum-size broadcast frames (EtherType 0x88b5) out
-/// of a device (argv[2]) as fast as one core sends them, for `secs` seconds (argv[1]).
-const BLAST: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((sys.argv[2], 0))
-mac = bytes.fromhex(open("/sys/class/net/%s/address" % sys.argv[2]).read().strip().replace(":", ""))
-frame = b"\xff" * 6 + mac + b"\x88\xb5" + b"storm" + bytes(41)
-end = time.time() + float(sys.argv[1])
-while time.time() < end:
-    for _ in range(1000):
-        try:
-            s.send(frame)
-        except OSError:
-            pass
-"#;
+/// of a device (argv[2]) as fast as one core sends them, for `secs` seconds (argv[1]). The
+/// guest lab runs the same script.
+const BLAST: &str = include_str!("../guest/lab/storm.py");
 
 impl Lab {
     /// Start a broadcast storm from `from` into the switch (see [`BLAST`]); it ends by itself

@@ -16,16 +16,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use l2s_lab::{netns, run, sh, Lab};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use l2s_lab::{arg, netns, run, sh, Lab};
 
 fn config(lab: &Lab, vlans: u64, peers: u64, psk: Option<&std::path::Path>) -> String {
     let control = lab.site("a").dir.join("control.sock");
@@ -141,7 +132,7 @@ fn main() -> Result<()> {
     for _ in 0..repeat {
         sh(netns(&ns, "ip").args(["link", "del", &probe]))?;
         // Repaired: the device is back with its flood entries, and its port re-added.
-        let d = wait_for(Duration::from_secs(10), || {
+        let d = wait_for(Duration::from_secs(60), || {
             run(netns(&ns, "bridge").args(["fdb", "show", "dev", &probe]))
                 .map(|o| {
                     String::from_utf8_lossy(&o.stdout)
@@ -154,7 +145,7 @@ fn main() -> Result<()> {
         })?;
         dev.push(d.as_secs_f64() * 1e3);
         lab.vsctl("a", &["del-port", "l2s0", &probe])?;
-        let d = wait_for(Duration::from_secs(10), || {
+        let d = wait_for(Duration::from_secs(60), || {
             lab.vsctl("a", &["get", "port", &probe, "tag"]).is_ok()
         })?;
         port.push(d.as_secs_f64() * 1e3);
@@ -163,6 +154,8 @@ fn main() -> Result<()> {
 
     // Idle.
     let (rss, hwm) = (proc_status(pid, "VmRSS:")?, proc_status(pid, "VmHWM:")?);
+    let reconciles = |s: &serde_json::Value| s["daemon"]["reconciles"].as_u64().unwrap_or(0);
+    let r0 = reconciles(&status(&lab)?);
     let c0 = cpu_ticks(pid)?;
     std::thread::sleep(Duration::from_secs(idle));
     let c1 = cpu_ticks(pid)?;
@@ -195,7 +188,11 @@ fn main() -> Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    println!("idle CPU over {idle} s: {cpu:.2}% of one core");
+    println!(
+        "idle CPU over {idle} s: {cpu:.2}% of one core ({} reconciles in that time, the last: {})",
+        reconciles(&s) - r0,
+        periodic["trigger"]
+    );
     println!(
         "repairs counted by the daemon: {}",
         s["daemon"]["repairs_total"]

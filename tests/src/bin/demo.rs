@@ -17,23 +17,14 @@ fn banner(s: &str) {
     println!("\n==== {s} ====");
 }
 
-/// `status --json` of a site.
-fn status(lab: &Lab, site: &str) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(
-        &lab.l2s_ok(site, &["status", "--json"])?,
-    )?)
-}
-
 /// Peers of a site whose SA is up.
 fn sas_up(lab: &Lab, site: &str) -> usize {
-    status(lab, site)
+    lab.status_json(site)
         .ok()
         .and_then(|s| {
-            s["peers"].as_array().map(|p| {
-                p.iter()
-                    .filter(|p| p["up"].as_bool() == Some(true))
-                    .count()
-            })
+            s["peers"]
+                .as_array()
+                .map(|p| p.iter().filter(|p| p["up"].as_bool() == Some(true)).count())
         })
         .unwrap_or(0)
 }
@@ -72,7 +63,7 @@ fn main() -> Result<()> {
         up_since.elapsed().as_secs_f64()
     );
     // VNFs learn the access MTU as DHCP on the access network would tell them.
-    let mtu = status(lab, "a")?["access_mtu"]
+    let mtu = lab.status_json("a")?["access_mtu"]
         .as_u64()
         .context("no access MTU in status")? as u32;
     lab.set_vnf_mtu(&t.vnfs(), mtu)?;

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use l2s_lab::arg;
 use l2s_lab::guest::{self, Accel, Boot, Guest, Image, Underlay};
 
 /// The paper's figures (Vidal et al., Electronics 2021), Mbit/s.
@@ -21,15 +22,6 @@ const PAPER_VXLAN: f64 = 1130.0;
 const PAPER_IPSEC_1450: f64 = 556.0;
 const PAPER_IPSEC_1400: f64 = 616.0;
 const PSK: &str = "l2s-guest-bench-psk-for-testing-only";
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One L2S VM of the pair: its underlay address, its VNF's address.
 struct Vm {

@@ -13,16 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use l2s_lab::{l2s_bin, netns, run, scale_vlan, sh, Lab};
-
-fn arg_list(name: &str, default: &[usize]) -> Vec<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
-}
+use l2s_lab::{arg_list, l2s_bin, netns, run, scale_vlan, sh, Lab};
 
 /// `l2s-vnf -c <site a config> CMD`: (wall time, peak RSS in KiB).
 fn l2s_timed(lab: &Lab, cmd: &str) -> Result<(Duration, i64)> {

@@ -9,16 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use l2s_lab::{Fault, Lab, PaperLab, PingStream};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let a: Vec<String> = std::env::args().collect();
-    a.iter()
-        .position(|x| x == name)
-        .and_then(|i| a.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use l2s_lab::{arg, Fault, Lab, PaperLab, PingStream};
 
 /// (RSS in KiB, open fds) of a process.
 fn footprint(pid: u32) -> Option<(u64, usize)> {

@@ -10,16 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use l2s_lab::{netns, sh, Lab, VlanSpec};
-
-fn arg(name: &str, default: u32) -> u32 {
-    let a: Vec<String> = std::env::args().collect();
-    a.iter()
-        .position(|x| x == name)
-        .and_then(|i| a.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use l2s_lab::{arg, netns, sh, Lab, VlanSpec};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
