@@ -593,7 +593,88 @@ fn the_paper_sites_on_the_production_stack() {
         "systemctl restart openvswitch-switch",
     );
 
-    // 8. The capture over the whole scenario, and the SA counters grew (not clear text).
+    // 8. Running it like a switch, on the kernel datapath: the MAC table, path health inside
+    // the SAs, counters, and storm control by reload (OpenFlow meters in the kernel datapath).
+    s.service("before the switch checks");
+    let mac = |ns: &str| {
+        s.sh(&format!(
+            "ip netns exec {ns} cat /sys/class/net/eth0/address"
+        ))
+        .trim()
+        .to_string()
+    };
+    let (a_mac, b_mac) = (mac("a101"), mac("b101"));
+    let macs: serde_json::Value =
+        serde_json::from_str(&s.sh("l2s-vnf macs --vlan 101 --json")).unwrap();
+    let at = |m: &str| {
+        macs["macs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == m)
+            .cloned()
+            .unwrap_or_else(|| panic!("{m} not in the MAC table: {macs:#}"))
+    };
+    assert!(at(&a_mac)["port"].is_string(), "{macs:#}");
+    assert_eq!(at(&b_mac)["peer"], "site-b", "{macs:#}");
+    let probe: serde_json::Value =
+        serde_json::from_str(&s.sh("l2s-vnf probe --secs 2 --json")).unwrap();
+    let paths = probe["paths"].as_object().map(|o| o.len()).unwrap_or(0);
+    assert!(paths >= 2, "probe: {probe:#}");
+    for (peer, h) in probe["paths"].as_object().unwrap() {
+        assert_eq!(h["mtu_ok"], true, "{peer}: {h:#}");
+        assert!(h["loss_pct"].as_f64().unwrap() < 100.0, "{peer}: {h:#}");
+    }
+    let vlan101 = |st: &serde_json::Value| {
+        st["vlans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == 101)
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        vlan101(&s.status("site-a"))["counters"]["rx_packets"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    s.sh("sed -i 's/^\\[ipsec\\]$/[switch]\\nbum_limit_pps = 200\\n\\n[ipsec]/' /etc/l2s-vnf/site.toml && systemctl reload l2s-vnf");
+    let meters = s.sh("ovs-ofctl -O OpenFlow13 dump-meters l2s0");
+    assert!(
+        meters.contains("rate=200"),
+        "no meter after the reload: {meters}"
+    );
+    let rx = || -> u64 {
+        s.sh("ip netns exec b101 cat /sys/class/net/eth0/statistics/rx_packets")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let rx0 = rx();
+    let t = Instant::now();
+    s.sh("ip netns exec a101 /root/lab/storm.py 5 eth0");
+    let rate = (rx() - rx0) as f64 / t.elapsed().as_secs_f64();
+    let limited = vlan101(&s.status("site-a"))["counters"]["bum_limited"]
+        .as_u64()
+        .unwrap();
+    eprintln!(
+        "guest: a broadcast storm at site A, limited to 200 pps per port: site B received {rate:.0} frames/s, {limited} dropped by the meter"
+    );
+    assert!(limited > 0, "the meter dropped nothing");
+    assert!(rate < 300.0, "site B received {rate:.0} frames/s");
+    s.event(
+        "storm control removed by reload",
+        "sed -i '/^bum_limit_pps = 200$/d' /etc/l2s-vnf/site.toml && systemctl reload l2s-vnf",
+    );
+    assert!(
+        !s.sh("ovs-ofctl -O OpenFlow13 dump-meters l2s0")
+            .contains("meter="),
+        "the meter stayed"
+    );
+
+    // 9. The capture over the whole scenario, and the SA counters grew (not clear text).
     let esp = s.capture_clean("the whole scenario");
     eprintln!("guest: {esp} ESP packets on the underlay, no clear-text VXLAN, no fragments");
     let counters = s.sh("ip -s xfrm state | grep -A0 -E '^\\s+[0-9]+\\(bytes\\)'");
@@ -607,7 +688,7 @@ fn the_paper_sites_on_the_production_stack() {
         "SA byte counters: {counters}"
     );
 
-    // 9. down, then purge: nothing of ours is left.
+    // 10. down, then purge: nothing of ours is left.
     s.sh("systemctl stop l2s-vnf");
     let down = s.sh("l2s-vnf down");
     assert!(
