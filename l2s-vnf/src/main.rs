@@ -89,8 +89,23 @@ fn init_logging() {
         .init();
 }
 
+/// A command whose output is piped into `head` ends quietly when the reader goes, as any Unix
+/// tool does (Rust ignores SIGPIPE, which turns a closed pipe into a panic). Not for the
+/// daemon: a control client that hangs up must not kill it.
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        restore_sigpipe();
+    }
     init_logging();
     let loaded = SiteConfig::load(&cli.config);
     // Two workers: the kernel's dumps and ovsdb-server's answers of a large observation
