@@ -10,10 +10,28 @@
 //! Needs root and tests/deps.sh's packages.
 
 use std::io::BufRead as _;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use l2s_lab::guest::{self, Boot, Guest, Image};
+
+/// Set when the wait for the user ends: Enter, SIGTERM or SIGINT.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stop_on_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,12 +62,21 @@ fn main() -> Result<()> {
                 g.ssh_command()
             );
             println!("in it: cloud-init status --wait; systemctl status l2s-vnf; l2s-vnf status");
-            match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
-                Some(secs) => std::thread::sleep(Duration::from_secs(secs)),
-                None => {
-                    println!("press Enter to remove the guest");
+            let limit = args.get(1).and_then(|s| s.parse::<u64>().ok());
+            if limit.is_none() {
+                println!("press Enter to remove the guest");
+                std::thread::spawn(|| {
                     let _ = std::io::stdin().lock().lines().next();
-                }
+                    STOP.store(true, Ordering::Relaxed);
+                });
+            }
+            // SIGTERM and SIGINT end the wait too, so the guest is removed (by its Drop).
+            stop_on_signals();
+            let t = Instant::now();
+            while !STOP.load(Ordering::Relaxed)
+                && limit.is_none_or(|secs| t.elapsed() < Duration::from_secs(secs))
+            {
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
         _ => bail!("usage: l2s-guest image | up [SECS]"),
