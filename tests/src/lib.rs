@@ -1115,6 +1115,45 @@ impl Lab {
         )?)
     }
 
+    /// The peers of `site` whose SA its status shows up.
+    pub fn sas_up(&self, site: &str) -> usize {
+        self.status_json(site)
+            .ok()
+            .and_then(|st| {
+                st["peers"]
+                    .as_array()
+                    .map(|p| p.iter().filter(|p| p["up"] == true).count())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether `site`'s status shows its SA with `peer` (e.g. "site-b") up.
+    pub fn sa_up(&self, site: &str, peer: &str) -> bool {
+        self.status_json(site).ok().is_some_and(|st| {
+            st["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == peer && p["up"] == true)
+        })
+    }
+
+    /// Bytes `site`'s SAs carried both ways (charon's counters, as status reads them), with
+    /// `peer` only, or with every peer: a measurement of IPsec must see them grow.
+    pub fn sa_bytes(&self, site: &str, peer: Option<&str>) -> Result<u64> {
+        let st = self.status_json(site)?;
+        Ok(st["peers"]
+            .as_array()
+            .context("no peers in status")?
+            .iter()
+            .filter(|p| peer.is_none_or(|name| p["name"] == name))
+            .map(|p| {
+                p["sa"]["bytes_in"].as_u64().unwrap_or(0)
+                    + p["sa"]["bytes_out"].as_u64().unwrap_or(0)
+            })
+            .sum())
+    }
+
     /// Whether `site` reports VLAN `vlan` as up (its data path, not only its objects).
     pub fn vlan_up(&self, site: &str, vlan: u16) -> bool {
         self.status_json(site)
@@ -1165,14 +1204,24 @@ impl Capture {
 
     /// Packets so far matching a tcpdump filter.
     pub fn count(&self, filter: &str) -> usize {
+        self.packets(filter).len()
+    }
+
+    /// Packets so far matching a tcpdump filter, one line each as tcpdump prints them.
+    pub fn packets(&self, filter: &str) -> Vec<String> {
         Command::new("tcpdump")
             .args(["-n", "-r"])
             .arg(&self.file)
             .arg(filter)
             .stderr(Stdio::null())
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-            .unwrap_or(0)
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Clear-text VXLAN packets so far (must always be zero with IPsec on), counting the

@@ -278,21 +278,10 @@ fn sh_out(lab: &Lab, site: &str, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whether `site`'s status shows its SA with `peer` up.
-fn peer_up(lab: &Lab, site: &str, peer: &str) -> bool {
-    let st = lab.l2s_ok(site, &["status", "--json"]).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&st).unwrap_or_default();
-    v["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| p["name"] == format!("site-{peer}") && p["up"] == true)
-}
-
 fn wait_peer(lab: &Lab, site: &str, peer: &str, within: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < within {
-        if peer_up(lab, site, peer) {
+        if lab.sa_up(site, &format!("site-{peer}")) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -324,7 +313,7 @@ fn wrong_psk_fails_that_peer_only() {
     );
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        !peer_up(&t.lab, "a", "c") && !peer_up(&t.lab, "b", "c"),
+        !t.lab.sa_up("a", "site-c") && !t.lab.sa_up("b", "site-c"),
         "an SA with the wrong PSK came up"
     );
     let status = t.lab.l2s_ok("a", &["status"]).unwrap();

@@ -350,19 +350,6 @@ fn storm_control_holds_a_broadcast_storm_to_its_limit() {
     assert!(!flows.contains("meter:"), "{flows}");
 }
 
-fn sa_bytes(lab: &Lab, site: &str, peer: &str) -> u64 {
-    let st = json(lab, site, &["status", "--json"]);
-    st["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == peer)
-        .map(|p| {
-            p["sa"]["bytes_out"].as_u64().unwrap_or(0) + p["sa"]["bytes_in"].as_u64().unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn vnfs_that_keep_mtu_1500_are_named_and_work_with_outer_fragmentation() {
     require_lab!();
@@ -417,7 +404,7 @@ fn vnfs_that_keep_mtu_1500_are_named_and_work_with_outer_fragmentation() {
         Some(1500)
     );
     let mut cap = Capture::start(lab, "outer-fragmentation").unwrap();
-    let sa0 = sa_bytes(lab, "a", "site-b");
+    let sa0 = lab.sa_bytes("a", Some("site-b")).unwrap();
     within(
         Duration::from_secs(20),
         "1500-byte packets across sites",
@@ -430,7 +417,7 @@ fn vnfs_that_keep_mtu_1500_are_named_and_work_with_outer_fragmentation() {
         Duration::from_secs(15),
         "the transfer counted by the SA",
         || {
-            grown = sa_bytes(lab, "a", "site-b") - sa0;
+            grown = lab.sa_bytes("a", Some("site-b")).unwrap() - sa0;
             grown > 4_000_000
         },
     );

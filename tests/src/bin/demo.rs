@@ -11,22 +11,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use l2s_lab::{Capture, Lab, PaperLab};
+use l2s_lab::{Capture, PaperLab};
 
 fn banner(s: &str) {
     println!("\n==== {s} ====");
-}
-
-/// Peers of a site whose SA is up.
-fn sas_up(lab: &Lab, site: &str) -> usize {
-    lab.status_json(site)
-        .ok()
-        .and_then(|s| {
-            s["peers"]
-                .as_array()
-                .map(|p| p.iter().filter(|p| p["up"].as_bool() == Some(true)).count())
-        })
-        .unwrap_or(0)
 }
 
 fn main() -> Result<()> {
@@ -52,7 +40,7 @@ fn main() -> Result<()> {
     let lab = &t.lab;
     let up_since = Instant::now();
     // A and B share both VLANs, C only 101: every site has two peers.
-    while ["a", "b", "c"].iter().any(|s| sas_up(lab, s) < 2) {
+    while ["a", "b", "c"].iter().any(|s| lab.sas_up(s) < 2) {
         if up_since.elapsed() > Duration::from_secs(60) {
             bail!("SAs not up within 60 s:\n{}", lab.l2s_ok("a", &["status"])?);
         }
@@ -95,10 +83,14 @@ fn main() -> Result<()> {
     cap.stop();
     let esp = cap.count("esp or udp port 4500");
     let clear = cap.clear_text_vxlan();
-    let other = cap.count("ip and not (esp or udp port 4500 or udp port 500)");
+    let others = cap.packets("ip and not (esp or udp port 4500 or udp port 500)");
+    let other = others.len();
     println!(
         "underlay capture: {esp} ESP packets (in UDP 4500: libipsec), {clear} clear-text VXLAN, {other} other IP packets"
     );
+    for p in &others {
+        println!("  other: {p}");
+    }
 
     banner("l2s-vnf macs (site A): which MAC is behind which port or site");
     print!("{}", lab.l2s_ok("a", &["macs"])?);

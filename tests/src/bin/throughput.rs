@@ -17,25 +17,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn peers_up(lab: &Lab, site: &str) -> usize {
-    let st = lab.l2s_ok(site, &["status", "--json"]).unwrap_or_default();
-    st.matches("\"up\": true").count()
-}
-
-/// Bytes the site's SAs have carried, both ways, over all peers (charon's own counters, read
-/// by `status`): a measurement of IPsec must see them grow, or it measured clear text.
-fn sa_bytes(lab: &Lab, site: &str) -> Result<u64> {
-    let st: serde_json::Value = serde_json::from_str(&lab.l2s_ok(site, &["status", "--json"])?)?;
-    Ok(st["peers"]
-        .as_array()
-        .context("no peers in status")?
-        .iter()
-        .map(|p| {
-            p["sa"]["bytes_in"].as_u64().unwrap_or(0) + p["sa"]["bytes_out"].as_u64().unwrap_or(0)
-        })
-        .sum())
-}
-
 fn set_mtu(lab: &Lab, site: &str, dev: &str, mtu: u32) -> Result<()> {
     sh(netns(&lab.site(site).ns, "ip").args(["link", "set", dev, "mtu", &mtu.to_string()]))?;
     Ok(())
@@ -64,7 +45,7 @@ fn main() -> Result<()> {
                    client_ns: &str|
      -> Result<f64> {
         let ipsec = what.contains("IPsec");
-        let sa0 = if ipsec { sa_bytes(lab, "a")? } else { 0 };
+        let sa0 = if ipsec { lab.sa_bytes("a", None)? } else { 0 };
         let mut v = vec![];
         for _ in 0..runs {
             v.push(lab.iperf(server_ns, server_ip, client_ns, secs)? / 1e6);
@@ -72,7 +53,7 @@ fn main() -> Result<()> {
         if ipsec {
             // What iperf3 moved, at the least; the SAs carry it plus every header.
             let moved = v.iter().sum::<f64>() * 1e6 / 8.0 * f64::from(secs);
-            let grown = sa_bytes(lab, "a")? - sa0;
+            let grown = lab.sa_bytes("a", None)? - sa0;
             if (grown as f64) < moved {
                 bail!("{what}: the SAs carried {grown} bytes of the {moved:.0} measured: not all of it was encrypted");
             }
@@ -114,7 +95,7 @@ fn main() -> Result<()> {
         lab.l2s_ok(s, &["apply"])?;
     }
     let t = Instant::now();
-    while peers_up(&lab, "a") < 1 && t.elapsed() < Duration::from_secs(30) {
+    while lab.sas_up("a") < 1 && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let plan = lab.l2s_ok("a", &["plan"])?;
@@ -207,7 +188,7 @@ fn main() -> Result<()> {
     for _ in 0..sa_reps {
         let t = Instant::now();
         lab.l2s_ok("a", &["apply"])?;
-        while peers_up(&lab, "a") < 8 {
+        while lab.sas_up("a") < 8 {
             if t.elapsed() > Duration::from_secs(60) {
                 bail!(
                     "8 SAs not up within 60 s:\n{}",
