@@ -112,19 +112,40 @@ fn faults_under_load_leave_a_working_service_and_never_leak() {
     })
     .collect();
 
-    let report: Vec<Outcome> = Fault::ALL.iter().map(|&f| under_load(&mut t, f)).collect();
+    // Judged after each fault, so a leak is pinned to the fault that caused it.
+    let wrong_vlan = |leaks: &[(String, Capture)]| -> Vec<String> {
+        leaks
+            .iter()
+            .filter_map(|(other, cap)| {
+                let n = cap.count(&format!("net {other} or arp net {other}"));
+                (n > 0).then(|| format!("{}: {n}", cap.file.display()))
+            })
+            .collect()
+    };
+    let mut report = vec![];
+    for f in Fault::ALL {
+        report.push(under_load(&mut t, f));
+        assert_eq!(
+            underlay.clear_text_vxlan(),
+            0,
+            "{}: clear-text VXLAN on the underlay",
+            f.describe()
+        );
+        let wrong = wrong_vlan(&leaks);
+        assert!(
+            wrong.is_empty(),
+            "{}: frames on the wrong VLAN: {wrong:?}",
+            f.describe()
+        );
+    }
 
     underlay.stop();
     let clear = underlay.clear_text_vxlan();
     let esp = underlay.count("esp or udp port 4500");
-    let mut wrong = vec![];
-    for (other, cap) in &mut leaks {
+    for (_, cap) in &mut leaks {
         cap.stop();
-        let n = cap.count(&format!("net {other} or arp net {other}"));
-        if n > 0 {
-            wrong.push(format!("{}: {n}", cap.file.display()));
-        }
     }
+    let wrong = wrong_vlan(&leaks);
     eprintln!("\nfault | recovery after clear | pings lost (sent) | bystander pings lost");
     for o in &report {
         eprintln!(
