@@ -94,12 +94,23 @@ pub fn target(ovsdb: &Path, bridge: &str) -> String {
 
 /// Whether `ovs-ofctl` can be run at all.
 pub fn available() -> bool {
-    Command::new("ovs-ofctl")
+    // Found once, found for good: every reconcile with limits asks, and a process started
+    // from the async reconcile blocks its worker. Not found is asked again (it may be
+    // installed later).
+    static FOUND: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if FOUND.get().is_some() {
+        return true;
+    }
+    let ok = Command::new("ovs-ofctl")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if ok {
+        let _ = FOUND.set(());
+    }
+    ok
 }
 
 /// How long one ovs-ofctl call may take (`--timeout`).
