@@ -19,8 +19,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::config::SiteConfig;
+use crate::config::{AuthMethod, SiteConfig};
 use crate::model::IpsecBackend;
+use crate::pki::Credentials;
 use crate::vici::Section;
 
 pub const CONN_PREFIX: &str = "l2s-vnf:";
@@ -64,6 +65,8 @@ pub struct DesiredConn {
     pub local_id: String,
     pub remote_id: String,
     pub psk_file: PathBuf,
+    /// How both ends authenticate (the peer's `auth`, else `[ipsec] auth`).
+    pub auth: AuthMethod,
     pub backend: IpsecBackend,
     pub role: Role,
     pub ike_proposals: Vec<String>,
@@ -118,9 +121,10 @@ pub fn desired_conns(cfg: &SiteConfig, vtep: IpAddr, backend: IpsecBackend) -> V
             peer: p.name.clone(),
             local: vtep,
             remote: p.address,
-            local_id: cfg.site.name.clone(),
+            local_id: cfg.site.id.clone(),
             remote_id: p.id.clone(),
             psk_file: p.psk_file.clone(),
+            auth: p.auth,
             backend,
             role: role(vtep, p.address),
             ike_proposals: cfg.ipsec.ike_proposals.clone(),
@@ -179,13 +183,18 @@ impl DesiredConn {
             // kernel-libipsec always encapsulates ESP in UDP 4500.
             s = s.kv("encap", "yes");
         }
+        // With certificates, charon picks this site's certificate by its identity among the
+        // ones loaded over VICI (the newest first) and checks the peer's against the loaded
+        // CAs and CRLs. No certificate is named here: a rotation or CA rollover then changes
+        // credentials only, never the connection, and established SAs stay untouched.
+        let auth = self.auth.to_string();
         s.section(
             "local",
-            Section::new().kv("auth", "psk").kv("id", &self.local_id),
+            Section::new().kv("auth", &auth).kv("id", &self.local_id),
         )
         .section(
             "remote",
-            Section::new().kv("auth", "psk").kv("id", &self.remote_id),
+            Section::new().kv("auth", &auth).kv("id", &self.remote_id),
         )
         .section("children", Section::new().section(child_name, self.child()))
     }
@@ -209,6 +218,76 @@ impl DesiredConn {
     pub fn message(&self) -> Section {
         self.ike(&self.child_name())
     }
+}
+
+/// This site's certificate credentials as they should be in charon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredCreds {
+    pub bridge: String,
+    pub creds: Credentials,
+}
+
+impl DesiredCreds {
+    pub fn from_config(cfg: &SiteConfig) -> Option<Self> {
+        let pki = cfg.ipsec.pki.as_ref()?;
+        cfg.peers
+            .iter()
+            .any(|p| p.auth == AuthMethod::Pubkey)
+            .then(|| DesiredCreds {
+                bridge: cfg.switch.bridge.clone(),
+                creds: pki.creds.clone(),
+            })
+    }
+
+    /// The charon authority of each trusted CA, named after its content (a CA added or
+    /// removed is an authority loaded or unloaded; the others stay as they are).
+    pub fn authorities(&self) -> Vec<(String, &crate::pki::CaCert)> {
+        self.creds
+            .cas
+            .iter()
+            .map(|ca| (authority_name(&self.bridge, &ca.digest), ca))
+            .collect()
+    }
+}
+
+pub fn authority_name(bridge: &str, digest: &str) -> String {
+    format!("{CONN_PREFIX}{bridge}:ca-{digest}")
+}
+
+/// Credential changes: everything is (re)loaded when charon lacks our key or one of our CAs
+/// (a restarted charon has neither); authorities no longer configured are unloaded.
+pub fn diff_creds(
+    desired: Option<&DesiredCreds>,
+    authorities: Option<&[String]>,
+    key_ids: Option<&[String]>,
+    bridge: &str,
+) -> (Vec<IpsecChange>, Vec<IpsecChange>) {
+    let (mut load, mut unload) = (vec![], vec![]);
+    let authorities = authorities.unwrap_or(&[]);
+    if let Some(d) = desired {
+        let wanted = d.authorities();
+        let missing_ca = wanted.iter().any(|(n, _)| !authorities.contains(n));
+        let missing_key = key_ids.is_some_and(|k| !k.contains(&d.creds.key_id));
+        if missing_ca || missing_key {
+            load.push(IpsecChange::LoadCreds {
+                creds: Box::new(d.clone()),
+                why: if missing_key {
+                    "private key not in charon"
+                } else {
+                    "CA not in charon"
+                },
+            });
+        }
+    }
+    let wanted: Vec<String> = desired
+        .map(|d| d.authorities().into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    for a in authorities {
+        if owned_conn(a, bridge) && !wanted.contains(a) {
+            unload.push(IpsecChange::UnloadAuthority { name: a.clone() });
+        }
+    }
+    (load, unload)
 }
 
 /// A connection as charon reports it.
@@ -295,6 +374,15 @@ pub enum IpsecChange {
     LoadKey {
         conn: Box<DesiredConn>,
     },
+    /// Hand charon this site's certificate, key, CAs and CRLs.
+    LoadCreds {
+        creds: Box<DesiredCreds>,
+        why: &'static str,
+    },
+    /// A CA no longer configured.
+    UnloadAuthority {
+        name: String,
+    },
 }
 
 impl fmt::Display for IpsecChange {
@@ -319,6 +407,17 @@ impl fmt::Display for IpsecChange {
             IpsecChange::LoadKey { conn } => {
                 write!(f, "~ ipsec {}: pre-shared key loaded again", conn.name)
             }
+            IpsecChange::LoadCreds { creds, why } => write!(
+                f,
+                "+ ipsec credentials: certificate \"{}\" (serial {}), its key, {} CA{}, {} CRL{} ({why})",
+                creds.creds.cert.subject,
+                creds.creds.cert.serial,
+                creds.creds.cas.len(),
+                if creds.creds.cas.len() == 1 { "" } else { "s" },
+                creds.creds.crls.len(),
+                if creds.creds.crls.len() == 1 { "" } else { "s" },
+            ),
+            IpsecChange::UnloadAuthority { name } => write!(f, "- ipsec CA {name}"),
         }
     }
 }
@@ -344,7 +443,7 @@ pub fn diff(
             .any(|o| o.name == d.name && o.children.contains(&d.child_name()));
         // A key cleared in charon (`swanctl --load-creds --clear`) breaks the next IKE
         // authentication; a loaded connection gets its key back.
-        if loaded && keys.is_some_and(|k| !k.contains(&d.name)) {
+        if loaded && d.auth == AuthMethod::Psk && keys.is_some_and(|k| !k.contains(&d.name)) {
             out.push(IpsecChange::LoadKey {
                 conn: Box::new(d.clone()),
             });
@@ -399,6 +498,7 @@ mod tests {
             local_id: "site-a".into(),
             remote_id: "site-b".into(),
             psk_file: "/etc/l2s-vnf/psk".into(),
+            auth: AuthMethod::Psk,
             backend,
             role: role(local, remote),
             ike_proposals: vec!["aes256gcm16-prfsha384-x25519".into()],
@@ -429,6 +529,98 @@ mod tests {
             let got = Section::new().section(&c.name, c.message()).to_string();
             crate::snapshot::assert_snapshot(file, &got);
         }
+    }
+
+    /// With certificates the connection names identities only: no certificate, key or CA
+    /// is in it, so rotating them never changes (and never restarts) the connection.
+    #[test]
+    fn pubkey_conn_snapshot() {
+        let mut c = conn(IpsecBackend::Kernel, "192.0.2.1", "192.0.2.2");
+        c.auth = AuthMethod::Pubkey;
+        c.remote_id = "CN=site-b, O=Operator B".into();
+        let got = Section::new().section(&c.name, c.message()).to_string();
+        crate::snapshot::assert_snapshot("load-conn-pubkey-initiator.txt", &got);
+        assert_ne!(
+            c.fingerprint(),
+            conn(IpsecBackend::Kernel, "192.0.2.1", "192.0.2.2").fingerprint(),
+            "switching a peer between psk and pubkey reloads its connection"
+        );
+    }
+
+    #[test]
+    fn credentials_are_loaded_when_charon_lacks_them_and_stale_cas_unloaded() {
+        let creds = |digests: &[&str]| DesiredCreds {
+            bridge: "l2s0".into(),
+            creds: Credentials {
+                cert_der: vec![],
+                cert: crate::pki::CertInfo {
+                    subject: "CN=site-a".into(),
+                    issuer: "CN=CA".into(),
+                    serial: "01".into(),
+                    not_before_unix: 0,
+                    not_after_unix: 1,
+                },
+                key_pem: crate::pki::Secret::default(),
+                key_id: "k1".into(),
+                cas: digests
+                    .iter()
+                    .map(|d| crate::pki::CaCert {
+                        path: "/ca".into(),
+                        der: vec![],
+                        info: crate::pki::CertInfo {
+                            subject: "CN=CA".into(),
+                            issuer: "CN=CA".into(),
+                            serial: "02".into(),
+                            not_before_unix: 0,
+                            not_after_unix: 1,
+                        },
+                        digest: d.to_string(),
+                    })
+                    .collect(),
+                crls: vec![],
+            },
+        };
+        let ca1 = authority_name("l2s0", "aa");
+        let ca2 = authority_name("l2s0", "bb");
+        let keys = vec!["k1".to_string()];
+        let d = creds(&["aa"]);
+        // All there: nothing to do.
+        let (l, u) = diff_creds(
+            Some(&d),
+            Some(std::slice::from_ref(&ca1)),
+            Some(&keys),
+            "l2s0",
+        );
+        assert!(l.is_empty() && u.is_empty());
+        // A restarted charon has neither.
+        let (l, _) = diff_creds(Some(&d), Some(&[]), Some(&[]), "l2s0");
+        assert!(matches!(
+            &l[..],
+            [IpsecChange::LoadCreds {
+                why: "private key not in charon",
+                ..
+            }]
+        ));
+        // CA rollover: the new CA is loaded, the old one (dropped from the config) unloaded,
+        // a foreign authority left alone.
+        let d2 = creds(&["bb"]);
+        let (l, u) = diff_creds(
+            Some(&d2),
+            Some(&[ca1.clone(), "office-ca".into()]),
+            Some(&keys),
+            "l2s0",
+        );
+        assert!(matches!(
+            &l[..],
+            [IpsecChange::LoadCreds {
+                why: "CA not in charon",
+                ..
+            }]
+        ));
+        assert_eq!(u, vec![IpsecChange::UnloadAuthority { name: ca1.clone() }]);
+        let (l, u) = diff_creds(None, Some(&[ca1.clone(), ca2]), None, "l2s0");
+        assert!(l.is_empty());
+        assert_eq!(u.len(), 2);
     }
 
     #[test]

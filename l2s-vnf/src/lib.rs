@@ -17,6 +17,7 @@ pub mod model;
 pub mod mtu;
 pub mod netlink;
 pub mod ovsdb;
+pub mod pki;
 pub mod plan;
 pub mod probe;
 #[cfg(test)]

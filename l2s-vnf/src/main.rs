@@ -145,6 +145,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // What is valid but needs attention soon (a certificate about to expire).
+    for w in &cfg.warnings {
+        if matches!(cli.command, Command::Run) {
+            warn!("{w}");
+        } else {
+            eprintln!("warning: {w}");
+        }
+    }
     let r = rt.block_on(async {
         match cli.command {
             Command::Check { offline, json } => check(&cli.config, &cfg, offline, json).await,
@@ -276,9 +284,25 @@ async fn check(
     } else {
         println!("ipsec: DISABLED (insecure lab mode: clear-text VXLAN)");
     }
+    if let Some(pki) = &cfg.ipsec.pki {
+        let c = &pki.creds.cert;
+        let now = l2s_vnf::pki::now_unix();
+        println!(
+            "certificate {} as `{}`, expires in {} days ({}); {} CA(s), {} CRL(s)",
+            c.describe(),
+            cfg.site.id,
+            c.days_left(now),
+            l2s_vnf::pki::utc_date(c.not_after_unix),
+            pki.creds.cas.len(),
+            pki.creds.crls.len()
+        );
+    }
     println!("peers:");
     for p in &cfg.peers {
-        println!("  {:<16} {:<40} id {}", p.name, p.address, p.id);
+        println!(
+            "  {:<16} {:<40} id {} ({})",
+            p.name, p.address, p.id, p.auth
+        );
     }
     println!("vlans:");
     for v in desired.vlans.values() {
@@ -362,6 +386,7 @@ fn check_json(
         "offline": offline,
         "site": {
             "name": cfg.site.name,
+            "id": cfg.site.id,
             "underlay": cfg.site.underlay,
             "vtep_ip": cfg.site.vtep_ip,
             "underlay_mtu": cfg.site.underlay_mtu,
@@ -377,12 +402,25 @@ fn check_json(
             "backend": format!("{:?}", cfg.ipsec.backend).to_lowercase(),
             "esp_proposals": cfg.ipsec.esp_proposals.iter().map(|e| e.proposal.clone()).collect::<Vec<_>>(),
             "ike_proposals": cfg.ipsec.ike_proposals,
+            "auth": cfg.ipsec.auth,
+            "certificate": cfg.ipsec.pki.as_ref().map(|p| json!({
+                "path": p.files.cert.display().to_string(),
+                "key_path": p.files.key.display().to_string(),
+                "subject": p.creds.cert.subject,
+                "issuer": p.creds.cert.issuer,
+                "serial": p.creds.cert.serial,
+                "not_after_unix": p.creds.cert.not_after_unix,
+                "cacerts": p.creds.cas.iter().map(|c| json!({"path": c.path.display().to_string(), "subject": c.info.subject})).collect::<Vec<_>>(),
+                "crls": p.creds.crls.iter().map(|c| json!({"path": c.path.display().to_string(), "issuer": c.issuer, "revoked": c.revoked.len()})).collect::<Vec<_>>(),
+            })),
         },
+        "warnings": cfg.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
         "peers": cfg.peers.iter().map(|p| json!({
             "name": p.name,
             "address": p.address,
             "id": p.id,
-            "psk_file": p.psk_file.display().to_string(),
+            "auth": p.auth,
+            "psk_file": (p.auth == l2s_vnf::config::AuthMethod::Psk).then(|| p.psk_file.display().to_string()),
         })).collect::<Vec<_>>(),
         "vlans": desired.vlans.values().map(|v| json!({
             "id": v.id,

@@ -119,6 +119,8 @@ pub struct DesiredSecurity {
     /// The libipsec policy rule: (VXLAN port, IPv6).
     pub vxlan_rule: Option<(u16, bool)>,
     pub conns: Vec<DesiredConn>,
+    /// This site's certificate, key, CAs and CRLs (when some peer uses certificates).
+    pub creds: Option<ipsec::DesiredCreds>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,6 +386,7 @@ impl DesiredState {
                 vxlan_rule: (backend == IpsecBackend::Libipsec)
                     .then_some((cfg.vxlan_port, facts.vtep_ip.is_ipv6())),
                 conns: ipsec::desired_conns(cfg, facts.vtep_ip, backend),
+                creds: ipsec::DesiredCreds::from_config(cfg),
             }),
         };
         let mut storm: Vec<StormLimit> = cfg

@@ -31,6 +31,10 @@ pub struct ObservedSecurity {
     pub policies: Vec<crate::xfrm::Policy>,
     /// Ids of the pre-shared keys charon holds (`None`: not known).
     pub keys: Option<Vec<String>>,
+    /// Our certification authorities in charon (`None`: not known).
+    pub authorities: Option<Vec<String>>,
+    /// Ids of the private keys loaded over VICI (`None`: not known).
+    pub key_ids: Option<Vec<String>>,
 }
 
 impl ObservedSecurity {
@@ -685,6 +689,14 @@ pub fn diff_security(
                     post.push(Change::RemoveVxlanRule { ports, v6 });
                 }
             }
+            // Credentials before the connections that use them; stale CAs after.
+            let (load, unload) = crate::ipsec::diff_creds(
+                d.creds.as_ref(),
+                obs.authorities.as_deref(),
+                obs.key_ids.as_deref(),
+                bridge,
+            );
+            post.extend(load.into_iter().map(Change::Ipsec));
             let observed = obs.conns.as_deref().unwrap_or(&[]);
             let with_sa: Vec<String> = obs.sas.keys().cloned().collect();
             post.extend(
@@ -692,6 +704,7 @@ pub fn diff_security(
                     .into_iter()
                     .map(Change::Ipsec),
             );
+            post.extend(unload.into_iter().map(Change::Ipsec));
         }
         None => {
             // Insecure lab mode: nothing of ours may stay in the way of clear-text VXLAN.
@@ -702,6 +715,9 @@ pub fn diff_security(
                         .map(Change::Ipsec),
                 );
             }
+            let (_, unload) =
+                crate::ipsec::diff_creds(None, obs.authorities.as_deref(), None, bridge);
+            post.extend(unload.into_iter().map(Change::Ipsec));
             for &(ports, v6) in &obs.vxlan_rules {
                 post.push(Change::RemoveVxlanRule { ports, v6 });
             }
@@ -1031,6 +1047,8 @@ mod tests {
             sas: BTreeMap::new(),
             policies: vec![],
             keys: None,
+            authorities: None,
+            key_ids: None,
         };
         let p = teardown("l2s0", "a", &a);
         let text: Vec<String> = p.changes.iter().map(|c| c.to_string()).collect();

@@ -83,6 +83,64 @@ pub struct IpsecStatus {
     pub guard: bool,
     /// Whether charon answered.
     pub charon: bool,
+    /// This site's certificate as handed to charon (when some peer uses certificates).
+    #[serde(default)]
+    pub certificate: Option<CertStatus>,
+}
+
+/// A certificate in status: who it names, who signed it, and how long it has left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertStatus {
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub not_after_unix: i64,
+    /// Seconds until it expires (negative once expired).
+    pub expires_in_secs: i64,
+    pub days_left: i64,
+}
+
+impl CertStatus {
+    pub fn of(c: &crate::pki::CertInfo, now: i64) -> Self {
+        CertStatus {
+            subject: c.subject.clone(),
+            issuer: c.issuer.clone(),
+            serial: c.serial.clone(),
+            not_after_unix: c.not_after_unix,
+            expires_in_secs: c.expiry_secs(now),
+            days_left: c.days_left(now),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "\"{}\" issued by \"{}\", serial {}, {}",
+            self.subject,
+            self.issuer,
+            self.serial,
+            if self.expires_in_secs < 0 {
+                format!("EXPIRED {} day(s) ago", -self.days_left)
+            } else {
+                format!("expires in {} day(s)", self.days_left)
+            }
+        )
+    }
+
+    /// A warning from 30 days before the end of validity.
+    fn warning(&self, whose: &str) -> Option<String> {
+        (self.expires_in_secs < crate::pki::EXPIRY_WARNING_SECS).then(|| {
+            format!(
+                "{whose} certificate \"{}\" {} ({}); renew it",
+                self.subject,
+                if self.expires_in_secs < 0 {
+                    "has expired".to_string()
+                } else {
+                    format!("expires in {} day(s)", self.days_left)
+                },
+                crate::pki::utc_date(self.not_after_unix)
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +154,19 @@ pub struct PeerStatus {
     /// The daemon's latest path probe (RTT, jitter, loss, full-size frames), when it probes.
     #[serde(default)]
     pub path: Option<crate::probe::PathHealth>,
+    /// `psk` or `pubkey`.
+    #[serde(default)]
+    pub auth: Option<String>,
+    /// The identity the peer must prove.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The peer's certificate, as charon verified it (`pubkey` peers).
+    #[serde(default)]
+    pub certificate: Option<CertStatus>,
+    /// Why the peer has no SA, when that is known: its certificate revoked by our CRL, or
+    /// charon's words about its latest failed authentication.
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -338,6 +409,10 @@ pub fn build(
                 connection,
                 sa,
                 path: None,
+                auth: cfg.ipsec.enabled.then(|| p.auth.to_string()),
+                id: cfg.ipsec.enabled.then(|| p.id.clone()),
+                certificate: None,
+                problem: None,
             }
         })
         .collect();
@@ -360,11 +435,17 @@ pub fn build(
             ));
         }
     }
+    let certificate = crate::ipsec::DesiredCreds::from_config(cfg)
+        .map(|d| CertStatus::of(&d.creds.cert, crate::pki::now_unix()));
+    if let Some(w) = certificate.as_ref().and_then(|c| c.warning("this site's")) {
+        warnings.push(w);
+    }
     Status {
         ipsec: IpsecStatus {
             enabled: cfg.ipsec.enabled,
             guard: actual.security.guard.is_some(),
             charon: sas.is_some(),
+            certificate,
         },
         peers,
         schema: 1,
@@ -407,6 +488,32 @@ impl Status {
                     v.id,
                     since.map_or("the device was created", |(_, what)| what)
                 ));
+            }
+        }
+    }
+
+    /// The peers' certificates (as charon verified them) and why a peer without an SA has
+    /// none, when that is known; a warning for a peer certificate about to expire.
+    pub fn add_peer_auth(
+        &mut self,
+        certs: &BTreeMap<String, crate::pki::CertInfo>,
+        problems: &BTreeMap<String, String>,
+    ) {
+        let now = crate::pki::now_unix();
+        for p in &mut self.peers {
+            p.certificate = certs.get(&p.name).map(|c| CertStatus::of(c, now));
+            if let Some(w) = p
+                .certificate
+                .as_ref()
+                .and_then(|c| c.warning(&format!("peer {}'s", p.name)))
+            {
+                self.warnings.push(w);
+            }
+            if !p.up {
+                p.problem = problems.get(&p.name).cloned();
+                if let Some(why) = &p.problem {
+                    self.warnings.push(format!("peer {}: {why}", p.name));
+                }
             }
         }
     }
@@ -550,6 +657,9 @@ impl std::fmt::Display for Status {
                 "not reachable"
             }
         )?;
+        if let Some(c) = &self.ipsec.certificate {
+            writeln!(f, "certificate: {}", c.text())?;
+        }
         for p in &self.peers {
             match &p.sa {
                 Some(sa) => writeln!(
@@ -581,6 +691,22 @@ impl std::fmt::Display for Status {
                     "                                  path: {}",
                     path_text(h)
                 )?;
+            }
+            if let Some(c) = &p.certificate {
+                writeln!(
+                    f,
+                    "                                  certificate: {}",
+                    c.text()
+                )?;
+            } else if p.auth.as_deref() == Some("pubkey") {
+                writeln!(
+                    f,
+                    "                                  certificate: (not seen yet; identity {})",
+                    p.id.as_deref().unwrap_or("-")
+                )?;
+            }
+            if let Some(why) = &p.problem {
+                writeln!(f, "                                  why no SA: {why}")?;
             }
         }
         if let Some(d) = &self.daemon {
@@ -682,6 +808,11 @@ pub fn unix_now() -> u64 {
 }
 
 /// `3h02m`, `4m10s`, `12s`.
+/// `3m 20s`-style text of a number of seconds.
+pub fn duration_text(secs: u64) -> String {
+    duration(secs)
+}
+
 fn duration(secs: u64) -> String {
     match secs {
         s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),

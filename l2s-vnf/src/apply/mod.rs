@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 mod links;
 
+use crate::config::AuthMethod;
 use crate::config::{BackendChoice, ConfigIssue, SiteConfig};
 use crate::discover;
 use crate::guard::{self, GuardError};
@@ -140,7 +141,7 @@ impl System {
         };
         let charon = async {
             let Some(v) = &self.vici else {
-                return Ok::<_, ApplyError>((None, Default::default(), None));
+                return Ok::<_, ApplyError>((None, Default::default(), (None, None, None)));
             };
             let conns: Vec<ObservedConn> = v
                 .list_conns()
@@ -155,7 +156,13 @@ impl System {
                 .collect();
             // A charon without `get-shared` (before 5.7) cannot tell.
             let keys = v.shared_keys().await.ok();
-            Ok((Some(conns), sas, keys))
+            let authorities = v.get_authorities().await.ok().map(|a| {
+                a.into_iter()
+                    .filter(|n| ipsec::owned_conn(n, bridge))
+                    .collect::<Vec<_>>()
+            });
+            let key_ids = v.get_keys().await.ok();
+            Ok((Some(conns), sas, (keys, authorities, key_ids)))
         };
         let table = guard::table_name(bridge);
         let guard_listing = async {
@@ -201,7 +208,7 @@ impl System {
             policies,
             storm
         );
-        let (conns, sas, keys) = charon?;
+        let (conns, sas, (keys, authorities, key_ids)) = charon?;
         let (links, rules) = links_and_rules?;
         let security = ObservedSecurity {
             guard: guard_listing,
@@ -210,6 +217,8 @@ impl System {
             sas,
             policies,
             keys,
+            authorities,
+            key_ids,
         };
         Ok(ActualState {
             switch: switch?,
@@ -510,10 +519,91 @@ pub async fn reload_psks(
     v: &vici::Client,
     conns: &[ipsec::DesiredConn],
 ) -> Result<usize, ApplyError> {
-    for conn in conns {
+    let mut n = 0;
+    for conn in conns.iter().filter(|c| c.auth == AuthMethod::Psk) {
         load_psk(v, conn).await?;
+        n += 1;
     }
-    Ok(conns.len())
+    Ok(n)
+}
+
+/// Hand charon this site's CAs, CRLs, certificate and key (the CAs first: what follows is
+/// checked against them). A certificate or key rotated in its file, a CA added beside the old
+/// one or a newer CRL is taken into use at the next IKE authentication; established SAs are
+/// not touched. Returns charon's id of the key.
+pub async fn load_creds(
+    v: &vici::Client,
+    creds: &ipsec::DesiredCreds,
+) -> Result<String, ApplyError> {
+    for (name, ca) in creds.authorities() {
+        v.load_authority(&name, &ca.der).await.map_err(|e| {
+            ApplyError::Refused(format!("charon refused CA {}: {e}", ca.path.display()))
+        })?;
+    }
+    for crl in &creds.creds.crls {
+        v.load_cert("X509_CRL", &crl.der).await.map_err(|e| {
+            ApplyError::Refused(format!("charon refused CRL {}: {e}", crl.path.display()))
+        })?;
+    }
+    v.load_cert("X509", &creds.creds.cert_der)
+        .await
+        .map_err(|e| ApplyError::Refused(format!("charon refused this site's certificate: {e}")))?;
+    let key = &creds.creds.key_pem;
+    let id = v
+        .load_key(crate::pki::key_type(key), key.expose())
+        .await
+        .map_err(|e| ApplyError::Refused(format!("charon refused this site's private key: {e}")))?;
+    Ok(id)
+}
+
+/// The certificate charon verified for each peer that authenticates with one: the newest
+/// (by start of validity) charon holds for the peer's identity, which is the one its next
+/// authentication uses. Peers charon holds none for are left out.
+pub async fn peer_certs(
+    v: &vici::Client,
+    cfg: &crate::config::SiteConfig,
+) -> std::collections::BTreeMap<String, crate::pki::CertInfo> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in cfg.peers.iter().filter(|p| p.auth == AuthMethod::Pubkey) {
+        let Ok(ders) = v.certs_of(&p.id).await else {
+            continue;
+        };
+        let newest = ders
+            .iter()
+            .filter_map(|d| crate::pki::info_of_der(d))
+            .filter(|(_, c)| crate::pki::Identity::parse(&p.id).is_ok_and(|id| id.carried_by(c)))
+            .map(|(i, _)| i)
+            .max_by_key(|i| i.not_before_unix);
+        if let Some(c) = newest {
+            out.insert(p.name.clone(), c);
+        }
+    }
+    out
+}
+
+/// Peers whose certificate one of our CRLs revokes, with the reason for status.
+pub fn revoked_peers(
+    cfg: &crate::config::SiteConfig,
+    certs: &std::collections::BTreeMap<String, crate::pki::CertInfo>,
+) -> std::collections::BTreeMap<String, String> {
+    let Some(pki) = &cfg.ipsec.pki else {
+        return Default::default();
+    };
+    certs
+        .iter()
+        .filter_map(|(peer, c)| {
+            pki.creds.revocation_of(c).map(|crl| {
+                (
+                    peer.clone(),
+                    format!(
+                        "certificate {} is revoked by CRL {}",
+                        c.describe(),
+                        crl.path.display()
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Hand charon the connection's PSK, read from its file (the only place a secret goes).
@@ -527,7 +617,9 @@ async fn load_psk(v: &vici::Client, conn: &ipsec::DesiredConn) -> Result<(), App
 async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyError> {
     match change {
         IpsecChange::Load { conn, why } => {
-            load_psk(v, conn).await?;
+            if conn.auth == AuthMethod::Psk {
+                load_psk(v, conn).await?;
+            }
             v.load_conn(&conn.name, conn.message()).await?;
             info!(conn = %conn.name, peer = %conn.peer, role = ?conn.role, why = %why, "IPsec connection loaded");
         }
@@ -538,6 +630,14 @@ async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyE
         IpsecChange::LoadKey { conn } => {
             load_psk(v, conn).await?;
             info!(conn = %conn.name, "pre-shared key handed to charon again");
+        }
+        IpsecChange::LoadCreds { creds, why } => {
+            load_creds(v, creds).await?;
+            info!(certificate = %creds.creds.cert.subject, serial = %creds.creds.cert.serial, why = %why, "certificate, key, CAs and CRLs handed to charon");
+        }
+        IpsecChange::UnloadAuthority { name } => {
+            v.unload_authority(name).await?;
+            info!(authority = %name, "CA no longer trusted");
         }
         IpsecChange::Unload { name } => {
             v.terminate_ike(name).await?;

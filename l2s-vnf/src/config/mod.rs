@@ -21,6 +21,9 @@ pub const DEFAULT_BRIDGE: &str = "l2s0";
 pub const DEFAULT_OVSDB: &str = "unix:/run/openvswitch/db.sock";
 pub const DEFAULT_VICI: &str = "unix:///run/charon.vici";
 pub const DEFAULT_PSK_FILE: &str = "/etc/l2s-vnf/psk";
+pub const DEFAULT_CERT_FILE: &str = "/etc/l2s-vnf/site.crt";
+pub const DEFAULT_KEY_FILE: &str = "/etc/l2s-vnf/site.key";
+pub const DEFAULT_CA_FILE: &str = "/etc/l2s-vnf/ca.crt";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/l2s-vnf/control.sock";
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 pub const DEFAULT_IKE_PROPOSALS: &[&str] = &["aes256gcm16-prfsha384-x25519"];
@@ -108,6 +111,8 @@ pub enum MtuSetting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
     pub name: String,
+    /// This site's IKE identity (`[site] id`, default the name).
+    pub id: String,
     pub underlay: String,
     pub vtep_ip: Option<IpAddr>,
     pub underlay_mtu: Option<u32>,
@@ -138,6 +143,34 @@ pub struct Ipsec {
     pub ike_rekey_time: Duration,
     pub child_rekey_time: Duration,
     pub dpd_delay: Duration,
+    /// The default authentication of every peer.
+    pub auth: AuthMethod,
+    /// Certificates, key, CAs and CRLs, read and checked (when any peer uses `pubkey`).
+    pub pki: Option<Pki>,
+}
+
+/// How a peer is authenticated in IKE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    Psk,
+    Pubkey,
+}
+
+impl std::fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Psk => "psk",
+            AuthMethod::Pubkey => "pubkey",
+        })
+    }
+}
+
+/// This site's X.509 credentials: where they are and what they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pki {
+    pub files: crate::pki::PkiFiles,
+    pub creds: crate::pki::Credentials,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +180,7 @@ pub struct Peer {
     /// Effective PSK file (the peer's own, else `[ipsec].psk_file`). Never read for logging.
     pub psk_file: PathBuf,
     pub id: String,
+    pub auth: AuthMethod,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +241,8 @@ pub struct SiteConfig {
     pub metrics: Option<SocketAddr>,
     /// Where each key is in the file, for errors found later (e.g. MTU vs. the real underlay).
     pub locations: Locations,
+    /// What is valid but needs the operator's attention soon (a certificate expiring).
+    pub warnings: Vec<ConfigIssue>,
 }
 
 impl SiteConfig {

@@ -30,6 +30,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawSite {
     pub name: String,
+    pub id: Option<String>,
     pub underlay: String,
     pub vtep_ip: Option<String>,
     pub underlay_mtu: Option<i64>,
@@ -63,6 +64,11 @@ pub struct RawIpsec {
     pub ike_rekey_time: Option<String>,
     pub child_rekey_time: Option<String>,
     pub dpd_delay: Option<String>,
+    pub auth: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub cacerts: Option<Vec<String>>,
+    pub crls: Option<Vec<String>>,
 }
 
 /// `access = "auto"` or `access = 1400`.
@@ -87,6 +93,7 @@ pub struct RawPeer {
     pub address: String,
     pub psk_file: Option<String>,
     pub id: Option<String>,
+    pub auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

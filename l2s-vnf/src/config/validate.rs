@@ -76,6 +76,13 @@ pub fn validate(
     if !identity_ok(&raw.site.name) {
         c.err("site.name", "site name must be 1–255 printable characters");
     }
+    let (site_id, site_id_key) = match raw.site.id.clone() {
+        Some(id) => (id, "site.id"),
+        None => (raw.site.name.clone(), "site.name"),
+    };
+    if raw.site.id.is_some() && !identity_ok(&site_id) {
+        c.err("site.id", "IKE identity must be 1–255 printable characters");
+    }
     if let Some(p) = interface_name_problem(&raw.site.underlay) {
         c.err("site.underlay", p);
     }
@@ -287,6 +294,24 @@ pub fn validate(
         Duration::from_secs(1)..=Duration::from_secs(3600),
     );
 
+    let auth = auth_method(&mut c, "ipsec.auth", ri.auth.as_deref()).unwrap_or(AuthMethod::Psk);
+    let pki_files = crate::pki::PkiFiles {
+        cert: PathBuf::from(ri.cert.unwrap_or_else(|| DEFAULT_CERT_FILE.into())),
+        key: PathBuf::from(ri.key.unwrap_or_else(|| DEFAULT_KEY_FILE.into())),
+        cacerts: ri
+            .cacerts
+            .unwrap_or_else(|| vec![DEFAULT_CA_FILE.into()])
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        crls: ri
+            .crls
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+    };
+
     // [mtu]
     let mtu_access = match raw.mtu.access {
         None => MtuSetting::Auto,
@@ -373,20 +398,25 @@ pub fn validate(
                 None => family = Some((mtu::Family::of(&ip), key("address"))),
             }
         }
+        let id_given = rp.id.is_some();
         let id = rp.id.unwrap_or_else(|| rp.name.clone());
+        let peer_auth = auth_method(&mut c, &key("auth"), rp.auth.as_deref()).unwrap_or(auth);
         if !identity_ok(&id) {
             c.err(
                 &key("id"),
                 "IKE identity must be 1–255 printable characters",
             );
+        } else if let (true, Err(e)) = (enabled, crate::pki::Identity::parse(&id)) {
+            c.err(&key(if id_given { "id" } else { "name" }), e);
         }
         let own_psk = rp.psk_file.is_some();
         let psk = rp
             .psk_file
             .map(PathBuf::from)
             .unwrap_or_else(|| psk_file.clone());
-        // A peer's own PSK file is always checked; the default one only when IPsec is on.
-        if own_psk || enabled {
+        // A peer's own PSK file is always checked; the default one only when IPsec is on
+        // and the peer authenticates with it.
+        if own_psk || (enabled && peer_auth == AuthMethod::Psk) {
             let k = if own_psk {
                 key("psk_file")
             } else {
@@ -401,8 +431,34 @@ pub fn validate(
             address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             psk_file: psk,
             id,
+            auth: peer_auth,
         });
     }
+    // Certificates: read and checked when some peer authenticates with them.
+    let mut warnings = vec![];
+    let pki = if enabled
+        && (peers.iter().any(|p| p.auth == AuthMethod::Pubkey)
+            || (peers.is_empty() && auth == AuthMethod::Pubkey))
+    {
+        if let Err(e) = crate::pki::Identity::parse(&site_id) {
+            c.err(site_id_key, e);
+        }
+        let (creds, findings) =
+            crate::pki::check(&pki_files, &site_id, site_id_key, crate::pki::now_unix());
+        for f in findings {
+            if f.warning {
+                warnings.push(c.locs.issue_at_value(&f.key, f.message));
+            } else {
+                c.err(&f.key, f.message);
+            }
+        }
+        creds.map(|creds| Pki {
+            files: pki_files,
+            creds,
+        })
+    } else {
+        None
+    };
     if psk_default_explicit && !enabled {
         if let Some(problem) = psk_file_problem(&psk_file) {
             c.err("ipsec.psk_file", problem);
@@ -630,6 +686,7 @@ pub fn validate(
     Some(SiteConfig {
         site: Site {
             name: raw.site.name,
+            id: site_id,
             underlay: raw.site.underlay,
             vtep_ip,
             underlay_mtu,
@@ -652,6 +709,8 @@ pub fn validate(
             ike_rekey_time,
             child_rekey_time,
             dpd_delay,
+            auth,
+            pki,
         },
         mtu_access,
         outer_fragmentation,
@@ -664,7 +723,24 @@ pub fn validate(
         },
         metrics,
         locations: locs.clone(),
+        warnings,
     })
+}
+
+fn auth_method(c: &mut Checker, key: &str, v: Option<&str>) -> Option<AuthMethod> {
+    match v? {
+        "psk" => Some(AuthMethod::Psk),
+        "pubkey" => Some(AuthMethod::Pubkey),
+        other => {
+            c.err(
+                key,
+                format!(
+                    "unknown authentication `{other}`; allowed: psk, pubkey (X.509 certificates)"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Storm-control limits a switch port can meaningfully enforce.

@@ -28,6 +28,12 @@ struct PeerLabels {
     peer: String,
 }
 
+/// `cert="local"` for this site's certificate, else the peer's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    cert: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SaLabels {
     peer: String,
@@ -145,6 +151,7 @@ pub struct Metrics {
     path_jitter: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     path_loss: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     path_mtu_ok: Family<PeerLabels, Gauge>,
+    cert_expiry: Family<CertLabels, Gauge>,
     ports: Family<PortLabels, Gauge>,
     vlan_traffic: TrafficFamilies<VlanDirLabels>,
     vlan_bum_limited: Family<VlanLabels, Counter>,
@@ -174,6 +181,7 @@ impl Metrics {
             path_jitter: Family::default(),
             path_loss: Family::default(),
             path_mtu_ok: Family::default(),
+            cert_expiry: Family::default(),
             ports: Family::default(),
             vlan_traffic: TrafficFamilies::new(),
             vlan_bum_limited: Family::default(),
@@ -222,6 +230,11 @@ impl Metrics {
             m.rekeys.clone(),
         );
         r.register("vlans", "VLANs with a VTEP on the bridge", m.vlans.clone());
+        r.register(
+            "cert_expiry_seconds",
+            "Seconds until a certificate expires: cert=\"local\" is this site's, else the peer's as charon verified it",
+            m.cert_expiry.clone(),
+        );
         r.register(
             "vlan_up",
             "1 when the VLAN's data path works (VTEP, ports, flood entries, SAs to its peers)",
@@ -290,6 +303,23 @@ impl Metrics {
             f.clear();
         }
         self.path_mtu_ok.clear();
+        self.cert_expiry.clear();
+        if let Some(c) = &s.ipsec.certificate {
+            self.cert_expiry
+                .get_or_create(&CertLabels {
+                    cert: "local".into(),
+                })
+                .set(c.expires_in_secs);
+        }
+        for p in &s.peers {
+            if let Some(c) = &p.certificate {
+                self.cert_expiry
+                    .get_or_create(&CertLabels {
+                        cert: p.name.clone(),
+                    })
+                    .set(c.expires_in_secs);
+            }
+        }
         for p in &s.peers {
             let Some(h) = &p.path else { continue };
             let l = PeerLabels {

@@ -11,6 +11,7 @@
 //!   apply the delta; an invalid config is reported and the running one kept;
 //! - **stop** (SIGTERM/SIGINT): leave the data plane and the guard in place, exit 0.
 
+pub mod authlog;
 pub mod control;
 pub mod lock;
 pub mod metrics;
@@ -98,6 +99,13 @@ struct Daemon {
     /// Frames each access port had refused when the access MTU was last set (status warns
     /// about refusals after that).
     refused_base: BTreeMap<String, u64>,
+    /// charon's words about failed authentications, per peer (certificates in use).
+    authlog: Arc<authlog::AuthLog>,
+    authlog_task: Option<tokio::task::JoinHandle<()>>,
+    /// Peers whose certificate a configured CRL revokes, and why (checked at start/reload).
+    revoked: BTreeMap<String, String>,
+    /// charon's id of the private key this daemon handed it last.
+    loaded_key: Option<String>,
 }
 
 impl Daemon {
@@ -174,6 +182,9 @@ impl Daemon {
             }
         }
         let report = apply::execute(sys, &p.plan, &p.actual).await?;
+        if let Some(c) = p.desired.security.as_ref().and_then(|s| s.creds.as_ref()) {
+            self.loaded_key = Some(c.creds.key_id.clone());
+        }
         if let Some(cfg) = report.ovs_cfg {
             // Observation reads the replica: let it see ovs-vswitchd apply our change.
             if !self.replica.caught_up(cfg, REPLICA_CATCH_UP).await {
@@ -299,6 +310,9 @@ impl Daemon {
         if let Some(why) = needs_restart(&self.cfg, &new) {
             return refuse(self, why);
         }
+        for w in &new.warnings {
+            warn!(via, "{w}");
+        }
         let rewatch = watch::Interest::of(&self.cfg) != watch::Interest::of(&new)
             || self.cfg.ipsec.enabled != new.ipsec.enabled;
         let old = std::mem::replace(&mut self.cfg, new);
@@ -319,6 +333,11 @@ impl Daemon {
                 if let Err(e) = self.reload_psks().await {
                     warn!(error = %e, "could not hand the PSKs to charon again");
                 }
+                if let Err(e) = self.reload_credentials().await {
+                    warn!(error = %e, "could not hand the certificates to charon again");
+                }
+                self.listen_to_charon_log();
+                self.tear_down_revoked().await;
                 info!(via, changes = changes.len(), "config reloaded");
                 Reply {
                     ok: true,
@@ -334,6 +353,80 @@ impl Daemon {
                 // rolled back; the next reconcile converges back to the running config.
                 self.cfg = old;
                 refuse(self, e.to_string())
+            }
+        }
+    }
+
+    /// Hand charon the certificate, key, CAs and CRLs as the files are now (a rotation, a CA
+    /// added, a newer CRL: used from the next IKE authentication on; established SAs stay),
+    /// and take the replaced private key back from charon.
+    async fn reload_credentials(&mut self) -> Result<(), ApplyError> {
+        let Some(v) = self.sys.as_ref().and_then(|s| s.vici.as_ref()) else {
+            return Ok(());
+        };
+        let wanted = ipsec::DesiredCreds::from_config(&self.cfg);
+        if let Some(c) = &wanted {
+            let id = apply::load_creds(v, c).await?;
+            if id != c.creds.key_id {
+                warn!(charon = %id, ours = %c.creds.key_id, "charon names this site's key differently than expected; the key will be handed over again at every reconcile");
+            }
+            info!(certificate = %c.creds.cert.subject, serial = %c.creds.cert.serial, cas = c.creds.cas.len(), crls = c.creds.crls.len(), "certificate, key, CAs and CRLs handed to charon again");
+        }
+        let keep = wanted.as_ref().map(|c| c.creds.key_id.clone());
+        if let Some(old) = self.loaded_key.take() {
+            if Some(&old) != keep.as_ref() {
+                match v.unload_key(&old).await {
+                    Ok(()) => info!(key = %old, "the replaced private key is no longer in charon"),
+                    Err(e) => {
+                        warn!(key = %old, error = %e, "could not take the replaced private key back from charon")
+                    }
+                }
+            }
+        }
+        self.loaded_key = keep;
+        Ok(())
+    }
+
+    /// (Re)start listening to charon's log for authentication failures, for the peers of
+    /// the config in force (only when some peer uses certificates).
+    fn listen_to_charon_log(&mut self) {
+        if let Some(t) = self.authlog_task.take() {
+            t.abort();
+        }
+        if !self.cfg.ipsec.enabled || ipsec::DesiredCreds::from_config(&self.cfg).is_none() {
+            return;
+        }
+        let peers = self
+            .cfg
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.address))
+            .collect();
+        self.authlog_task = Some(tokio::spawn(authlog::listen(
+            self.cfg.ipsec.vici.clone(),
+            self.cfg.switch.bridge.clone(),
+            peers,
+            self.authlog.clone(),
+        )));
+    }
+
+    /// A CRL only matters to charon at the next authentication: a peer whose certificate it
+    /// revokes keeps its SAs until then. Find such peers among those charon verified and end
+    /// their IKE_SAs now (charon then refuses them at every new attempt).
+    async fn tear_down_revoked(&mut self) {
+        self.revoked.clear();
+        let Some(v) = self.sys.as_ref().and_then(|s| s.vici.as_ref()) else {
+            return;
+        };
+        let certs = apply::peer_certs(v, &self.cfg).await;
+        self.revoked = apply::revoked_peers(&self.cfg, &certs);
+        for (peer, why) in &self.revoked {
+            let conn = ipsec::conn_name(&self.cfg.switch.bridge, peer);
+            match v.terminate_ike(&conn).await {
+                Ok(()) => warn!(peer = %peer, "{why}: its SAs are torn down"),
+                Err(e) => {
+                    warn!(peer = %peer, error = %e, "{why}, but its SAs could not be torn down")
+                }
             }
         }
     }
@@ -400,6 +493,28 @@ impl Daemon {
         };
         let mut s = status::build(&self.cfg, &actual, sas.as_ref());
         s.source = "daemon".into();
+        if let Some(v) = sys.and_then(|s| s.vici.as_ref()) {
+            if ipsec::DesiredCreds::from_config(&self.cfg).is_some() {
+                let certs = apply::peer_certs(v, &self.cfg).await;
+                let mut problems: BTreeMap<String, String> = self
+                    .authlog
+                    .failures()
+                    .into_iter()
+                    .map(|(p, f)| {
+                        (
+                            p,
+                            format!(
+                                "authentication failed {} ago: {}",
+                                status::duration_text(unix_now().saturating_sub(f.at_unix)),
+                                f.lines.join("; ")
+                            ),
+                        )
+                    })
+                    .collect();
+                problems.extend(self.revoked.clone());
+                s.add_peer_auth(&certs, &problems);
+            }
+        }
         s.warn_refused_frames(Some((
             &self.refused_base,
             "the daemon last set the access MTU",
@@ -604,12 +719,18 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         vtep: None,
         access_mtu: 0,
         refused_base: BTreeMap::new(),
+        authlog: Arc::default(),
+        authlog_task: None,
+        revoked: BTreeMap::new(),
+        loaded_key: None,
     };
+    d.listen_to_charon_log();
     let mut retry = Retry::default();
     match d.reconcile(Cause::Start).await {
         Ok(c) => info!(changes = c.len(), "converged; watching for drift"),
         Err(e) => error!("cannot converge yet (retrying): {e}"),
     }
+    d.tear_down_revoked().await;
     retry.after(d.last_error().is_none());
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     d.notify_status();

@@ -243,6 +243,79 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Load (or replace) a named certification authority (its CA certificate, DER or PEM).
+    pub async fn load_authority(&self, name: &str, cacert: &[u8]) -> Result<(), ViciError> {
+        let msg = Section::new().section(name, Section::new().kv("cacert", cacert));
+        self.request("load-authority", &msg).await.map(|_| ())
+    }
+
+    pub async fn unload_authority(&self, name: &str) -> Result<(), ViciError> {
+        self.request("unload-authority", &Section::new().kv("name", name))
+            .await
+            .map(|_| ())
+    }
+
+    /// Names of the certification authorities loaded over VICI.
+    pub async fn get_authorities(&self) -> Result<Vec<String>, ViciError> {
+        Ok(self
+            .request("get-authorities", &Section::new())
+            .await?
+            .strings("authorities"))
+    }
+
+    /// Load a certificate (`type` X509, flag NONE) or a CRL (`type` X509_CRL).
+    pub async fn load_cert(&self, kind: &str, data: &[u8]) -> Result<(), ViciError> {
+        let msg = Section::new()
+            .kv("type", kind)
+            .kv("flag", "NONE")
+            .kv("data", data);
+        self.request("load-cert", &msg).await.map(|_| ())
+    }
+
+    /// Load a private key; returns charon's id for it. The key goes to charon and nowhere
+    /// else (errors name the command, never the data).
+    pub async fn load_key(&self, kind: &str, data: &[u8]) -> Result<String, ViciError> {
+        let msg = Section::new().kv("type", kind).kv("data", data);
+        Ok(self
+            .request("load-key", &msg)
+            .await?
+            .str("id")
+            .unwrap_or_default())
+    }
+
+    pub async fn unload_key(&self, id: &str) -> Result<(), ViciError> {
+        self.request("unload-key", &Section::new().kv("id", id))
+            .await
+            .map(|_| ())
+    }
+
+    /// Ids of the private keys loaded over VICI.
+    pub async fn get_keys(&self) -> Result<Vec<String>, ViciError> {
+        Ok(self
+            .request("get-keys", &Section::new())
+            .await?
+            .strings("keys"))
+    }
+
+    /// X.509 end-entity certificates charon holds for an identity (loaded ones and those it
+    /// verified for peers), DER.
+    pub async fn certs_of(&self, subject: &str) -> Result<Vec<Vec<u8>>, ViciError> {
+        let msg = Section::new()
+            .kv("type", "X509")
+            .kv("flag", "NONE")
+            .kv("subject", subject);
+        let (events, _) = self
+            .call("list-certs", &msg, Some("list-cert"), DEFAULT_TIMEOUT)
+            .await?;
+        Ok(events
+            .into_iter()
+            .filter_map(|e| match e.get("data") {
+                Some(Item::Value(v)) => Some(v.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Load (or replace) one connection: `conn` is the section named after the connection.
     pub async fn load_conn(&self, name: &str, conn: Section) -> Result<(), ViciError> {
         self.request("load-conn", &Section::new().section(name, conn))
