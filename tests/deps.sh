@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(openvswitch-switch iproute2 nftables iperf3 ethtool iputils-ping tcpdump python3 procps
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-      libstrongswan-standard-plugins systemd cloud-init
+      libstrongswan-standard-plugins strongswan-pki libssl-dev pkg-config systemd cloud-init
       # the guest lab: Debian guests under QEMU, built with mmdebstrap
       qemu-system-x86 qemu-utils mmdebstrap e2fsprogs genisoimage openssh-client)
 missing=()

@@ -481,7 +481,7 @@ impl Lab {
     /// XFRM through kernel-netlink, and l2s-vnf's `auto` picks the kernel backend).
     pub fn start_charon_with(&mut self, site: &str, libipsec: bool) -> Result<PathBuf> {
         let plugins = format!(
-            "random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 x509 pubkey {}kernel-netlink socket-default vici",
+            "random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 pkcs8 x509 pubkey constraints revocation {}kernel-netlink socket-default vici",
             if libipsec { "kernel-libipsec " } else { "" }
         );
         self.start_charon_loading(site, &plugins)
@@ -1014,7 +1014,7 @@ impl PaperLab {
     }
 
     /// (site, peers, VLANs) of the scenario.
-    fn layout() -> [(
+    pub fn layout() -> [(
         &'static str,
         [&'static str; 2],
         &'static [VlanSpec<'static>],
@@ -1550,4 +1550,195 @@ pub fn package() -> Result<PathBuf> {
     })
     .clone()
     .map_err(anyhow::Error::msg)
+}
+
+/// A throw-away certification authority made with strongSwan's `pki` tool, as an operator
+/// federation would (README "Certificates"): ECDSA P-256 keys, PEM files.
+pub struct TestCa {
+    pub dir: PathBuf,
+    pub name: String,
+    pub cert: PathBuf,
+    key: PathBuf,
+    crls: std::cell::Cell<u32>,
+}
+
+/// One issued certificate and its key (mode 0600).
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn pki(args: &[&str], out: &Path) -> Result<()> {
+    let o = Command::new("pki")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running strongSwan's pki (package strongswan-pki)")?;
+    if !o.status.success() || o.stdout.is_empty() {
+        bail!(
+            "pki {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    std::fs::write(out, &o.stdout)?;
+    Ok(())
+}
+
+fn private_file(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+impl TestCa {
+    /// A self-signed CA `CN=<name>` under `dir/<name>/`.
+    pub fn new(dir: &Path, name: &str) -> Result<Self> {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join("ca.key");
+        let cert = dir.join("ca.crt");
+        pki(
+            &[
+                "--gen",
+                "--type",
+                "ecdsa",
+                "--size",
+                "256",
+                "--outform",
+                "pem",
+            ],
+            &key,
+        )?;
+        private_file(&key)?;
+        let dn = format!("O=L2S Test, CN={name}");
+        pki(
+            &[
+                "--self",
+                "--ca",
+                "--lifetime",
+                "3650",
+                "--in",
+                path_str(&key),
+                "--type",
+                "ecdsa",
+                "--dn",
+                &dn,
+                "--outform",
+                "pem",
+            ],
+            &cert,
+        )?;
+        Ok(TestCa {
+            dir,
+            name: name.into(),
+            cert,
+            key,
+            crls: std::cell::Cell::new(0),
+        })
+    }
+
+    /// A certificate for `id` (subject `O=L2S Test, CN=<id>`, subjectAltName `<id>`) with a
+    /// fresh key, valid for `days`, saved as `<file>.crt`/`<file>.key`.
+    pub fn issue(&self, file: &str, id: &str, days: u32) -> Result<Issued> {
+        self.issue_with(file, id, &["--lifetime", &days.to_string()])
+    }
+
+    /// Like [`TestCa::issue`], valid between two `YYYY-MM-DD HH:MM:SS` UTC times.
+    pub fn issue_between(&self, file: &str, id: &str, from: &str, to: &str) -> Result<Issued> {
+        self.issue_with(
+            file,
+            id,
+            &[
+                "--dateform",
+                "%Y-%m-%d %H:%M:%S",
+                "--not-before",
+                from,
+                "--not-after",
+                to,
+            ],
+        )
+    }
+
+    fn issue_with(&self, file: &str, id: &str, validity: &[&str]) -> Result<Issued> {
+        let key = self.dir.join(format!("{file}.key"));
+        let cert = self.dir.join(format!("{file}.crt"));
+        pki(
+            &[
+                "--gen",
+                "--type",
+                "ecdsa",
+                "--size",
+                "256",
+                "--outform",
+                "pem",
+            ],
+            &key,
+        )?;
+        private_file(&key)?;
+        let dn = format!("O=L2S Test, CN={id}");
+        let mut args = vec![
+            "--issue",
+            "--cacert",
+            path_str(&self.cert),
+            "--cakey",
+            path_str(&self.key),
+            "--in",
+            path_str(&key),
+            "--type",
+            "priv",
+            "--dn",
+            &dn,
+            "--san",
+            id,
+            "--outform",
+            "pem",
+        ];
+        args.extend_from_slice(validity);
+        pki(&args, &cert)?;
+        Ok(Issued { cert, key })
+    }
+
+    /// A CRL revoking `revoked` (each a certificate file); every new CRL numbers after the
+    /// last, as a CA publishes them.
+    pub fn crl(&self, revoked: &[&Path]) -> Result<PathBuf> {
+        let n = self.crls.get() + 1;
+        let out = self.dir.join(format!("crl{n}.pem"));
+        let mut args = vec![
+            "--signcrl".to_string(),
+            "--cacert".into(),
+            path_str(&self.cert).into(),
+            "--cakey".into(),
+            path_str(&self.key).into(),
+            "--lifetime".into(),
+            "30".into(),
+            "--outform".into(),
+            "pem".into(),
+            "--reason".into(),
+            "key-compromise".into(),
+        ];
+        if n > 1 {
+            args.push("--lastcrl".into());
+            args.push(path_str(&self.dir.join(format!("crl{}.pem", n - 1))).into());
+        }
+        for r in revoked {
+            args.push("--cert".into());
+            args.push(path_str(r).into());
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        pki(&a, &out)?;
+        self.crls.set(n);
+        Ok(out)
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// The serial of a PEM certificate as l2s-vnf shows it (lowercase hex bytes, no colons).
+pub fn cert_serial(cert: &Path) -> Result<String> {
+    let o = sh(Command::new("openssl").args(["x509", "-noout", "-serial", "-in", path_str(cert)]))?;
+    Ok(o.trim().trim_start_matches("serial=").to_ascii_lowercase())
 }

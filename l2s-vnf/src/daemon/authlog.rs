@@ -2,8 +2,9 @@
 //!
 //! charon says why an IKE authentication failed only in its log ("no trusted RSA public key
 //! found for 'site-c'", "certificate was revoked", "no matching peer config found"). The
-//! daemon listens to that log over VICI and keeps, per peer, the failure lines of the most
-//! recent failed attempt, so that `status` can say why a peer is isolated. An attempt is tied
+//! daemon listens to that log over VICI and keeps, per peer, the distinct failure lines since
+//! its last successful authentication, so that `status` can say why a peer is isolated (from
+//! both directions: our attempts, refused by the peer, and its attempts, refused by us). An attempt is tied
 //! to a peer by its IKE_SA name (our connection) or, before charon found a config for it, by
 //! the peer's address in the attempt's first lines.
 
@@ -18,8 +19,8 @@ use tracing::warn;
 use crate::ipsec;
 use crate::vici::{self, Section};
 
-/// Lines kept per peer (the most telling ones of one attempt).
-const LINES: usize = 4;
+/// Lines kept per peer (the latest distinct ones since its last success).
+const LINES: usize = 6;
 /// Attempts remembered while their peer is not known yet.
 const PENDING: usize = 64;
 
@@ -31,6 +32,7 @@ const FAILURE_WORDS: &[&str] = &[
     "revoked",
     "expired",
     "not valid",
+    "invalid",
     "untrusted",
     "no matching peer config",
     "no private key",
@@ -46,9 +48,9 @@ pub struct AuthFailure {
 
 #[derive(Default)]
 struct State {
-    /// IKE_SA unique id → peer name.
-    attempts: BTreeMap<String, String>,
-    by_peer: BTreeMap<String, (String, AuthFailure)>,
+    /// IKE_SA unique id → (peer name, the attempt's "looking for peer configs" line).
+    attempts: BTreeMap<String, (String, Option<String>)>,
+    by_peer: BTreeMap<String, AuthFailure>,
 }
 
 /// The failures seen, shared between the listener and `status`.
@@ -58,16 +60,11 @@ pub struct AuthLog {
 }
 
 impl AuthLog {
-    /// The latest failure of each peer.
+    /// The failures of each peer since its last successful authentication.
     pub fn failures(&self) -> BTreeMap<String, AuthFailure> {
         self.state
             .lock()
-            .map(|s| {
-                s.by_peer
-                    .iter()
-                    .map(|(p, (_, f))| (p.clone(), f.clone()))
-                    .collect()
-            })
+            .map(|s| s.by_peer.clone())
             .unwrap_or_default()
     }
 
@@ -83,12 +80,14 @@ impl AuthLog {
             .str("ikesa-name")
             .filter(|n| ipsec::owned_conn(n, bridge))
             .and_then(|n| n.rsplit(':').next().map(str::to_string));
-        let peer = named.or_else(|| s.attempts.get(&id).cloned()).or_else(|| {
-            peers
-                .iter()
-                .find(|(_, a)| mentions(&line, &a.to_string()))
-                .map(|(n, _)| n.clone())
-        });
+        let peer = named
+            .or_else(|| s.attempts.get(&id).map(|(p, _)| p.clone()))
+            .or_else(|| {
+                peers
+                    .iter()
+                    .find(|(_, a)| mentions(&line, &a.to_string()))
+                    .map(|(n, _)| n.clone())
+            });
         let Some(peer) = peer else {
             return;
         };
@@ -96,45 +95,50 @@ impl AuthLog {
             if s.attempts.len() >= PENDING {
                 s.attempts.pop_first();
             }
-            s.attempts.insert(id.clone(), peer.clone());
+            s.attempts.insert(id.clone(), (peer.clone(), None));
         }
-        let lower = line.to_ascii_lowercase();
-        if !FAILURE_WORDS.iter().any(|w| lower.contains(w)) {
+        if line.contains("established between") {
+            s.by_peer.remove(&peer);
             return;
         }
-        let now = crate::status::unix_now();
-        let entry = s.by_peer.entry(peer).or_insert_with(|| {
-            (
-                id.clone(),
-                AuthFailure {
-                    at_unix: now,
-                    lines: vec![],
-                },
-            )
-        });
-        if entry.0 != id {
-            *entry = (
-                id,
-                AuthFailure {
-                    at_unix: now,
-                    lines: vec![],
-                },
-            );
+        if line.starts_with("looking for peer configs matching") {
+            if let Some(a) = s.attempts.get_mut(&id) {
+                a.1 = Some(line);
+            }
+            return;
         }
-        entry.1.at_unix = now;
-        if entry.1.lines.len() < LINES && !entry.1.lines.contains(&line) {
-            entry.1.lines.push(line);
+        let lower = line.to_ascii_lowercase();
+        // Message traces ("generating …", "parsed …") repeat what the other lines say.
+        let trace = lower.starts_with("generating") || lower.starts_with("parsed");
+        if trace || !FAILURE_WORDS.iter().any(|w| lower.contains(w)) {
+            return;
+        }
+        let context = s.attempts.get_mut(&id).and_then(|a| a.1.take());
+        let now = crate::status::unix_now();
+        let entry = s.by_peer.entry(peer).or_insert_with(|| AuthFailure {
+            at_unix: now,
+            lines: vec![],
+        });
+        entry.at_unix = now;
+        for l in context.into_iter().chain([line]) {
+            if !entry.lines.contains(&l) {
+                if entry.lines.len() == LINES {
+                    entry.lines.remove(0);
+                }
+                entry.lines.push(l);
+            }
         }
     }
 }
 
 /// Whether `addr` appears in `line` as a whole token.
 fn mentions(line: &str, addr: &str) -> bool {
+    // charon writes `a[id]...b[id]`: an ellipsis separates too.
+    let sep = |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '.'));
     line.match_indices(addr).any(|(i, _)| {
-        let before = line[..i].chars().next_back();
-        let after = line[i + addr.len()..].chars().next();
-        let sep = |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '.'));
-        sep(before) && sep(after)
+        let (head, tail) = (&line[..i], &line[i + addr.len()..]);
+        (head.ends_with("...") || sep(head.chars().next_back()))
+            && (tail.starts_with("...") || sep(tail.chars().next()))
     })
 }
 
@@ -222,6 +226,34 @@ mod tests {
             vec!["no trusted ECDSA public key found for 'site-b'"]
         );
         assert_eq!(f.len(), 2);
+        // The identity the peer presented comes with the refusal; a success clears it all.
+        log.note(
+            &ev(
+                "8",
+                None,
+                "looking for peer configs matching 192.0.2.1[site-a]...192.0.2.3[site-x]",
+            ),
+            "l2s0",
+            &peers,
+        );
+        log.note(
+            &ev("8", None, "no matching peer config found"),
+            "l2s0",
+            &peers,
+        );
+        assert_eq!(
+            log.failures()["site-c"].lines,
+            vec![
+                "no matching peer config found",
+                "looking for peer configs matching 192.0.2.1[site-a]...192.0.2.3[site-x]"
+            ]
+        );
+        log.note(
+            &ev("9", Some("l2s-vnf:l2s0:site-b"), "IKE_SA l2s-vnf:l2s0:site-b[9] established between 192.0.2.1[site-a]...192.0.2.2[site-b]"),
+            "l2s0",
+            &peers,
+        );
+        assert!(!log.failures().contains_key("site-b"));
         assert!(!mentions("192.0.2.30 is initiating", "192.0.2.3"));
     }
 }

@@ -183,7 +183,10 @@ impl Daemon {
         }
         let report = apply::execute(sys, &p.plan, &p.actual).await?;
         if let Some(c) = p.desired.security.as_ref().and_then(|s| s.creds.as_ref()) {
-            self.loaded_key = Some(c.creds.key_id.clone());
+            let key = c.creds.key_id.clone();
+            if let Some(v) = &sys.vici {
+                Self::replace_key(v, &mut self.loaded_key, Some(key)).await;
+            }
         }
         if let Some(cfg) = report.ovs_cfg {
             // Observation reads the replica: let it see ovs-vswitchd apply our change.
@@ -373,18 +376,26 @@ impl Daemon {
             info!(certificate = %c.creds.cert.subject, serial = %c.creds.cert.serial, cas = c.creds.cas.len(), crls = c.creds.crls.len(), "certificate, key, CAs and CRLs handed to charon again");
         }
         let keep = wanted.as_ref().map(|c| c.creds.key_id.clone());
-        if let Some(old) = self.loaded_key.take() {
-            if Some(&old) != keep.as_ref() {
-                match v.unload_key(&old).await {
-                    Ok(()) => info!(key = %old, "the replaced private key is no longer in charon"),
-                    Err(e) => {
-                        warn!(key = %old, error = %e, "could not take the replaced private key back from charon")
-                    }
+        Self::replace_key(v, &mut self.loaded_key, keep).await;
+        Ok(())
+    }
+
+    /// Remember the key now in charon; take the one it replaces (a rotation, or certificates
+    /// no longer used) back from charon, so that a retired key cannot authenticate us.
+    async fn replace_key(
+        v: &crate::vici::Client,
+        loaded: &mut Option<String>,
+        now: Option<String>,
+    ) {
+        if let Some(old) = loaded.take().filter(|old| Some(old) != now.as_ref()) {
+            match v.unload_key(&old).await {
+                Ok(()) => info!(key = %old, "the replaced private key is no longer in charon"),
+                Err(e) => {
+                    warn!(key = %old, error = %e, "could not take the replaced private key back from charon")
                 }
             }
         }
-        self.loaded_key = keep;
-        Ok(())
+        *loaded = now;
     }
 
     /// (Re)start listening to charon's log for authentication failures, for the peers of
@@ -435,7 +446,9 @@ impl Daemon {
         if let (Some(sys), false) = (&self.sys, self.conns.is_empty()) {
             if let Some(v) = &sys.vici {
                 let n = apply::reload_psks(v, &self.conns).await?;
-                info!(keys = n, "pre-shared keys handed to charon again");
+                if n > 0 {
+                    info!(keys = n, "pre-shared keys handed to charon again");
+                }
             }
         }
         Ok(())

@@ -1,0 +1,581 @@
+//! Certificates between sites run by different operators, on real parts: the paper's three
+//! sites, each with its own charon (kernel-libipsec) and `l2s-vnf run`, certificates issued by
+//! throw-away CAs made with strongSwan's `pki`. After every event (rotation, CA rollover,
+//! revocation, a bad certificate) the service is judged: ping and TCP on the VLANs, SA byte
+//! counters growing, no clear-text VXLAN on the underlay, status telling the truth.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use l2s_lab::{
+    cert_serial, require_lab, sh, within, Capture, Issued, Lab, PaperLab, PingStream, TestCa,
+};
+
+const SITES: [&str; 3] = ["a", "b", "c"];
+
+/// Where each site keeps its credentials (the config names these paths; a rotation replaces
+/// the files' content, as an operator's tooling would).
+fn site_files(lab: &Lab, site: &str) -> Issued {
+    let d = lab.site(site).dir.clone();
+    Issued {
+        cert: d.join("site.crt"),
+        key: d.join("site.key"),
+    }
+}
+
+fn install(lab: &Lab, site: &str, issued: &Issued) {
+    let f = site_files(lab, site);
+    std::fs::copy(&issued.cert, &f.cert).unwrap();
+    std::fs::copy(&issued.key, &f.key).unwrap();
+}
+
+fn list(paths: &[&Path]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Write `site`'s config: certificates from its files, `cas` trusted, `crls` loaded; `site_id`
+/// replaces the identity; `peer_extra` is added to every `[[peer]]` named there.
+fn configure(
+    t: &PaperLab,
+    site: &str,
+    cas: &[&Path],
+    crls: &[&Path],
+    site_id: Option<&str>,
+    peer_extra: &[(&str, &str)],
+) {
+    let (_, peers, vlans) = PaperLab::layout()
+        .into_iter()
+        .find(|(s, _, _)| *s == site)
+        .unwrap();
+    let psk = t
+        .lab
+        .psk_file("psk", "correct-horse-battery-staple-l2s\n")
+        .unwrap();
+    let f = site_files(&t.lab, site);
+    let extra = format!(
+        "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\ncacerts = [{}]\ncrls = [{}]\n",
+        f.cert.display(),
+        f.key.display(),
+        list(cas),
+        list(crls)
+    );
+    let mut cfg = t
+        .lab
+        .secure(site, &t.lab.config(site, &peers, vlans), &psk, &extra);
+    // Quick retries after a refused authentication (the lab's faults are seconds long).
+    cfg = cfg.replace("[daemon]\n", "[daemon]\nreconcile_interval = \"3s\"\n");
+    if let Some(id) = site_id {
+        cfg = cfg.replace(
+            &format!("name = \"site-{site}\"\n"),
+            &format!("name = \"site-{site}\"\nid = \"{id}\"\n"),
+        );
+    }
+    for (peer, more) in peer_extra {
+        cfg = cfg.replace(
+            &format!("name = \"{peer}\"\n"),
+            &format!("name = \"{peer}\"\n{more}\n"),
+        );
+    }
+    t.lab.write_config(site, &cfg).unwrap();
+}
+
+/// Three sites with certificates from `ca`, charon and the daemon running, every SA up.
+fn federation(name: &str) -> (PaperLab, TestCa, Capture) {
+    let mut t = PaperLab::new().unwrap();
+    let ca = TestCa::new(&t.lab.dir, "ca1").unwrap();
+    for s in SITES {
+        let issued = ca
+            .issue(&format!("site-{s}"), &format!("site-{s}"), 365)
+            .unwrap();
+        install(&t.lab, s, &issued);
+        t.lab.start_charon(s).unwrap();
+        configure(&t, s, &[&ca.cert], &[], None, &[]);
+        let check = t.lab.l2s(s, &["check"]).unwrap();
+        assert!(
+            check.status.success(),
+            "check at {s}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    let cap = Capture::start(&t.lab, name).unwrap();
+    for s in SITES {
+        t.lab.start_daemon(s).unwrap();
+    }
+    all_up(&t.lab, "start");
+    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    let vnfs = t.vnfs();
+    t.lab.set_vnf_mtu(&vnfs, mtu).unwrap();
+    (t, ca, cap)
+}
+
+fn all_up(lab: &Lab, after: &str) {
+    let took = within(
+        Duration::from_secs(30),
+        &format!("every SA up after {after}"),
+        || SITES.iter().all(|s| lab.sas_up(s) == 2),
+    );
+    eprintln!("every SA up {took:?} after {after}");
+}
+
+/// The service as the VNFs see it: every pair pings on both VLANs, TCP crosses, the SAs'
+/// byte counters grow, no clear-text VXLAN on the underlay, every VLAN reported up.
+fn judge(t: &PaperLab, cap: &Capture, event: &str) {
+    let before = t.lab.sa_bytes("a", None).unwrap();
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "after {event}: no ping on {failed:?}");
+    t.lab.tcp_transfer(&t.c101, &t.a101, "2M").unwrap();
+    t.lab.tcp_transfer(&t.b102, &t.a102, "2M").unwrap();
+    let after = t.lab.sa_bytes("a", None).unwrap();
+    assert!(
+        after > before + 2_000_000,
+        "after {event}: A's SA counters grew by {} bytes only (clear text?)\n{}\n{}",
+        after.saturating_sub(before),
+        t.lab.l2s_ok("a", &["status"]).unwrap_or_default(),
+        swanctl(&t.lab, "a", &["--list-sas"])
+    );
+    assert_eq!(
+        cap.clear_text_vxlan(),
+        0,
+        "after {event}: clear-text VXLAN on the underlay"
+    );
+    for s in SITES {
+        assert!(t.lab.vlan_up(s, 101), "after {event}: VLAN 101 down at {s}");
+    }
+}
+
+fn peer<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+}
+
+/// The serial `site` sees in `peer_name`'s certificate (as charon verified it).
+fn peer_serial(lab: &Lab, site: &str, peer_name: &str) -> Option<String> {
+    let st = lab.status_json(site).ok()?;
+    peer(&st, peer_name)["certificate"]["serial"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn swanctl(lab: &Lab, site: &str, args: &[&str]) -> String {
+    let vici = lab.site(site).dir.join("charon.vici");
+    sh(Command::new("swanctl")
+        .args(args)
+        .args(["--uri", &format!("unix://{}", vici.display())]))
+    .unwrap()
+}
+
+/// Make `site` authenticate again with each peer (a new IKE_SA, a fresh authentication).
+fn reauthenticate(lab: &Lab, site: &str) {
+    for p in SITES.iter().filter(|p| **p != site) {
+        swanctl(
+            lab,
+            site,
+            &[
+                "--rekey",
+                "--reauth",
+                "--ike",
+                &format!("l2s-vnf:l2s0:site-{p}"),
+            ],
+        );
+    }
+}
+
+fn established(lab: &Lab, site: &str, peer_name: &str) -> u64 {
+    let st = lab.status_json(site).unwrap();
+    peer(&st, peer_name)["sa"]["established_secs"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Ping streams (100 ms apart) on the given pairs while `event` runs; none may lose a packet.
+fn lossless(t: &PaperLab, event: &str, run: impl FnOnce()) {
+    let streams = [
+        (
+            PingStream::start(&t.a101, &t.b101, 60, 100).unwrap(),
+            "A->B",
+        ),
+        (
+            PingStream::start(&t.a101, &t.c101, 60, 100).unwrap(),
+            "A->C",
+        ),
+        (
+            PingStream::start(&t.b101, &t.c101, 60, 100).unwrap(),
+            "B->C",
+        ),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    run();
+    for (s, what) in streams {
+        let (sent, got) = s.finish().unwrap();
+        assert_eq!(
+            got,
+            sent,
+            "{event}: {what} lost {} of {sent} pings",
+            sent - got
+        );
+    }
+}
+
+fn reload(lab: &Lab, site: &str) {
+    let out = lab.l2s_ok(site, &["reload"]).unwrap();
+    assert!(!out.contains("PRIVATE KEY"), "{out}");
+}
+
+#[test]
+fn certificates_rotation_ca_rollover_and_revocation_keep_the_service() {
+    require_lab!();
+    let (t, ca1, mut cap) = federation("pki-lifecycle");
+    judge(&t, &cap, "start with certificates");
+
+    // Status tells who is who, and how long each certificate has left.
+    let st = t.lab.status_json("a").unwrap();
+    let local = &st["ipsec"]["certificate"];
+    assert_eq!(local["subject"], "O=L2S Test, CN=site-a", "{st:#}");
+    assert!(
+        (363..=365).contains(&local["days_left"].as_i64().unwrap()),
+        "{st:#}"
+    );
+    for p in ["b", "c"] {
+        let serial = cert_serial(&site_files(&t.lab, p).cert).unwrap();
+        assert_eq!(
+            peer_serial(&t.lab, "a", &format!("site-{p}")).as_deref(),
+            Some(serial.as_str()),
+            "A's status shows site-{p}'s certificate: {st:#}"
+        );
+        assert_eq!(peer(&st, &format!("site-{p}"))["auth"], "pubkey");
+    }
+    let text = t.lab.l2s_ok("a", &["status"]).unwrap();
+    assert!(
+        text.contains("certificate: \"O=L2S Test, CN=site-a\""),
+        "{text}"
+    );
+    for s in SITES {
+        let log = t.lab.daemon_log(s);
+        assert!(
+            !log.contains("PRIVATE KEY") && !log.contains("BEGIN"),
+            "{log}"
+        );
+    }
+
+    // 1. Rotation: A gets a new certificate and key; reload under ping streams.
+    let ab = established(&t.lab, "a", "site-b");
+    let rotated = ca1.issue("site-a-2", "site-a", 365).unwrap();
+    let new_serial = cert_serial(&rotated.cert).unwrap();
+    lossless(&t, "rotation of A's certificate", || {
+        install(&t.lab, "a", &rotated);
+        reload(&t.lab, "a");
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    assert!(
+        established(&t.lab, "a", "site-b") >= ab,
+        "the reload re-established A's SA with B"
+    );
+    let log = t.lab.daemon_log("a");
+    assert!(
+        log.contains("the replaced private key is no longer in charon"),
+        "{log}"
+    );
+    assert!(!log.contains("names this site's key differently"), "{log}");
+    // The next authentication presents the new certificate.
+    reauthenticate(&t.lab, "a");
+    all_up(&t.lab, "A re-authenticated");
+    within(
+        Duration::from_secs(10),
+        "B sees A's new certificate",
+        || peer_serial(&t.lab, "b", "site-a").as_deref() == Some(new_serial.as_str()),
+    );
+    judge(&t, &cap, "rotation and re-authentication");
+
+    // 2. CA rollover: CA 2 is trusted beside CA 1 everywhere, then C moves to it.
+    let ca2 = TestCa::new(&t.lab.dir, "ca2").unwrap();
+    lossless(&t, "CA 2 added beside CA 1", || {
+        for s in SITES {
+            configure(&t, s, &[&ca1.cert, &ca2.cert], &[], None, &[]);
+            reload(&t.lab, s);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let c2 = ca2.issue("site-c-2", "site-c", 365).unwrap();
+    lossless(&t, "C's certificate from CA 2", || {
+        install(&t.lab, "c", &c2);
+        reload(&t.lab, "c");
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    reauthenticate(&t.lab, "c");
+    all_up(&t.lab, "C re-authenticated with CA 2's certificate");
+    let c2_serial = cert_serial(&c2.cert).unwrap();
+    within(
+        Duration::from_secs(10),
+        "A sees C's CA 2 certificate",
+        || peer_serial(&t.lab, "a", "site-c").as_deref() == Some(c2_serial.as_str()),
+    );
+    let st = t.lab.status_json("a").unwrap();
+    assert_eq!(
+        peer(&st, "site-c")["certificate"]["issuer"],
+        "O=L2S Test, CN=ca2"
+    );
+    judge(&t, &cap, "CA rollover");
+
+    // 3. Revocation: CA 2 revokes C's certificate; A and B load the CRL. C is cut off at
+    //    that reload and stays out; A and B keep every packet.
+    let crl = ca2.crl(&[&c2.cert]).unwrap();
+    let ab_stream = PingStream::start(&t.a101, &t.b101, 80, 100).unwrap();
+    let ab102 = PingStream::start(&t.a102, &t.b102, 80, 100).unwrap();
+    for s in ["a", "b"] {
+        configure(&t, s, &[&ca1.cert, &ca2.cert], &[&crl], None, &[]);
+        reload(&t.lab, s);
+    }
+    within(Duration::from_secs(10), "A and B drop C", || {
+        !t.lab.sa_up("a", "site-c") && !t.lab.sa_up("b", "site-c")
+    });
+    let (sent, got) = ab_stream.finish().unwrap();
+    assert_eq!(got, sent, "revocation of C: A->B lost {}", sent - got);
+    let (sent, got) = ab102.finish().unwrap();
+    assert_eq!(
+        got,
+        sent,
+        "revocation of C: VLAN 102 A->B lost {}",
+        sent - got
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        !t.lab.sa_up("a", "site-c") && !t.lab.sa_up("b", "site-c") && t.lab.sas_up("c") == 0,
+        "C came back with a revoked certificate"
+    );
+    assert!(t.lab.sa_up("a", "site-b"), "A-B must stay up");
+    let st = t.lab.status_json("a").unwrap();
+    let why = peer(&st, "site-c")["problem"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("revoked"),
+        "A's status says why C is out: {st:#}"
+    );
+    let log = t.lab.daemon_log("a");
+    assert!(
+        log.contains("is revoked by CRL") && log.contains("its SAs are torn down"),
+        "A tears C down at the reload itself: {log}"
+    );
+    eprintln!("A on C: {why}");
+    assert!(!t.lab.ping(&t.a101, &t.c101.ip, 2), "A reached C's VNF");
+    assert!(t.lab.ping(&t.a101, &t.b101.ip, 2), "A-B VLAN 101");
+    assert!(t.lab.ping(&t.a102, &t.b102.ip, 2), "A-B VLAN 102");
+    t.lab.tcp_transfer(&t.b101, &t.a101, "2M").unwrap();
+    cap.stop();
+    assert_eq!(cap.clear_text_vxlan(), 0, "clear text after the revocation");
+}
+
+/// The certificate fault of one site and how status must explain it at A.
+struct BadCert {
+    what: &'static str,
+    /// Words one of which A's or B's status must give for site-c.
+    reason: &'static [&'static str],
+}
+
+#[test]
+fn a_site_with_a_bad_certificate_is_isolated_and_the_others_keep_working() {
+    require_lab!();
+    let (t, ca1, mut cap) = federation("pki-bad");
+    judge(&t, &cap, "start with certificates");
+    let good_c = Issued {
+        cert: ca1.dir.join("site-c.crt"),
+        key: ca1.dir.join("site-c.key"),
+    };
+    let rogue = TestCa::new(&t.lab.dir, "rogue").unwrap();
+    let faults = [
+        BadCert {
+            what: "signed by an untrusted CA",
+            reason: &["no trusted", "issuer", "untrusted"],
+        },
+        BadCert {
+            what: "carrying the wrong identity",
+            reason: &[
+                "no matching peer config",
+                "site-x",
+                "constraint",
+                "identity",
+            ],
+        },
+        BadCert {
+            what: "expired",
+            reason: &["invalid (valid from", "expired"],
+        },
+    ];
+    for f in faults {
+        // Inflict the fault on C alone.
+        match f.what {
+            "signed by an untrusted CA" => {
+                let c = rogue.issue("site-c-rogue", "site-c", 365).unwrap();
+                install(&t.lab, "c", &c);
+                configure(&t, "c", &[&ca1.cert, &rogue.cert], &[], None, &[]);
+            }
+            "carrying the wrong identity" => {
+                let c = ca1.issue("site-x", "site-x", 365).unwrap();
+                install(&t.lab, "c", &c);
+                configure(&t, "c", &[&ca1.cert], &[], Some("site-x"), &[]);
+            }
+            _ => {
+                let now = now_utc();
+                let c = ca1
+                    .issue_between(
+                        "site-c-expiring",
+                        "site-c",
+                        &utc(now - 86_400),
+                        &utc(now + 20),
+                    )
+                    .unwrap();
+                install(&t.lab, "c", &c);
+                configure(&t, "c", &[&ca1.cert], &[], None, &[]);
+            }
+        }
+        reload(&t.lab, "c");
+        if f.what == "expired" {
+            let st = t.lab.l2s_ok("c", &["status"]).unwrap();
+            assert!(st.contains("expires in 0 day(s)"), "C warns: {st}");
+            std::thread::sleep(Duration::from_secs(22));
+        }
+        // Established SAs are kept until the next authentication: make it happen now.
+        let ab = PingStream::start(&t.a101, &t.b101, 100, 100).unwrap();
+        for p in ["a", "b"] {
+            swanctl(
+                &t.lab,
+                "c",
+                &["--terminate", "--ike", &format!("l2s-vnf:l2s0:site-{p}")],
+            );
+        }
+        std::thread::sleep(Duration::from_secs(8));
+        let (sent, got) = ab.finish().unwrap();
+        assert_eq!(got, sent, "C {}: A->B lost {}", f.what, sent - got);
+        assert!(
+            !t.lab.sa_up("a", "site-c") && !t.lab.sa_up("b", "site-c"),
+            "a site with a certificate {} got an SA",
+            f.what
+        );
+        assert!(
+            !t.lab.ping(&t.a101, &t.c101.ip, 2),
+            "A reached C ({})",
+            f.what
+        );
+        assert!(t.lab.ping(&t.a101, &t.b101.ip, 2), "A-B ({})", f.what);
+        assert!(
+            t.lab.ping(&t.a102, &t.b102.ip, 2),
+            "A-B VLAN 102 ({})",
+            f.what
+        );
+        t.lab.tcp_transfer(&t.b101, &t.a101, "1M").unwrap();
+        let reasons: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|s| {
+                let st = t.lab.status_json(s).unwrap();
+                peer(&st, "site-c")["problem"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        eprintln!(
+            "C {}: A says {:?}; B says {:?}",
+            f.what, reasons[0], reasons[1]
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| f.reason.iter().any(|w| r.contains(w))),
+            "no reason for C ({}) in A's or B's status: {reasons:?}",
+            f.what
+        );
+        assert_eq!(cap.clear_text_vxlan(), 0, "clear text with C {}", f.what);
+
+        // Back to a good certificate: C rejoins by itself.
+        install(&t.lab, "c", &good_c);
+        configure(&t, "c", &[&ca1.cert], &[], None, &[]);
+        reload(&t.lab, "c");
+        all_up(&t.lab, &format!("C's certificate {} was replaced", f.what));
+        judge(&t, &cap, &format!("C's certificate {} replaced", f.what));
+    }
+    cap.stop();
+}
+
+#[test]
+fn a_mixed_federation_keeps_one_peer_on_psk() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    let ca = TestCa::new(&t.lab.dir, "ca1").unwrap();
+    for s in ["a", "b"] {
+        install(
+            &t.lab,
+            s,
+            &ca.issue(&format!("site-{s}"), &format!("site-{s}"), 365)
+                .unwrap(),
+        );
+    }
+    for s in SITES {
+        t.lab.start_charon(s).unwrap();
+    }
+    // A and B use certificates between them and the PSK with C; C has no certificate.
+    for s in ["a", "b"] {
+        configure(
+            &t,
+            s,
+            &[&ca.cert],
+            &[],
+            None,
+            &[("site-c", "auth = \"psk\"")],
+        );
+    }
+    let psk = t
+        .lab
+        .psk_file("psk", "correct-horse-battery-staple-l2s\n")
+        .unwrap();
+    let (_, peers, vlans) = PaperLab::layout()[2];
+    let cfg = t
+        .lab
+        .secure("c", &t.lab.config("c", &peers, vlans), &psk, "");
+    t.lab.write_config("c", &cfg).unwrap();
+    let cap = Capture::start(&t.lab, "pki-mixed").unwrap();
+    for s in SITES {
+        t.lab.start_daemon(s).unwrap();
+    }
+    all_up(&t.lab, "start of a mixed federation");
+    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    let vnfs = t.vnfs();
+    t.lab.set_vnf_mtu(&vnfs, mtu).unwrap();
+    judge(&t, &cap, "a mixed federation");
+    let st = t.lab.status_json("a").unwrap();
+    assert_eq!(peer(&st, "site-b")["auth"], "pubkey");
+    assert_eq!(peer(&st, "site-c")["auth"], "psk");
+    assert!(
+        peer(&st, "site-b")["certificate"]["serial"].is_string(),
+        "{st:#}"
+    );
+    assert!(peer(&st, "site-c")["certificate"].is_null(), "{st:#}");
+}
+
+fn now_utc() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time, as `pki --dateform` reads it.
+fn utc(t: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%d %H:%M:%S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
