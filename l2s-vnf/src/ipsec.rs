@@ -320,7 +320,8 @@ impl SaState {
     }
 }
 
-/// Summaries of `list-sas` events per connection name (the best child per IKE_SA).
+/// Summaries of `list-sas` events per connection name: the state of the best IKE_SA (and its
+/// best child), the traffic of all of them.
 pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
     let mut out: BTreeMap<String, SaState> = BTreeMap::new();
     for (conn, ike) in sas {
@@ -346,10 +347,25 @@ pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
                 }
             }
         }
+        // Two IKE_SAs may briefly serve one peer (a make-before-break reauthentication, both
+        // ends initiating at once): the state is the best one's, the traffic is everything
+        // the peer's SAs carried.
         let entry = out.entry(conn.clone()).or_default();
+        let carried = (
+            entry.bytes_in + st.bytes_in,
+            entry.bytes_out + st.bytes_out,
+            entry.packets_in + st.packets_in,
+            entry.packets_out + st.packets_out,
+        );
         if !entry.up() {
             *entry = st;
         }
+        (
+            entry.bytes_in,
+            entry.bytes_out,
+            entry.packets_in,
+            entry.packets_out,
+        ) = carried;
     }
     out
 }

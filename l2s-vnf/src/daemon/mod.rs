@@ -99,13 +99,57 @@ struct Daemon {
     /// Frames each access port had refused when the access MTU was last set (status warns
     /// about refusals after that).
     refused_base: BTreeMap<String, u64>,
-    /// charon's words about failed authentications, per peer (certificates in use).
+    /// charon's words about failed authentications, per peer.
     authlog: Arc<authlog::AuthLog>,
     authlog_task: Option<tokio::task::JoinHandle<()>>,
     /// Peers whose certificate a configured CRL revokes, and why (checked at start/reload).
     revoked: BTreeMap<String, String>,
     /// charon's id of the private key this daemon handed it last.
     loaded_key: Option<String>,
+    /// When each connection without an SA was last initiated (initiations are paced).
+    initiations: Initiations,
+}
+
+/// First and longest pause between two initiations of one connection that keeps failing.
+const INITIATE_MIN: Duration = Duration::from_secs(1);
+const INITIATE_MAX: Duration = Duration::from_secs(10);
+
+/// Paces initiations: a peer that refuses us (a revoked or untrusted certificate, a wrong
+/// key) ends every attempt with an IKE_SA going down, which wakes the daemon, which would
+/// initiate again at once. Each connection is initiated again only after a pause that
+/// doubles (1 s … 10 s) while it stays without an SA, and is forgotten once its SA is up.
+#[derive(Default)]
+struct Initiations(BTreeMap<String, (Instant, Duration)>);
+
+impl Initiations {
+    fn pace(
+        &mut self,
+        changes: &mut Vec<crate::plan::Change>,
+        sas: &BTreeMap<String, ipsec::SaState>,
+        now: Instant,
+    ) {
+        use crate::ipsec::IpsecChange;
+        use crate::plan::Change;
+        self.0
+            .retain(|conn, _| !sas.get(conn).is_some_and(|s| s.up()));
+        changes.retain(|c| {
+            let Change::Ipsec(IpsecChange::Initiate { name, .. }) = c else {
+                return true;
+            };
+            match self.0.get_mut(name) {
+                Some((at, wait)) if now < *at + *wait => false,
+                Some((at, wait)) => {
+                    *at = now;
+                    *wait = (*wait * 2).min(INITIATE_MAX);
+                    true
+                }
+                None => {
+                    self.0.insert(name.clone(), (now, INITIATE_MIN));
+                    true
+                }
+            }
+        });
+    }
 }
 
 impl Daemon {
@@ -122,7 +166,9 @@ impl Daemon {
         let opts = DiffOptions {
             wait_for_missing_ports: true,
         };
-        let p = apply::prepare_with(&self.cfg, sys, opts).await?;
+        let mut p = apply::prepare_with(&self.cfg, sys, opts).await?;
+        self.initiations
+            .pace(&mut p.plan.changes, &p.actual.security.sas, Instant::now());
         sys.note_storm(&p.desired, &p.actual);
         self.vtep = Some(p.facts.vtep_ip);
         if self.access_mtu != p.desired.access_mtu {
@@ -399,12 +445,12 @@ impl Daemon {
     }
 
     /// (Re)start listening to charon's log for authentication failures, for the peers of
-    /// the config in force (only when some peer uses certificates).
+    /// the config in force.
     fn listen_to_charon_log(&mut self) {
         if let Some(t) = self.authlog_task.take() {
             t.abort();
         }
-        if !self.cfg.ipsec.enabled || ipsec::DesiredCreds::from_config(&self.cfg).is_none() {
+        if !self.cfg.ipsec.enabled {
             return;
         }
         let peers = self
@@ -507,7 +553,7 @@ impl Daemon {
         let mut s = status::build(&self.cfg, &actual, sas.as_ref());
         s.source = "daemon".into();
         if let Some(v) = sys.and_then(|s| s.vici.as_ref()) {
-            if ipsec::DesiredCreds::from_config(&self.cfg).is_some() {
+            if self.cfg.ipsec.enabled {
                 let certs = apply::peer_certs(v, &self.cfg).await;
                 let mut problems: BTreeMap<String, String> = self
                     .authlog
@@ -736,6 +782,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         authlog_task: None,
         revoked: BTreeMap::new(),
         loaded_key: None,
+        initiations: Initiations::default(),
     };
     d.listen_to_charon_log();
     let mut retry = Retry::default();
@@ -835,6 +882,61 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
     }
     let _ = std::fs::remove_file(&d.cfg.daemon.control_socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+    use crate::ipsec::IpsecChange;
+    use crate::plan::Change;
+
+    fn initiate() -> Vec<Change> {
+        vec![Change::Ipsec(IpsecChange::Initiate {
+            name: "l2s-vnf:l2s0:site-c".into(),
+            child: "vxlan-1".into(),
+        })]
+    }
+
+    #[test]
+    fn a_refusing_peer_is_initiated_with_growing_pauses() {
+        let mut p = Initiations::default();
+        let t0 = Instant::now();
+        let none = BTreeMap::new();
+        let mut at = |secs: f64| {
+            let mut c = initiate();
+            p.pace(&mut c, &none, t0 + Duration::from_secs_f64(secs));
+            !c.is_empty()
+        };
+        // 1 s, then 2 s, 4 s, 8 s, then every 10 s.
+        let sent: Vec<f64> = (0..400)
+            .map(|i| f64::from(i) * 0.1)
+            .filter(|t| at(*t))
+            .collect();
+        assert_eq!(sent.len(), 7, "{sent:?}");
+        assert!(
+            (sent[1] - 1.0).abs() < 0.15 && (sent[2] - 3.0).abs() < 0.15,
+            "{sent:?}"
+        );
+        assert!(
+            (sent[5] - 25.0).abs() < 0.15 && (sent[6] - 35.0).abs() < 0.15,
+            "{sent:?}"
+        );
+        // Once up, the next loss is initiated at once.
+        let mut up = BTreeMap::new();
+        up.insert(
+            "l2s-vnf:l2s0:site-c".to_string(),
+            ipsec::SaState {
+                ike_state: Some("ESTABLISHED".into()),
+                child_state: Some("INSTALLED".into()),
+                ..Default::default()
+            },
+        );
+        let mut c = vec![];
+        p.pace(&mut c, &up, t0 + Duration::from_secs(41));
+        let mut c = initiate();
+        p.pace(&mut c, &none, t0 + Duration::from_secs_f64(41.1));
+        assert_eq!(c.len(), 1);
+    }
 }
 
 #[cfg(test)]
