@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use l2s_lab::{l2s_bin, require_lab, run, Lab};
+use l2s_lab::{l2s_bin, require_lab, run, Lab, TestCa};
 
 fn ansible_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible")
@@ -106,9 +106,38 @@ fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
     for s in ["a", "b"] {
         lab.start_charon(s).unwrap();
     }
-    // The PSK lives in an Ansible Vault.
+    // The sites authenticate with certificates from a throw-away CA; each site's private
+    // key lives in an Ansible Vault (host_vars/<site>/vault.yml beside the inventory).
     let pw = lab.dir.join("vault-password");
     std::fs::write(&pw, "lab-vault-password-only-for-this-test\n").unwrap();
+    let ca = TestCa::new(&lab.dir, "federation-ca").unwrap();
+    let mut certs = std::collections::BTreeMap::new();
+    for s in ["a", "b"] {
+        let issued = ca
+            .issue(&format!("site-{s}"), &format!("site-{s}"), 365)
+            .unwrap();
+        let key = std::fs::read_to_string(&issued.key).unwrap();
+        let dir = lab.dir.join("host_vars").join(format!("site-{s}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vault = dir.join("vault.yml");
+        let indented: String = key.lines().map(|l| format!("  {l}\n")).collect();
+        std::fs::write(&vault, format!("l2s_vnf_site_key: |\n{indented}")).unwrap();
+        let out = run(Command::new("ansible-vault")
+            .args(["encrypt", "--vault-password-file"])
+            .arg(&pw)
+            .arg(&vault))
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(std::fs::read_to_string(&vault)
+            .unwrap()
+            .starts_with("$ANSIBLE_VAULT"));
+        certs.insert(s, issued.cert);
+    }
+    // The PSK of peers still on PSK: in a Vault too (unused here, written 0600).
     let vault = lab.dir.join("vault.yml");
     std::fs::write(
         &vault,
@@ -120,25 +149,20 @@ fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
         .arg(&pw)
         .arg(&vault))
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(std::fs::read_to_string(&vault)
-        .unwrap()
-        .starts_with("$ANSIBLE_VAULT"));
+    assert!(out.status.success());
 
     let bin = l2s_bin().unwrap();
     let host = |s: &str, peer: &str| {
         let site = lab.site(s);
         format!(
-            "    site-{s}:\n      ansible_connection: local\n      ansible_become: false\n      ansible_python_interpreter: python3\n      l2s_vnf_install: false\n      l2s_vnf_service_mode: command\n      l2s_vnf_bin: {bin}\n      l2s_vnf_exec_prefix: ip netns exec {ns}\n      l2s_vnf_config_path: {dir}/site.toml\n      l2s_vnf_psk_path: {dir}/psk\n      l2s_vnf_control_socket: {dir}/control.sock\n      l2s_vnf_daemon_log: {dir}/daemon.log\n      l2s_vnf_ovsdb: unix:{ovsdb}\n      l2s_vnf_vici: unix://{dir}/charon.vici\n      l2s_vnf_ipsec_backend: auto\n      l2s_vnf_underlay: eth1\n      l2s_vnf_peers:\n        - {{name: site-{peer}, address: {addr}}}\n      l2s_vnf_vlans:\n        - {{id: 101, ports: [acc101]}}\n",
+            "    site-{s}:\n      ansible_connection: local\n      ansible_become: false\n      ansible_python_interpreter: python3\n      l2s_vnf_install: false\n      l2s_vnf_service_mode: command\n      l2s_vnf_bin: {bin}\n      l2s_vnf_exec_prefix: ip netns exec {ns}\n      l2s_vnf_config_path: {dir}/site.toml\n      l2s_vnf_psk_path: {dir}/psk\n      l2s_vnf_control_socket: {dir}/control.sock\n      l2s_vnf_daemon_log: {dir}/daemon.log\n      l2s_vnf_ovsdb: unix:{ovsdb}\n      l2s_vnf_vici: unix://{dir}/charon.vici\n      l2s_vnf_ipsec_backend: auto\n      l2s_vnf_underlay: eth1\n      l2s_vnf_auth: pubkey\n      l2s_vnf_cert_path: {dir}/site.crt\n      l2s_vnf_key_path: {dir}/site.key\n      l2s_vnf_ca_path: {dir}/ca.crt\n      l2s_vnf_site_cert: \"{{{{ lookup('ansible.builtin.file', '{cert}') }}}}\"\n      l2s_vnf_ca_cert: \"{{{{ lookup('ansible.builtin.file', '{ca}') }}}}\"\n      l2s_vnf_peers:\n        - {{name: site-{peer}, address: {addr}}}\n      l2s_vnf_vlans:\n        - {{id: 101, ports: [acc101]}}\n",
             bin = bin.display(),
             ns = site.ns,
             dir = site.dir.display(),
             ovsdb = site.ovsdb_sock.display(),
             addr = lab.site(peer).underlay_ip,
+            cert = certs[s].display(),
+            ca = ca.cert.display(),
         )
     };
     let inv = lab.dir.join("inventory.yml");
@@ -152,8 +176,15 @@ fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
 
     let out = playbook(&inv, &pw, "site.yml", &["-e", &vault_arg]);
     assert!(
-        !out.contains("correct-horse"),
-        "the PSK was printed:\n{out}"
+        !out.contains("correct-horse") && !out.contains("PRIVATE KEY"),
+        "a secret was printed:\n{out}"
+    );
+    let key_mode = std::fs::metadata(lab.site("a").dir.join("site.key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777,
+        0o600
     );
     let psk_mode = std::fs::metadata(lab.site("a").dir.join("psk"))
         .unwrap()
@@ -165,6 +196,10 @@ fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
     let st: serde_json::Value =
         serde_json::from_str(&lab.l2s_ok("a", &["status", "--json"]).unwrap()).unwrap();
     assert_eq!(st["source"], "daemon", "{st:#}");
+    assert_eq!(
+        st["ipsec"]["certificate"]["subject"], "O=L2S Test, CN=site-a",
+        "{st:#}"
+    );
     let mtu = st["access_mtu"].as_u64().unwrap() as u32;
     lab.set_vnf_mtu(&[&a101, &b101, &a102, &b102], mtu).unwrap();
     assert!(

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use l2s_lab::{l2s_bin, run};
+use l2s_lab::{l2s_bin, run, TestCa};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -25,9 +25,16 @@ fn ok(what: &str, cmd: &mut Command) -> String {
     text
 }
 
-/// Render the cloud-init template for one site of the NS parameters; returns (user-data
-/// path, site.toml path, psk path), the config pointing at the rendered PSK file.
-fn render_site(dir: &Path, member: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// Render the cloud-init template for one site of the NS parameters (certificates from a
+/// throw-away federation CA, as the NS example uses); returns (user-data path, site.toml
+/// path), the config pointing at the credential files the user-data writes.
+fn render_site(dir: &Path, member: &str) -> (PathBuf, PathBuf) {
+    let ca = match TestCa::new(dir, "federation-ca") {
+        Ok(ca) => ca,
+        Err(e) => panic!("{e:#}"),
+    };
+    let site = ca.issue(member, member, 365).unwrap();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
     let ud = dir.join(format!("{member}.user-data"));
     ok(
         "rendering cloud-init",
@@ -37,7 +44,9 @@ fn render_site(dir: &Path, member: &str) -> (PathBuf, PathBuf, PathBuf) {
             .arg("descriptors/osm/l2s_ns/params-3sites.yaml")
             .arg(member)
             .arg(&ud)
-            .arg("psk=rendered-test-psk-not-a-secret"),
+            .arg(format!("site_cert={}", read(&site.cert)))
+            .arg(format!("site_key={}", read(&site.key)))
+            .arg(format!("ca_cert={}", read(&ca.cert))),
     );
     let doc: serde_json::Value = serde_json::from_str(&ok(
         "reading the user-data",
@@ -59,19 +68,28 @@ fn render_site(dir: &Path, member: &str) -> (PathBuf, PathBuf, PathBuf) {
             f["permissions"].as_str().unwrap_or_default().to_string(),
         )
     };
-    let (psk, psk_mode) = file("/etc/l2s-vnf/psk");
-    assert_eq!(psk_mode, "0600", "the PSK must be written with mode 0600");
-    let psk_path = dir.join(format!("{member}.psk"));
-    std::fs::write(&psk_path, psk).unwrap();
-    std::fs::set_permissions(&psk_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (toml, _) = file("/etc/l2s-vnf/site.toml");
+    let (mut toml, _) = file("/etc/l2s-vnf/site.toml");
+    for (path, mode) in [
+        ("/etc/l2s-vnf/site.crt", "0644"),
+        ("/etc/l2s-vnf/site.key", "0600"),
+        ("/etc/l2s-vnf/ca.crt", "0644"),
+    ] {
+        let (content, written) = file(path);
+        assert_eq!(written, mode, "{path} must be written with mode {mode}");
+        let local = dir.join(format!("{member}-{}", path.rsplit('/').next().unwrap()));
+        std::fs::write(&local, content).unwrap();
+        let m = u32::from_str_radix(mode, 8).unwrap();
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(m)).unwrap();
+        toml = toml.replace(path, &local.display().to_string());
+    }
+    assert_eq!(
+        file("/etc/l2s-vnf/psk").1,
+        "0600",
+        "the PSK must be written with mode 0600"
+    );
     let cfg = dir.join(format!("{member}.toml"));
-    std::fs::write(
-        &cfg,
-        toml.replace("/etc/l2s-vnf/psk", &psk_path.display().to_string()),
-    )
-    .unwrap();
-    (ud, cfg, psk_path)
+    std::fs::write(&cfg, toml).unwrap();
+    (ud, cfg)
 }
 
 fn check_json(cfg: &Path) -> serde_json::Value {
@@ -100,7 +118,7 @@ fn cloud_init_renders_to_schema_valid_user_data_and_an_accepted_config() {
         ("site-b", ["site-a", "site-c"]),
         ("site-c", ["site-a", "site-b"]),
     ] {
-        let (ud, cfg, _) = render_site(d.path(), member);
+        let (ud, cfg) = render_site(d.path(), member);
         let schema = ok(
             "cloud-init schema",
             Command::new("cloud-init")
@@ -111,6 +129,12 @@ fn cloud_init_renders_to_schema_valid_user_data_and_an_accepted_config() {
         let c = check_json(&cfg);
         assert_eq!(c["site"]["name"], member);
         assert_eq!(c["ipsec"]["backend"], "kernel");
+        assert_eq!(c["ipsec"]["auth"], "pubkey");
+        assert_eq!(
+            c["ipsec"]["certificate"]["subject"],
+            format!("O=L2S Test, CN={member}"),
+            "{c:#}"
+        );
         let names: Vec<&str> = c["peers"]
             .as_array()
             .unwrap()
@@ -140,7 +164,7 @@ fn cloud_init_renders_to_schema_valid_user_data_and_an_accepted_config() {
             .arg(&bad)
             .args(["site-a"])
             .arg(&ud)
-            .arg("psk=x"),
+            .args(["auth=psk", "psk=x"]),
     );
     let text = std::fs::read_to_string(&ud).unwrap();
     let toml = text
@@ -167,7 +191,7 @@ fn cloud_init_renders_to_schema_valid_user_data_and_an_accepted_config() {
 #[test]
 fn descriptors_are_sol006_valid_and_carry_the_computed_mtu() {
     let d = tempfile::tempdir().unwrap();
-    let (_, cfg, _) = render_site(d.path(), "site-a");
+    let (_, cfg) = render_site(d.path(), "site-a");
     let mtu = check_json(&cfg)["access_mtu"].as_u64().unwrap().to_string();
     // ETSI's SOL006 v2.7.1 modules, as published (see their LICENSE).
     let yang = root().join("tests/deploy/etsi-sol006-v2.7.1");
