@@ -308,3 +308,53 @@ fn debian_package_builds_installs_and_checks_its_example() {
     assert!(!Path::new("/usr/sbin/l2s-vnf").exists());
     assert!(!Path::new("/etc/l2s-vnf/psk").exists());
 }
+
+/// README's certificate commands work as written, and what they make is what `check` wants.
+#[test]
+fn readme_certificate_commands_issue_what_check_accepts() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- certificate-commands:begin -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- certificate-commands:end -->").next())
+        .expect("README has the certificate commands");
+    let script: String = block
+        .lines()
+        .filter(|l| !l.starts_with("```"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    let out = run(Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(d.path()))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "README's commands failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = |f: &str| d.path().join(f).display().to_string();
+    let cfg = d.path().join("site.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[site]\nname = \"site-b\"\nunderlay = \"eth1\"\nvtep_ip = \"198.51.100.2\"\nunderlay_mtu = 1500\n[ipsec]\nbackend = \"kernel\"\nauth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\ncacerts = [\"{}\"]\ncrls = [\"{}\"]\n[[peer]]\nname = \"site-a\"\naddress = \"198.51.100.1\"\n[[vlan]]\nid = 101\n",
+            p("site-b.crt"),
+            p("site.key"),
+            p("ca.crt"),
+            p("ca.crl")
+        ),
+    )
+    .unwrap();
+    let c = check_json(&cfg);
+    assert_eq!(
+        c["ipsec"]["certificate"]["subject"], "O=Operator B, CN=site-b",
+        "{c:#}"
+    );
+    assert_eq!(
+        c["ipsec"]["certificate"]["issuer"],
+        "O=L2S Federation, CN=L2S Federation CA"
+    );
+    assert_eq!(c["ipsec"]["certificate"]["crls"][0]["revoked"], 0);
+    assert!(c["warnings"].as_array().unwrap().is_empty(), "{c:#}");
+}
