@@ -563,6 +563,29 @@ mod tests {
         );
     }
 
+    /// Snapshot of the credential messages (placeholder data: the real ones carry DER/PEM).
+    #[test]
+    fn credential_message_snapshots() {
+        use crate::vici::messages;
+        let got = [
+            (
+                "load-authority",
+                messages::load_authority(&authority_name("l2s0", "0a1b2c3d4e5f"), b"<CA DER>"),
+            ),
+            ("load-cert", messages::load_cert("X509_CRL", b"<CRL DER>")),
+            (
+                "load-cert",
+                messages::load_cert("X509", b"<certificate DER>"),
+            ),
+            ("load-key", messages::load_key("ecdsa", b"<key PEM>")),
+        ]
+        .iter()
+        .map(|(cmd, m)| format!("{cmd}:\n{m}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+        crate::snapshot::assert_snapshot("load-credentials.txt", &got);
+    }
+
     #[test]
     fn credentials_are_loaded_when_charon_lacks_them_and_stale_cas_unloaded() {
         let creds = |digests: &[&str]| DesiredCreds {

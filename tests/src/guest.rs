@@ -160,14 +160,16 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// The project's cloud-init user-data for one site of the NS parameters
-/// (descriptors/osm/l2s_ns/params-3sites.yaml), rendered as OSM renders it, with the PSK and
-/// the package URL given here.
-pub fn user_data(member: &str, psk: &str, deb_url: &str) -> Result<String> {
+/// (descriptors/osm/l2s_ns/params-3sites.yaml, certificates), rendered as OSM renders it,
+/// with a certificate for the site issued here by `ca` and the package URL given here.
+pub fn user_data(member: &str, ca: &crate::TestCa, deb_url: &str) -> Result<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::env::temp_dir().join(format!(
         "{RUN_PREFIX}-{}-{member}.user-data",
         std::process::id()
     ));
+    let issued = ca.issue(member, member, 365)?;
+    let read = |p: &Path| std::fs::read_to_string(p);
     sh(Command::new("python3")
         .current_dir(&root)
         .arg("tests/deploy/render_cloud_init.py")
@@ -175,11 +177,36 @@ pub fn user_data(member: &str, psk: &str, deb_url: &str) -> Result<String> {
         .arg("descriptors/osm/l2s_ns/params-3sites.yaml")
         .arg(member)
         .arg(&out)
-        .arg(format!("psk={psk}"))
+        .arg(format!("site_cert={}", read(&issued.cert)?))
+        .arg(format!("site_key={}", read(&issued.key)?))
+        .arg(format!("ca_cert={}", read(&ca.cert)?))
         .arg(format!("l2s_deb_url={deb_url}")))?;
     let text = std::fs::read_to_string(&out)?;
     let _ = std::fs::remove_file(&out);
     Ok(text)
+}
+
+/// A throw-away federation CA for the guest's sites, under the system's temp directory
+/// (removed when dropped).
+pub struct GuestCa {
+    pub ca: crate::TestCa,
+}
+
+impl GuestCa {
+    pub fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{RUN_PREFIX}-{}-pki", std::process::id()));
+        Ok(GuestCa {
+            ca: crate::TestCa::new(&dir, "federation-ca")?,
+        })
+    }
+}
+
+impl Drop for GuestCa {
+    fn drop(&mut self) {
+        if let Some(parent) = self.ca.dir.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
 }
 
 /// How QEMU runs the guest.

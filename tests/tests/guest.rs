@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use l2s_lab::guest::{self, Boot, Guest, Image};
 
-const PSK: &str = "guest-lab-psk-0123456789-for-this-test-only";
 const DEB_URL: &str = "http://10.0.2.100/l2s-vnf.deb";
 /// The VLAN pairs of the paper's scenario: (from VNF, to VNF, to address, VLAN).
 const PAIRS: [(&str, &str, &str, u16); 4] = [
@@ -40,8 +39,8 @@ fn l2s_cmd(site: &str) -> String {
     }
 }
 
-/// The site.toml and PSK a rendered user-data writes (read with PyYAML, as cloud-init does).
-fn site_files(user_data: &str) -> (String, String) {
+/// The files a rendered user-data writes, by path (read with PyYAML, as cloud-init does).
+fn site_files(user_data: &str) -> std::collections::BTreeMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
     let ud = dir.path().join("user-data");
     std::fs::write(&ud, user_data).unwrap();
@@ -50,14 +49,7 @@ fn site_files(user_data: &str) -> (String, String) {
         ud.display()
     )))
     .unwrap();
-    let files: serde_json::Value = serde_json::from_str(&out).unwrap();
-    (
-        files["/etc/l2s-vnf/site.toml"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-        files["/etc/l2s-vnf/psk"].as_str().unwrap().to_string(),
-    )
+    serde_json::from_str(&out).unwrap()
 }
 
 impl Stack {
@@ -270,24 +262,28 @@ fn install_lab_scripts(g: &Guest) {
     }
 }
 
-/// Configure and start a peer site in the guest from its rendered user-data.
-fn start_peer(g: &Guest, site: &str) {
-    let (toml, psk) = site_files(&guest::user_data(site, PSK, DEB_URL).unwrap());
+/// Configure and start a peer site in the guest from its rendered user-data (its config,
+/// certificate, key and the federation's CA, in a directory of its own).
+fn start_peer(g: &Guest, site: &str, ca: &l2s_lab::TestCa) {
+    let files = site_files(&guest::user_data(site, ca, DEB_URL).unwrap());
     let dir = format!("/etc/l2s-lab/{site}");
     let run = format!("/run/l2s-lab/{site}");
-    // Its own sockets: OVSDB, charon's VICI, the control socket.
-    let toml = toml
-        .replace("/etc/l2s-vnf/psk", &format!("{dir}/psk"))
-        .replace(
-            "vici = \"unix:///run/charon.vici\"",
-            &format!("vici = \"unix://{run}/run/charon.vici\""),
-        )
-        + &format!(
-            "\n[switch]\novsdb = \"unix:{run}/ovs/db.sock\"\n\n[daemon]\ncontrol_socket = \"{run}/control.sock\"\n"
-        );
     g.sh(&format!("mkdir -p {dir}")).unwrap();
+    let mut toml = files["/etc/l2s-vnf/site.toml"].clone();
+    for (name, mode) in [("site.crt", 0o644), ("site.key", 0o600), ("ca.crt", 0o644)] {
+        let path = format!("/etc/l2s-vnf/{name}");
+        g.write(&format!("{dir}/{name}"), &files[&path], mode)
+            .unwrap();
+        toml = toml.replace(&path, &format!("{dir}/{name}"));
+    }
+    // Its own sockets: OVSDB, charon's VICI, the control socket.
+    let toml = toml.replace(
+        "vici = \"unix:///run/charon.vici\"",
+        &format!("vici = \"unix://{run}/run/charon.vici\""),
+    ) + &format!(
+        "\n[switch]\novsdb = \"unix:{run}/ovs/db.sock\"\n\n[daemon]\ncontrol_socket = \"{run}/control.sock\"\n"
+    );
     g.write(&format!("{dir}/site.toml"), &toml, 0o644).unwrap();
-    g.write(&format!("{dir}/psk"), &psk, 0o600).unwrap();
     g.sh(&format!("/root/lab/start-site.sh {site}")).unwrap();
 }
 
@@ -311,7 +307,10 @@ fn the_paper_sites_on_the_production_stack() {
     let deb = l2s_lab::package().unwrap();
     let image = Image::ensure(&deb).unwrap();
     let t0 = Instant::now();
-    let user_data = guest::user_data("site-a", PSK, DEB_URL).unwrap();
+    // The sites authenticate with certificates from a throw-away federation CA, as the NS
+    // parameters say (the recommended mode).
+    let pki = guest::GuestCa::new().unwrap();
+    let user_data = guest::user_data("site-a", &pki.ca, DEB_URL).unwrap();
     let g = Guest::boot(
         &image,
         Boot {
@@ -363,9 +362,14 @@ fn the_paper_sites_on_the_production_stack() {
         "0"
     );
     assert_eq!(
-        s.sh("stat -c %a /etc/l2s-vnf/psk").trim(),
+        s.sh("stat -c %a /etc/l2s-vnf/site.key").trim(),
         "600",
-        "cloud-init writes the PSK 0600"
+        "cloud-init writes the private key 0600"
+    );
+    assert!(
+        s.sh("l2s-vnf check --json")
+            .contains("\"auth\": \"pubkey\""),
+        "site A runs on certificates"
     );
     let check = s.sh("l2s-vnf check");
     assert!(
@@ -377,7 +381,7 @@ fn the_paper_sites_on_the_production_stack() {
     install_lab_scripts(&s.g);
     s.sh("systemd-run --quiet --unit=l2s-lab-capture --collect ip netns exec ul tcpdump -i ul0 -n -U -s 128 -w /root/underlay.pcap; sleep 2");
     for site in ["site-b", "site-c"] {
-        start_peer(&s.g, site);
+        start_peer(&s.g, site, &pki.ca);
     }
     let up = s.wait_up("first convergence", Duration::from_secs(120));
     eprintln!(
@@ -386,6 +390,23 @@ fn the_paper_sites_on_the_production_stack() {
     );
     let unit_b = s.sh("systemctl show -p ActiveState,StatusText l2s-vnf-site-b");
     assert!(unit_b.contains("ActiveState=active"), "{unit_b}");
+    // Certificates on the stock charon: each peer's, as charon verified it, in A's status.
+    let st = s.status("site-a");
+    for p in ["site-b", "site-c"] {
+        let peer = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == p)
+            .unwrap();
+        assert_eq!(peer["auth"], "pubkey", "{st:#}");
+        assert_eq!(
+            peer["certificate"]["subject"],
+            format!("O=L2S Test, CN={p}"),
+            "{st:#}"
+        );
+    }
+    assert!(st["ipsec"]["certificate"]["days_left"].as_i64().unwrap() >= 363);
     // VNFs use the access MTU, as their access network's DHCP tells them.
     s.sh(&format!(
         "for n in a101 a102 b101 b102 c101; do ip -n $n link set eth0 mtu {ACCESS_MTU}; done"

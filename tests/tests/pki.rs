@@ -245,8 +245,21 @@ fn reload(lab: &Lab, site: &str) {
 #[test]
 fn certificates_rotation_ca_rollover_and_revocation_keep_the_service() {
     require_lab!();
-    let (t, ca1, mut cap) = federation("pki-lifecycle");
+    let (mut t, ca1, mut cap) = federation("pki-lifecycle");
     judge(&t, &cap, "start with certificates");
+
+    // 0. A reload with a key of another certificate is refused and changes nothing.
+    let stray = ca1.issue("stray", "site-a", 365).unwrap();
+    let a_files = site_files(&t.lab, "a");
+    std::fs::copy(&stray.key, &a_files.key).unwrap();
+    let out = t.lab.l2s("a", &["reload"]).unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not belong to certificate"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+    std::fs::copy(ca1.dir.join("site-a.key"), &a_files.key).unwrap();
+    assert_eq!(t.lab.sas_up("a"), 2, "the refused reload touched the SAs");
 
     // Status tells who is who, and how long each certificate has left.
     let st = t.lab.status_json("a").unwrap();
@@ -306,6 +319,17 @@ fn certificates_rotation_ca_rollover_and_revocation_keep_the_service() {
         || peer_serial(&t.lab, "b", "site-a").as_deref() == Some(new_serial.as_str()),
     );
     judge(&t, &cap, "rotation and re-authentication");
+
+    // A restarted charon has lost every credential: the daemon hands them over again.
+    t.lab.kill_charon("b");
+    t.lab.start_charon("b").unwrap();
+    all_up(&t.lab, "charon at B restarted");
+    judge(&t, &cap, "charon at B restarted");
+    assert!(
+        t.lab.daemon_log("b").contains("private key not in charon"),
+        "{}",
+        t.lab.daemon_log("b")
+    );
 
     // 2. CA rollover: CA 2 is trusted beside CA 1 everywhere, then C moves to it.
     let ca2 = TestCa::new(&t.lab.dir, "ca2").unwrap();

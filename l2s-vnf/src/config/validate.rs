@@ -796,3 +796,56 @@ pub fn psk_file_problem(path: &Path) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues(text: &str) -> Vec<String> {
+        match SiteConfig::from_str_at(Path::new("site.toml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.issues().iter().map(|i| i.to_string()).collect(),
+        }
+    }
+
+    const HEAD: &str = "[site]\nname = \"site-a\"\nunderlay = \"eth1\"\nvtep_ip = \"192.0.2.1\"\nunderlay_mtu = 1500\n";
+
+    #[test]
+    fn certificates_are_checked_where_the_config_names_them_and_no_psk_is_needed() {
+        let text = format!(
+            "{HEAD}[ipsec]\nauth = \"pubkey\"\ncert = \"/nonexistent/site.crt\"\nkey = \"/nonexistent/site.key\"\ncacerts = [\"/nonexistent/ca.crt\"]\npsk_file = \"/nonexistent/psk\"\n[[peer]]\nname = \"site-b\"\naddress = \"192.0.2.2\"\n[[peer]]\nname = \"site-c\"\naddress = \"192.0.2.3\"\nid = \"%any\"\n"
+        );
+        let got = issues(&text);
+        let want = [
+            "site.toml:8:8: ipsec.cert: certificate file /nonexistent/site.crt does not exist",
+            "site.toml:9:7: ipsec.key: private key file /nonexistent/site.key does not exist",
+            "site.toml:10:12: ipsec.cacerts[0]: CA certificate file /nonexistent/ca.crt does not exist",
+        ];
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+        }
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("site.toml:18:6: peer[1].id:") && g.contains("%any")),
+            "{got:#?}"
+        );
+        assert!(
+            !got.iter().any(|g| g.contains("PSK file")),
+            "no peer uses the PSK: {got:#?}"
+        );
+        // A peer on PSK brings the PSK check back; an unknown method is named.
+        let text = text.replace("name = \"site-b\"\n", "name = \"site-b\"\nauth = \"psk\"\n")
+            + "[[peer]]\nname = \"site-d\"\naddress = \"192.0.2.4\"\nauth = \"certs\"\n";
+        let got = issues(&text);
+        assert!(
+            got.iter()
+                .any(|g| g.contains("PSK file /nonexistent/psk does not exist")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.contains("peer[2].auth: unknown authentication `certs`")),
+            "{got:#?}"
+        );
+    }
+}

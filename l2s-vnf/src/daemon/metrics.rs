@@ -537,7 +537,10 @@ mod tests {
         };
         serde_json::from_value(serde_json::json!({
             "schema": 1, "source": "daemon", "site": "a", "bridge": null, "access_mtu": 1400,
-            "ipsec": {"enabled": true, "guard": true, "charon": true},
+            "ipsec": {"enabled": true, "guard": true, "charon": true,
+                      "certificate": {"subject": "CN=a", "issuer": "CN=ca", "serial": "01",
+                                      "not_after_unix": 2, "expires_in_secs": 86400,
+                                      "days_left": 1}},
             "warnings": [],
             "vlans": [{
                 "id": 101, "vni": 101, "vtep": "l2s-vx101", "vtep_up": true, "vtep_mtu": 1400,
@@ -554,7 +557,11 @@ mod tests {
                                    "ike_rekey_in_secs": 1, "child_rekey_in_secs": 1},
                 "path": {"rtt_ms": 0.5, "rtt_min_ms": 0.4, "rtt_max_ms": 0.6,
                          "jitter_ms": 0.1, "loss_pct": 0.0, "mtu_ok": true,
-                         "mtu_size": 1400, "mtu_passes": null, "at_unix": 1}
+                         "mtu_size": 1400, "mtu_passes": null, "at_unix": 1},
+                "auth": "pubkey", "id": "b",
+                "certificate": {"subject": "CN=b", "issuer": "CN=ca", "serial": "02",
+                                "not_after_unix": 2, "expires_in_secs": 172800,
+                                "days_left": 2}
             }]
         }))
         .unwrap()
@@ -609,6 +616,21 @@ mod tests {
         assert!(
             missing.is_empty(),
             "not exported: {missing:?}\nexported: {samples:?}"
+        );
+    }
+
+    #[test]
+    fn certificate_expiry_is_exported_for_this_site_and_each_peer() {
+        let m = Metrics::new();
+        m.observe(&full_status(), &IpsecEvents::default());
+        let text = m.encode();
+        assert!(
+            text.contains("l2s_vnf_cert_expiry_seconds{cert=\"local\"} 86400"),
+            "{text}"
+        );
+        assert!(
+            text.contains("l2s_vnf_cert_expiry_seconds{cert=\"b\"} 172800"),
+            "{text}"
         );
     }
 }

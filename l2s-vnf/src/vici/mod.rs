@@ -245,8 +245,9 @@ impl Client {
 
     /// Load (or replace) a named certification authority (its CA certificate, DER or PEM).
     pub async fn load_authority(&self, name: &str, cacert: &[u8]) -> Result<(), ViciError> {
-        let msg = Section::new().section(name, Section::new().kv("cacert", cacert));
-        self.request("load-authority", &msg).await.map(|_| ())
+        self.request("load-authority", &messages::load_authority(name, cacert))
+            .await
+            .map(|_| ())
     }
 
     pub async fn unload_authority(&self, name: &str) -> Result<(), ViciError> {
@@ -265,19 +266,16 @@ impl Client {
 
     /// Load a certificate (`type` X509, flag NONE) or a CRL (`type` X509_CRL).
     pub async fn load_cert(&self, kind: &str, data: &[u8]) -> Result<(), ViciError> {
-        let msg = Section::new()
-            .kv("type", kind)
-            .kv("flag", "NONE")
-            .kv("data", data);
-        self.request("load-cert", &msg).await.map(|_| ())
+        self.request("load-cert", &messages::load_cert(kind, data))
+            .await
+            .map(|_| ())
     }
 
     /// Load a private key; returns charon's id for it. The key goes to charon and nowhere
     /// else (errors name the command, never the data).
     pub async fn load_key(&self, kind: &str, data: &[u8]) -> Result<String, ViciError> {
-        let msg = Section::new().kv("type", kind).kv("data", data);
         Ok(self
-            .request("load-key", &msg)
+            .request("load-key", &messages::load_key(kind, data))
             .await?
             .str("id")
             .unwrap_or_default())
@@ -417,6 +415,29 @@ impl Client {
                 _ => None,
             })
             .collect())
+    }
+}
+
+/// The bodies of the credential commands (kept apart for the snapshot tests).
+pub mod messages {
+    use super::Section;
+
+    /// `load-authority`: one section named after the authority, holding its CA certificate.
+    pub fn load_authority(name: &str, cacert: &[u8]) -> Section {
+        Section::new().section(name, Section::new().kv("cacert", cacert))
+    }
+
+    /// `load-cert`: an end-entity certificate (`X509`) or a CRL (`X509_CRL`), never as a CA.
+    pub fn load_cert(kind: &str, data: &[u8]) -> Section {
+        Section::new()
+            .kv("type", kind)
+            .kv("flag", "NONE")
+            .kv("data", data)
+    }
+
+    /// `load-key`: a private key of the given type.
+    pub fn load_key(kind: &str, data: &[u8]) -> Section {
+        Section::new().kv("type", kind).kv("data", data)
     }
 }
 

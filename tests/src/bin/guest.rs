@@ -44,8 +44,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("image") => println!("{}", image.dir.display()),
         Some("up") => {
-            let psk = "l2s-guest-lab-psk-for-testing-only";
-            let ud = guest::user_data("site-a", psk, "http://10.0.2.100/l2s-vnf.deb")?;
+            let pki = guest::GuestCa::new()?;
+            let ud = guest::user_data("site-a", &pki.ca, "http://10.0.2.100/l2s-vnf.deb")?;
             println!("booting site A ({:?})…", guest::Accel::probe(&image));
             let g = Guest::boot(
                 &image,
