@@ -1586,6 +1586,23 @@ fn pki(args: &[&str], out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A fresh ECDSA P-256 key (mode 0600).
+fn new_key(path: &Path) -> Result<()> {
+    pki(
+        &[
+            "--gen",
+            "--type",
+            "ecdsa",
+            "--size",
+            "256",
+            "--outform",
+            "pem",
+        ],
+        path,
+    )?;
+    private_file(path)
+}
+
 fn private_file(p: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
@@ -1599,19 +1616,7 @@ impl TestCa {
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("ca.key");
         let cert = dir.join("ca.crt");
-        pki(
-            &[
-                "--gen",
-                "--type",
-                "ecdsa",
-                "--size",
-                "256",
-                "--outform",
-                "pem",
-            ],
-            &key,
-        )?;
-        private_file(&key)?;
+        new_key(&key)?;
         let dn = format!("O=L2S Test, CN={name}");
         pki(
             &[
@@ -1664,19 +1669,7 @@ impl TestCa {
     fn issue_with(&self, file: &str, id: &str, validity: &[&str]) -> Result<Issued> {
         let key = self.dir.join(format!("{file}.key"));
         let cert = self.dir.join(format!("{file}.crt"));
-        pki(
-            &[
-                "--gen",
-                "--type",
-                "ecdsa",
-                "--size",
-                "256",
-                "--outform",
-                "pem",
-            ],
-            &key,
-        )?;
-        private_file(&key)?;
+        new_key(&key)?;
         let dn = format!("O=L2S Test, CN={id}");
         let mut args = vec![
             "--issue",

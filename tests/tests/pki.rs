@@ -104,17 +104,24 @@ fn federation(name: &str) -> (PaperLab, TestCa, Capture) {
             String::from_utf8_lossy(&check.stderr)
         );
     }
+    let cap = start_daemons(&mut t, name);
+    (t, ca, cap)
+}
+
+/// Start the capture and every site's daemon, wait for every SA, and give the VNFs the
+/// access MTU (as their access network's DHCP would).
+fn start_daemons(t: &mut PaperLab, name: &str) -> Capture {
     let cap = Capture::start(&t.lab, name).unwrap();
     for s in SITES {
         t.lab.start_daemon(s).unwrap();
     }
-    all_up(&t.lab, "start");
+    all_up(&t.lab, &format!("the start of {name}"));
     let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
         .as_u64()
         .unwrap() as u32;
     let vnfs = t.vnfs();
     t.lab.set_vnf_mtu(&vnfs, mtu).unwrap();
-    (t, ca, cap)
+    cap
 }
 
 fn all_up(lab: &Lab, after: &str) {
@@ -575,16 +582,7 @@ fn a_mixed_federation_keeps_one_peer_on_psk() {
         .lab
         .secure("c", &t.lab.config("c", &peers, vlans), &psk, "");
     t.lab.write_config("c", &cfg).unwrap();
-    let cap = Capture::start(&t.lab, "pki-mixed").unwrap();
-    for s in SITES {
-        t.lab.start_daemon(s).unwrap();
-    }
-    all_up(&t.lab, "start of a mixed federation");
-    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
-        .as_u64()
-        .unwrap() as u32;
-    let vnfs = t.vnfs();
-    t.lab.set_vnf_mtu(&vnfs, mtu).unwrap();
+    let cap = start_daemons(&mut t, "pki-mixed");
     judge(&t, &cap, "a mixed federation");
     let st = t.lab.status_json("a").unwrap();
     assert_eq!(peer(&st, "site-b")["auth"], "pubkey");

@@ -268,6 +268,14 @@ impl SiteConfig {
         }
     }
 
+    /// Each peer's name and VTEP address.
+    pub fn peer_addresses(&self) -> Vec<(String, IpAddr)> {
+        self.peers
+            .iter()
+            .map(|p| (p.name.clone(), p.address))
+            .collect()
+    }
+
     pub fn peer(&self, name: &str) -> Option<&Peer> {
         self.peers.iter().find(|p| p.name == name)
     }

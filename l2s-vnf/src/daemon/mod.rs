@@ -268,13 +268,7 @@ impl Daemon {
             }
         }
         if let Some(paths) = &self.paths {
-            let peers = self
-                .cfg
-                .peers
-                .iter()
-                .map(|p| (p.name.clone(), p.address))
-                .collect();
-            paths.configure(peers, self.access_mtu);
+            paths.configure(self.cfg.peer_addresses(), self.access_mtu);
         }
     }
 
@@ -453,12 +447,7 @@ impl Daemon {
         if !self.cfg.ipsec.enabled {
             return;
         }
-        let peers = self
-            .cfg
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.address))
-            .collect();
+        let peers = self.cfg.peer_addresses();
         self.authlog_task = Some(tokio::spawn(authlog::listen(
             self.cfg.ipsec.vici.clone(),
             self.cfg.switch.bridge.clone(),
