@@ -44,18 +44,32 @@ impl GuardSpec {
             self.vxlan_port,
             crate::probe::port(self.vxlan_port)
         );
-        let (out_rule, in_rule) = match self.backend {
+        let (unprotected_out, out_rule, in_rule) = match self.backend {
             IpsecBackend::Kernel => (
+                "rt ipsec missing".to_string(),
                 format!("udp dport {port} rt ipsec missing counter drop comment \"clear-text VXLAN out\""),
                 format!("udp dport {port} meta ipsec missing counter drop comment \"clear-text VXLAN in\""),
             ),
             IpsecBackend::Libipsec => (
+                format!("oifname != \"{LIBIPSEC_TUN}\""),
                 format!("udp dport {port} oifname != \"{LIBIPSEC_TUN}\" counter drop comment \"VXLAN not through IPsec out\""),
                 format!("udp dport {port} iifname != \"{LIBIPSEC_TUN}\" counter drop comment \"VXLAN not through IPsec in\""),
             ),
         };
+        // An ICMP error about a decrypted VXLAN or probe packet (port unreachable while a
+        // VTEP is being re-created, a probe before the peer listens) quotes that packet —
+        // up to ~500 bytes of a VNF's frame — and the SAs cover UDP only: it must not leave
+        // unprotected. Matched on the quoted packet: protocol UDP, destination port ours
+        // (written as nft lists it, in hex, so the listing compares equal).
+        let hex = format!(
+            "{{ {:#x}, {:#x} }}",
+            self.vxlan_port,
+            crate::probe::port(self.vxlan_port)
+        );
+        let icmp4 = format!("icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} @th,136,8 0x11 @th,240,16 {hex} {unprotected_out} counter drop comment \"ICMP error quoting VXLAN out\"");
+        let icmp6 = format!("icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} @th,112,8 0x11 @th,400,16 {hex} {unprotected_out} counter drop comment \"ICMPv6 error quoting VXLAN out\"");
         format!(
-            "table inet {t} {{\n\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t\t{out_rule}\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t\t{in_rule}\n\t}}\n}}\n",
+            "table inet {t} {{\n\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t\t{out_rule}\n\t\t{icmp4}\n\t\t{icmp6}\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t\t{in_rule}\n\t}}\n}}\n",
             t = self.table
         )
     }

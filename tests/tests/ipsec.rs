@@ -273,6 +273,68 @@ fn forged_clear_text_vxlan_never_reaches_a_vnf() {
     assert!(out.contains("+ guard"), "apply restores the guard: {out}");
 }
 
+/// An ICMP error about a decrypted VXLAN or probe packet quotes that packet (up to ~500 bytes
+/// of a VNF's frame), and the SAs cover UDP only: the guard keeps it off the underlay.
+#[test]
+fn an_icmp_error_about_decrypted_vxlan_never_leaves_in_clear_text() {
+    require_lab!();
+    let t = secure_lab("");
+    for s in ["a", "b", "c"] {
+        t.lab.l2s_ok(s, &["apply"]).unwrap();
+    }
+    wait_sas(&t.lab, &["a", "b", "c"], Duration::from_secs(30));
+    let b_ip = t.lab.site("b").underlay_ip.clone();
+    // Datagrams from A's VTEP to B's probe port travel A's SA with B; nothing listens there
+    // (no daemon runs at B), so B's kernel answers each with a port unreachable.
+    let send = |tag: &str| {
+        let cmd = format!(
+            "for i in 1 2 3 4 5; do echo {tag}-secret-vnf-bytes > /dev/udp/{b_ip}/4790; sleep 0.1; done"
+        );
+        run(netns(&t.lab.site("a").ns, "bash").args(["-c", &cmd])).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut cap = Capture::start(&t.lab, "icmp-errors").unwrap();
+    let esp0 = cap.count("udp port 4500");
+    send("guarded");
+    cap.stop();
+    assert!(
+        cap.count("udp port 4500") >= esp0 + 5,
+        "the datagrams did not travel the SA"
+    );
+    assert_eq!(
+        cap.count("icmp"),
+        0,
+        "an ICMP error left in clear text: {:?}",
+        cap.packets("icmp")
+    );
+    let guard = sh_out(
+        &t.lab,
+        "b",
+        &["nft", "list", "table", "inet", "l2s_vnf_l2s0"],
+    );
+    assert!(
+        guard
+            .lines()
+            .any(|l| l.contains("ICMP error quoting VXLAN") && !l.contains("packets 0 ")),
+        "the guard counted no ICMP error:\n{guard}"
+    );
+    // Negative control: without the guard the same datagrams do draw clear-text errors.
+    sh_out(
+        &t.lab,
+        "b",
+        &["nft", "delete", "table", "inet", "l2s_vnf_l2s0"],
+    );
+    let mut cap = Capture::start(&t.lab, "icmp-errors-unguarded").unwrap();
+    send("unguarded");
+    cap.stop();
+    assert!(
+        cap.count("icmp") > 0,
+        "control: without the guard B's port unreachables should be on the underlay"
+    );
+    let out = t.lab.l2s_ok("b", &["apply"]).unwrap();
+    assert!(out.contains("+ guard"), "apply restores the guard: {out}");
+}
+
 fn sh_out(lab: &Lab, site: &str, cmd: &[&str]) -> String {
     let out = run(netns(&lab.site(site).ns, cmd[0]).args(&cmd[1..])).unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
