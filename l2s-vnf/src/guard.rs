@@ -192,6 +192,15 @@ mod tests {
         }
     }
 
+    /// The kernel ruleset as nft 1.0.6 lists it once installed (hex raw payloads, counters):
+    /// still the same guard, or the daemon would replace it at every reconcile.
+    #[test]
+    fn nfts_own_listing_matches_the_spec() {
+        let listed = include_str!("../tests/snapshots/guard-kernel.nft-listed");
+        assert!(matches(&spec(IpsecBackend::Kernel), listed));
+        assert!(!matches(&spec(IpsecBackend::Libipsec), listed));
+    }
+
     #[test]
     fn table_names_are_nft_safe() {
         assert_eq!(table_name("l2s0"), "l2s_vnf_l2s0");

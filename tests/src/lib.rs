@@ -1050,6 +1050,34 @@ impl PaperLab {
         Ok(())
     }
 
+    /// Start charon at every site and write IPsec configs authenticating with certificates
+    /// from a throw-away federation CA (the recommended mode): each site's certificate and
+    /// key in its directory as `site.crt`/`site.key`. Returns the CA.
+    pub fn secure_with_certificates(&mut self) -> Result<TestCa> {
+        let ca = TestCa::new(&self.lab.dir, "federation-ca")?;
+        // `secure` names a PSK file; no peer uses it.
+        let psk = self.lab.psk_file("psk", "unused-with-certificates\n")?;
+        for (site, peers, vlans) in Self::layout() {
+            self.lab.start_charon(site)?;
+            let issued = ca.issue(&format!("site-{site}"), &format!("site-{site}"), 365)?;
+            let dir = self.lab.site(site).dir.clone();
+            let (cert, key) = (dir.join("site.crt"), dir.join("site.key"));
+            std::fs::copy(&issued.cert, &cert)?;
+            std::fs::copy(&issued.key, &key)?;
+            let more = format!(
+                "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\ncacerts = [\"{}\"]\n",
+                cert.display(),
+                key.display(),
+                ca.cert.display()
+            );
+            let cfg = self
+                .lab
+                .secure(site, &self.lab.config(site, &peers, vlans), &psk, &more);
+            self.lab.write_config(site, &cfg)?;
+        }
+        Ok(ca)
+    }
+
     pub fn vnfs(&self) -> [&Vnf; 5] {
         [&self.a101, &self.b101, &self.c101, &self.a102, &self.b102]
     }
