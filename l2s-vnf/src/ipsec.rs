@@ -600,6 +600,7 @@ mod tests {
                     not_after_unix: 1,
                 },
                 key_pem: crate::pki::Secret::default(),
+                key_type: "ecdsa",
                 key_id: "k1".into(),
                 cas: digests
                     .iter()

@@ -367,6 +367,8 @@ pub struct Credentials {
     pub cert_der: Vec<u8>,
     pub cert: CertInfo,
     pub key_pem: Secret,
+    /// The key's type for VICI `load-key` (`rsa`, `ecdsa`, `ed25519`, `ed448`; else `any`).
+    pub key_type: &'static str,
     /// charon's id of the key (SHA-1 of the public key bits, hex), to find it in `get-keys`.
     pub key_id: String,
     pub cas: Vec<CaCert>,
@@ -397,12 +399,17 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     })
 }
 
+/// Whether a file's bytes hold a marker such as a PEM label (`PRIVATE KEY`).
+fn holds(bytes: &[u8], marker: &[u8]) -> bool {
+    bytes.windows(marker.len()).any(|w| w == marker)
+}
+
 fn holds_private_key(bytes: &[u8]) -> bool {
-    bytes.windows(11).any(|w| w == b"PRIVATE KEY")
+    holds(bytes, b"PRIVATE KEY")
 }
 
 fn certs_in(bytes: &[u8]) -> Result<Vec<X509>, String> {
-    if bytes.starts_with(b"-----") || bytes.windows(5).any(|w| w == b"-----") {
+    if holds(bytes, b"-----") {
         let v = X509::stack_from_pem(bytes).map_err(|_| "not a PEM certificate".to_string())?;
         if v.is_empty() {
             return Err("holds no PEM certificate".into());
@@ -627,7 +634,7 @@ pub fn check(
                     err("ipsec.key", format!("private key file {} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)", files.key.display()));
                 }
             }
-            if bytes.windows(9).any(|w| w == b"ENCRYPTED") {
+            if holds(&bytes, b"ENCRYPTED") {
                 err("ipsec.key", format!("private key file {} is encrypted; charon is handed the key unencrypted (protect the file with mode 0600 instead)", files.key.display()));
                 None
             } else {
@@ -641,7 +648,7 @@ pub fn check(
                             format!(
                                 "private key file {} does not hold a private key (PEM or DER){}",
                                 files.key.display(),
-                                if bytes.windows(11).any(|w| w == b"CERTIFICATE") {
+                                if holds(&bytes, b"CERTIFICATE") {
                                     "; it holds a certificate"
                                 } else {
                                     ""
@@ -655,6 +662,7 @@ pub fn check(
         }
     };
     let mut key_id_hex = String::new();
+    let key_kind = key.as_ref().map_or("any", |(k, _)| key_type(k));
     if let (Some(c), Some((k, _))) = (&cert, &key) {
         let matches = c.public_key().map(|p| p.public_eq(k)).unwrap_or(false);
         if !matches {
@@ -786,6 +794,7 @@ pub fn check(
         cert_der: der_of(&c),
         cert: CertInfo::of(&c),
         key_pem: Secret(key_bytes),
+        key_type: key_kind,
         key_id: key_id_hex,
         cas: cas.into_iter().map(|(ca, _)| ca).collect(),
         crls,
@@ -820,15 +829,12 @@ pub fn info_of_der(der: &[u8]) -> Option<(CertInfo, X509)> {
 }
 
 /// The private-key type for VICI `load-key` (`rsa`, `ecdsa`, `ed25519`, …; `any` otherwise).
-pub fn key_type(pem: &Secret) -> &'static str {
-    let k: Option<PKey<Private>> = PKey::private_key_from_pem(pem.expose())
-        .or_else(|_| PKey::private_key_from_der(pem.expose()))
-        .ok();
-    match k.map(|k| k.id()) {
-        Some(openssl::pkey::Id::RSA) => "rsa",
-        Some(openssl::pkey::Id::EC) => "ecdsa",
-        Some(openssl::pkey::Id::ED25519) => "ed25519",
-        Some(openssl::pkey::Id::ED448) => "ed448",
+fn key_type(key: &PKey<Private>) -> &'static str {
+    match key.id() {
+        openssl::pkey::Id::RSA => "rsa",
+        openssl::pkey::Id::EC => "ecdsa",
+        openssl::pkey::Id::ED25519 => "ed25519",
+        openssl::pkey::Id::ED448 => "ed448",
         _ => "any",
     }
 }

@@ -809,11 +809,7 @@ pub fn unix_now() -> u64 {
 
 /// `3h02m`, `4m10s`, `12s`.
 /// `3m 20s`-style text of a number of seconds.
-pub fn duration_text(secs: u64) -> String {
-    duration(secs)
-}
-
-fn duration(secs: u64) -> String {
+pub fn duration(secs: u64) -> String {
     match secs {
         s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),

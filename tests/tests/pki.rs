@@ -267,6 +267,7 @@ fn certificates_rotation_ca_rollover_and_revocation_keep_the_service() {
     assert!(!err.contains("PRIVATE KEY"), "{err}");
     std::fs::copy(ca1.dir.join("site-a.key"), &a_files.key).unwrap();
     assert_eq!(t.lab.sas_up("a"), 2, "the refused reload touched the SAs");
+    judge(&t, &cap, "a refused reload");
 
     // Status tells who is who, and how long each certificate has left.
     let st = t.lab.status_json("a").unwrap();

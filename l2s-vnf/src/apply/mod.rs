@@ -550,7 +550,7 @@ pub async fn load_creds(
         .map_err(|e| ApplyError::Refused(format!("charon refused this site's certificate: {e}")))?;
     let key = &creds.creds.key_pem;
     let id = v
-        .load_key(crate::pki::key_type(key), key.expose())
+        .load_key(creds.creds.key_type, key.expose())
         .await
         .map_err(|e| ApplyError::Refused(format!("charon refused this site's private key: {e}")))?;
     Ok(id)
@@ -565,13 +565,15 @@ pub async fn peer_certs(
 ) -> std::collections::BTreeMap<String, crate::pki::CertInfo> {
     let mut out = std::collections::BTreeMap::new();
     for p in cfg.peers.iter().filter(|p| p.auth == AuthMethod::Pubkey) {
-        let Ok(ders) = v.certs_of(&p.id).await else {
+        // The config's identities parse (validation checked them).
+        let (Ok(id), Ok(ders)) = (crate::pki::Identity::parse(&p.id), v.certs_of(&p.id).await)
+        else {
             continue;
         };
         let newest = ders
             .iter()
             .filter_map(|d| crate::pki::info_of_der(d))
-            .filter(|(_, c)| crate::pki::Identity::parse(&p.id).is_ok_and(|id| id.carried_by(c)))
+            .filter(|(_, c)| id.carried_by(c))
             .map(|(i, _)| i)
             .max_by_key(|i| i.not_before_unix);
         if let Some(c) = newest {

@@ -553,7 +553,7 @@ impl Daemon {
                             p,
                             format!(
                                 "authentication failed {} ago: {}",
-                                status::duration_text(unix_now().saturating_sub(f.at_unix)),
+                                status::duration(unix_now().saturating_sub(f.at_unix)),
                                 f.lines.join("; ")
                             ),
                         )
