@@ -10,9 +10,15 @@
 //! change and an unchanged config is left alone.
 //!
 //! Initiator rule: the site with the lower VTEP address initiates (`start_action = start`,
-//! retrying forever, restarting on DPD timeout or close); the other only responds. A peer that
-//! comes later is reached by the initiator's retries; `unique = replace` removes duplicate
-//! IKE_SAs should both ever initiate.
+//! retrying forever, restarting on DPD timeout); the other only responds. A peer that comes
+//! later is reached by the initiator's retries; `unique = replace` removes duplicate IKE_SAs
+//! should both ever initiate.
+//!
+//! No end restarts an IKE_SA that its peer closed (`close_action = none`): a peer deletes
+//! one of two duplicate IKE_SAs under `unique = replace`, and a restart on that delete makes
+//! a new duplicate, which the peer replaces again — an IKE duel that never ends. The daemon
+//! initiates instead, and only when a connection has no IKE_SA at all: the initiator at once,
+//! the responder only after the initiator had time to (see `daemon::Initiations`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -163,7 +169,7 @@ impl DesiredConn {
             .kv("priority", POLICY_PRIORITY.to_string())
             .kv("start_action", if initiator { "start" } else { "none" })
             .kv("dpd_action", if initiator { "restart" } else { "clear" })
-            .kv("close_action", if initiator { "restart" } else { "none" })
+            .kv("close_action", "none")
     }
 
     fn ike(&self, child_name: &str) -> Section {
@@ -254,28 +260,59 @@ pub fn authority_name(bridge: &str, digest: &str) -> String {
     format!("{CONN_PREFIX}{bridge}:ca-{digest}")
 }
 
-/// Credential changes: everything is (re)loaded when charon lacks our key or one of our CAs
-/// (a restarted charon has neither); authorities no longer configured are unloaded.
+/// What charon holds of this site's credentials (each `None`: not known).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeldCreds<'a> {
+    /// Our certification authorities.
+    pub authorities: Option<&'a [String]>,
+    /// Ids of the private keys loaded over VICI.
+    pub key_ids: Option<&'a [String]>,
+    /// The certificates charon holds for this site's identity (DER): ours now, and earlier
+    /// ones (charon cannot forget a certificate).
+    pub own_certs: Option<&'a [Vec<u8>]>,
+    /// The revocation lists charon holds (DER).
+    pub crls: Option<&'a [Vec<u8>]>,
+}
+
+/// Credential changes, from what charon holds: everything is (re)loaded when charon lacks our
+/// key, one of our CAs, our certificate (a rotation or renewal) or one of our CRLs (a newer
+/// list); authorities no longer configured are unloaded, and so are the keys of this site's
+/// earlier certificates (a retired key must not authenticate us).
 pub fn diff_creds(
     desired: Option<&DesiredCreds>,
-    authorities: Option<&[String]>,
-    key_ids: Option<&[String]>,
+    held: HeldCreds<'_>,
     bridge: &str,
 ) -> (Vec<IpsecChange>, Vec<IpsecChange>) {
     let (mut load, mut unload) = (vec![], vec![]);
-    let authorities = authorities.unwrap_or(&[]);
+    let authorities = held.authorities.unwrap_or(&[]);
     if let Some(d) = desired {
         let wanted = d.authorities();
+        let missing_key = held.key_ids.is_some_and(|k| !k.contains(&d.creds.key_id));
         let missing_ca = wanted.iter().any(|(n, _)| !authorities.contains(n));
-        let missing_key = key_ids.is_some_and(|k| !k.contains(&d.creds.key_id));
-        if missing_ca || missing_key {
+        let missing_cert = held
+            .own_certs
+            .is_some_and(|c| !c.contains(&d.creds.cert_der));
+        let missing_crl = held.crls.is_some_and(|held| {
+            d.creds
+                .crls
+                .iter()
+                .any(|ours| !held.iter().any(|h| crate::pki::crl_covers(h, ours)))
+        });
+        let why = if missing_key {
+            Some("private key not in charon")
+        } else if missing_ca {
+            Some("CA not in charon")
+        } else if missing_cert {
+            Some("certificate not in charon")
+        } else if missing_crl {
+            Some("CRL not in charon")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             load.push(IpsecChange::LoadCreds {
                 creds: Box::new(d.clone()),
-                why: if missing_key {
-                    "private key not in charon"
-                } else {
-                    "CA not in charon"
-                },
+                why,
             });
         }
     }
@@ -286,6 +323,17 @@ pub fn diff_creds(
         if owned_conn(a, bridge) && !wanted.contains(a) {
             unload.push(IpsecChange::UnloadAuthority { name: a.clone() });
         }
+    }
+    if let (Some(keys), Some(certs)) = (held.key_ids, held.own_certs) {
+        let ours = desired.map(|d| d.creds.key_id.as_str());
+        let mut retired: Vec<String> = certs
+            .iter()
+            .filter_map(|c| crate::pki::key_id_of_cert(c))
+            .filter(|id| Some(id.as_str()) != ours && keys.contains(id))
+            .collect();
+        retired.sort();
+        retired.dedup();
+        unload.extend(retired.into_iter().map(|id| IpsecChange::UnloadKey { id }));
     }
     (load, unload)
 }
@@ -399,6 +447,16 @@ pub enum IpsecChange {
     UnloadAuthority {
         name: String,
     },
+    /// The private key of one of this site's earlier certificates (rotated away).
+    UnloadKey {
+        id: String,
+    },
+    /// A peer whose certificate one of our CRLs revokes still has an IKE_SA: end it (charon
+    /// refuses the peer at every new authentication).
+    TerminateRevoked {
+        name: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for IpsecChange {
@@ -434,6 +492,12 @@ impl fmt::Display for IpsecChange {
                 if creds.creds.crls.len() == 1 { "" } else { "s" },
             ),
             IpsecChange::UnloadAuthority { name } => write!(f, "- ipsec CA {name}"),
+            IpsecChange::UnloadKey { id } => {
+                write!(f, "- ipsec private key {id} (of an earlier certificate)")
+            }
+            IpsecChange::TerminateRevoked { name, why } => {
+                write!(f, "- ipsec {name}: IKE_SA ended ({why})")
+            }
         }
     }
 }
@@ -622,18 +686,22 @@ mod tests {
         };
         let ca1 = authority_name("l2s0", "aa");
         let ca2 = authority_name("l2s0", "bb");
-        let keys = vec!["k1".to_string()];
+        let keys = ["k1".to_string()];
         let d = creds(&["aa"]);
+        fn held<'a>(authorities: &'a [String], keys: Option<&'a [String]>) -> HeldCreds<'a> {
+            HeldCreds {
+                authorities: Some(authorities),
+                key_ids: keys,
+                ..Default::default()
+            }
+        }
+        let cas1 = &[ca1.clone()][..];
+        let keys = &keys[..];
         // All there: nothing to do.
-        let (l, u) = diff_creds(
-            Some(&d),
-            Some(std::slice::from_ref(&ca1)),
-            Some(&keys),
-            "l2s0",
-        );
+        let (l, u) = diff_creds(Some(&d), held(cas1, Some(keys)), "l2s0");
         assert!(l.is_empty() && u.is_empty());
         // A restarted charon has neither.
-        let (l, _) = diff_creds(Some(&d), Some(&[]), Some(&[]), "l2s0");
+        let (l, _) = diff_creds(Some(&d), held(&[], Some(&[])), "l2s0");
         assert!(matches!(
             &l[..],
             [IpsecChange::LoadCreds {
@@ -641,15 +709,63 @@ mod tests {
                 ..
             }]
         ));
+        // A renewed certificate charon has not seen, and a CRL it does not hold, are loaded
+        // (by `apply` as by the daemon: both converge through this diff).
+        let mut renewed = d.clone();
+        renewed.creds.cert_der = vec![0x30, 1, 2];
+        let seen = &[vec![0x30, 9, 9]][..];
+        let (l, _) = diff_creds(
+            Some(&renewed),
+            HeldCreds {
+                own_certs: Some(seen),
+                ..held(cas1, Some(keys))
+            },
+            "l2s0",
+        );
+        assert!(matches!(
+            &l[..],
+            [IpsecChange::LoadCreds {
+                why: "certificate not in charon",
+                ..
+            }]
+        ));
+        let mut revoking = d.clone();
+        revoking.creds.crls = vec![crate::pki::CrlFile {
+            path: "/crl".into(),
+            der: vec![0x30, 7],
+            issuer: "CN=CA".into(),
+            revoked: vec!["03".into()],
+        }];
+        let (l, _) = diff_creds(
+            Some(&revoking),
+            HeldCreds {
+                crls: Some(&[]),
+                ..held(cas1, Some(keys))
+            },
+            "l2s0",
+        );
+        assert!(matches!(
+            &l[..],
+            [IpsecChange::LoadCreds {
+                why: "CRL not in charon",
+                ..
+            }]
+        ));
+        let held_crl = &[vec![0x30, 7]][..];
+        let (l, _) = diff_creds(
+            Some(&revoking),
+            HeldCreds {
+                crls: Some(held_crl),
+                ..held(cas1, Some(keys))
+            },
+            "l2s0",
+        );
+        assert!(l.is_empty(), "{l:?}");
         // CA rollover: the new CA is loaded, the old one (dropped from the config) unloaded,
         // a foreign authority left alone.
         let d2 = creds(&["bb"]);
-        let (l, u) = diff_creds(
-            Some(&d2),
-            Some(&[ca1.clone(), "office-ca".into()]),
-            Some(&keys),
-            "l2s0",
-        );
+        let with_foreign = &[ca1.clone(), "office-ca".into()][..];
+        let (l, u) = diff_creds(Some(&d2), held(with_foreign, Some(keys)), "l2s0");
         assert!(matches!(
             &l[..],
             [IpsecChange::LoadCreds {
@@ -658,7 +774,8 @@ mod tests {
             }]
         ));
         assert_eq!(u, vec![IpsecChange::UnloadAuthority { name: ca1.clone() }]);
-        let (l, u) = diff_creds(None, Some(&[ca1.clone(), ca2]), None, "l2s0");
+        let both = &[ca1.clone(), ca2][..];
+        let (l, u) = diff_creds(None, held(both, None), "l2s0");
         assert!(l.is_empty());
         assert_eq!(u.len(), 2);
     }

@@ -53,7 +53,7 @@ pub async fn table(
             )));
         }
     }
-    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let actual = sys.observe(cfg).await?;
     let Some(bridge) = &actual.switch.bridge else {
         return Ok(vec![]);
     };

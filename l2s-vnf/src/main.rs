@@ -470,7 +470,7 @@ async fn down(cfg: &SiteConfig) -> Result<ExitCode, ApplyError> {
     if sys.vici.is_none() && cfg.ipsec.enabled {
         warn!("charon is not reachable: its l2s-vnf connections cannot be unloaded now");
     }
-    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let actual = sys.observe(cfg).await?;
     let p = plan::teardown(&cfg.switch.bridge, &cfg.site.name, &actual);
     if p.is_empty() {
         println!("nothing to remove: this instance owns nothing here");
@@ -561,7 +561,7 @@ async fn status_cmd(cfg: &SiteConfig, json: bool) -> Result<ExitCode, ApplyError
         return Ok(code);
     }
     let sys = System::connect_lenient(cfg).await?;
-    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let actual = sys.observe(cfg).await?;
     let mut s = status::build(cfg, &actual, actual.security.reachable_sas());
     s.warn_refused_frames(None);
     print_status(&s, json)?;

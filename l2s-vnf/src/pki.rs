@@ -450,6 +450,26 @@ pub fn key_id(key: &PKey<impl openssl::pkey::HasPublic>) -> Option<String> {
     )
 }
 
+/// charon's id of the key a certificate (DER) certifies.
+pub fn key_id_of_cert(der: &[u8]) -> Option<String> {
+    key_id(&X509::from_der(der).ok()?.public_key().ok()?)
+}
+
+/// Whether charon, holding the CRL `held` (DER), has what `ours` says: the same list, or a
+/// list from the same issuer at least as recent (charon keeps only the newest per issuer).
+pub fn crl_covers(held: &[u8], ours: &CrlFile) -> bool {
+    if held == ours.der.as_slice() {
+        return true;
+    }
+    let (Ok(h), Ok(o)) = (X509Crl::from_der(held), X509Crl::from_der(&ours.der)) else {
+        return false;
+    };
+    dn_string(h.issuer_name()) == ours.issuer
+        && h.last_update()
+            .compare(o.last_update())
+            .is_ok_and(|c| c.is_ge())
+}
+
 /// One DER TLV: (tag, content, rest).
 fn der_tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *buf.first()?;

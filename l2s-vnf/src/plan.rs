@@ -35,9 +35,25 @@ pub struct ObservedSecurity {
     pub authorities: Option<Vec<String>>,
     /// Ids of the private keys loaded over VICI (`None`: not known).
     pub key_ids: Option<Vec<String>>,
+    /// The certificates charon holds for this site's identity, DER (`None`: not known).
+    pub own_certs: Option<Vec<Vec<u8>>>,
+    /// The revocation lists charon holds, DER (`None`: not known).
+    pub crls: Option<Vec<Vec<u8>>>,
+    /// Peers whose certificate (as charon verified it) one of our CRLs revokes, with why.
+    pub revoked: BTreeMap<String, String>,
 }
 
 impl ObservedSecurity {
+    /// What charon holds of this site's credentials.
+    pub fn held_creds(&self) -> crate::ipsec::HeldCreds<'_> {
+        crate::ipsec::HeldCreds {
+            authorities: self.authorities.as_deref(),
+            key_ids: self.key_ids.as_deref(),
+            own_certs: self.own_certs.as_deref(),
+            crls: self.crls.as_deref(),
+        }
+    }
+
     /// The SA states, or `None` when charon was not reachable.
     pub fn reachable_sas(&self) -> Option<&BTreeMap<String, crate::ipsec::SaState>> {
         self.conns.is_some().then_some(&self.sas)
@@ -690,12 +706,8 @@ pub fn diff_security(
                 }
             }
             // Credentials before the connections that use them; stale CAs after.
-            let (load, unload) = crate::ipsec::diff_creds(
-                d.creds.as_ref(),
-                obs.authorities.as_deref(),
-                obs.key_ids.as_deref(),
-                bridge,
-            );
+            let (load, unload) =
+                crate::ipsec::diff_creds(d.creds.as_ref(), obs.held_creds(), bridge);
             post.extend(load.into_iter().map(Change::Ipsec));
             let observed = obs.conns.as_deref().unwrap_or(&[]);
             let with_sa: Vec<String> = obs.sas.keys().cloned().collect();
@@ -704,6 +716,17 @@ pub fn diff_security(
                     .into_iter()
                     .map(Change::Ipsec),
             );
+            // A revoked peer's IKE_SA ends now: its CRL matters to charon only at the next
+            // authentication.
+            for (peer, why) in &obs.revoked {
+                let name = crate::ipsec::conn_name(bridge, peer);
+                if obs.sas.contains_key(&name) {
+                    post.push(Change::Ipsec(crate::ipsec::IpsecChange::TerminateRevoked {
+                        name,
+                        why: why.clone(),
+                    }));
+                }
+            }
             post.extend(unload.into_iter().map(Change::Ipsec));
         }
         None => {
@@ -715,8 +738,7 @@ pub fn diff_security(
                         .map(Change::Ipsec),
                 );
             }
-            let (_, unload) =
-                crate::ipsec::diff_creds(None, obs.authorities.as_deref(), None, bridge);
+            let (_, unload) = crate::ipsec::diff_creds(None, obs.held_creds(), bridge);
             post.extend(unload.into_iter().map(Change::Ipsec));
             for &(ports, v6) in &obs.vxlan_rules {
                 post.push(Change::RemoveVxlanRule { ports, v6 });
@@ -1046,9 +1068,7 @@ mod tests {
             ]),
             sas: BTreeMap::new(),
             policies: vec![],
-            keys: None,
-            authorities: None,
-            key_ids: None,
+            ..Default::default()
         };
         let p = teardown("l2s0", "a", &a);
         let text: Vec<String> = p.changes.iter().map(|c| c.to_string()).collect();

@@ -703,6 +703,38 @@ impl Lab {
         self.charons = kept;
     }
 
+    /// Stop charon at a site the way `systemctl stop` does (SIGTERM: it deletes its IKE_SAs
+    /// with the peers before it exits), and wait for it to be gone.
+    pub fn stop_charon(&mut self, site: &str) {
+        let mut kept = vec![];
+        for (s, mut c) in self.charons.drain(..) {
+            if s == site {
+                // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGTERM);
+                }
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(10) {
+                    if matches!(c.try_wait(), Ok(Some(_))) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            } else {
+                kept.push((s, c));
+            }
+        }
+        self.charons = kept;
+    }
+
+    /// charon's log at a site as it is now (append-only across restarts).
+    pub fn charon_log(&self, site: &str) -> String {
+        std::fs::read_to_string(self.site(site).dir.join("charon.log")).unwrap_or_default()
+    }
+
     /// A PSK file (mode 0600) in the lab directory, shared by the sites that use it.
     pub fn psk_file(&self, name: &str, secret: &str) -> Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
@@ -1724,6 +1756,15 @@ impl TestCa {
     /// A CRL revoking `revoked` (each a certificate file); every new CRL numbers after the
     /// last, as a CA publishes them.
     pub fn crl(&self, revoked: &[&Path]) -> Result<PathBuf> {
+        self.sign_crl(revoked, true)
+    }
+
+    /// A CRL revoking `revoked` only (not what earlier lists revoked).
+    pub fn crl_alone(&self, revoked: &[&Path]) -> Result<PathBuf> {
+        self.sign_crl(revoked, false)
+    }
+
+    fn sign_crl(&self, revoked: &[&Path], chained: bool) -> Result<PathBuf> {
         let n = self.crls.get() + 1;
         let out = self.dir.join(format!("crl{n}.pem"));
         let mut args = vec![
@@ -1739,7 +1780,7 @@ impl TestCa {
             "--reason".into(),
             "key-compromise".into(),
         ];
-        if n > 1 {
+        if n > 1 && chained {
             args.push("--lastcrl".into());
             args.push(path_str(&self.dir.join(format!("crl{}.pem", n - 1))).into());
         }

@@ -751,3 +751,114 @@ fn all_up_ab_and_c(lab: &Lab) {
     }
     eprintln!("SAs with the stock peer up {:?}", t.elapsed());
 }
+
+/// Ping and a TCP transfer from `from` to `to`, with no clear text on the underlay.
+fn serves(t: &PaperLab, cap: &Capture, from: &l2s_lab::Vnf, to: &l2s_lab::Vnf, event: &str) {
+    assert!(
+        t.lab.ping_eventually(from, &to.ip, Duration::from_secs(10)),
+        "after {event}: no ping {} -> {}",
+        from.ip,
+        to.ip
+    );
+    t.lab.tcp_transfer(to, from, "1M").unwrap();
+    assert_eq!(
+        cap.clear_text_vxlan(),
+        0,
+        "after {event}: clear-text VXLAN on the underlay"
+    );
+}
+
+/// Whether `site` can reach `to` from `from` at all within `secs` (a revoked pair must not).
+fn cut_off(t: &PaperLab, from: &l2s_lab::Vnf, to: &l2s_lab::Vnf, secs: u64) -> bool {
+    !t.lab
+        .ping_eventually(from, &to.ip, Duration::from_secs(secs))
+}
+
+/// `apply` converges credentials as the daemon does (one diff of what charon holds): a CRL
+/// added to the config and applied with no daemon running reaches charon, the revoked peer's
+/// IKE_SA ends at once and it stays out, and a second `apply` has nothing left to do. Each
+/// end alone: the initiator of a pair revokes its responder (A revokes C), then a responder
+/// revokes its initiator (C revokes B).
+#[test]
+fn apply_converges_a_new_crl_as_the_daemon_does() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    let ca = TestCa::new(&t.lab.dir, "ca1").unwrap();
+    let mut certs = vec![];
+    for s in SITES {
+        let issued = ca
+            .issue(&format!("site-{s}"), &format!("site-{s}"), 365)
+            .unwrap();
+        install(&t.lab, s, &issued);
+        certs.push(issued.cert.clone());
+        t.lab.start_charon(s).unwrap();
+        configure(&t, s, &[&ca.cert], &[], None, &[]);
+    }
+    for s in SITES {
+        t.lab.l2s_ok(s, &["apply"]).unwrap();
+    }
+    all_up(&t.lab, "apply at every site");
+    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    let vnfs = t.vnfs();
+    t.lab.set_vnf_mtu(&vnfs, mtu).unwrap();
+    let cap = Capture::start(&t.lab, "pki-apply-crl").unwrap();
+    serves(&t, &cap, &t.a101, &t.c101, "apply at every site");
+
+    for (site, revoked, peer_name, crl) in [
+        ("a", 2, "site-c", ca.crl(&[&certs[2]]).unwrap()),
+        ("c", 1, "site-b", ca.crl_alone(&[&certs[1]]).unwrap()),
+    ] {
+        let event = format!("site {site} applied a CRL revoking {peer_name}");
+        configure(&t, site, &[&ca.cert], &[&crl], None, &[]);
+        let out = t.lab.l2s_ok(site, &["apply"]).unwrap();
+        assert!(
+            out.contains("(CRL not in charon)"),
+            "{event}: the CRL was not handed to charon:\n{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "- ipsec l2s-vnf:l2s0:{peer_name}: IKE_SA ended (certificate"
+            )),
+            "{event}: the revoked peer's IKE_SA was not ended:\n{out}"
+        );
+        assert!(!out.contains("PRIVATE KEY"), "{out}");
+        // Converged: a second look finds the CRL in charon and no SA to end (only the
+        // revoked peer's missing SA, which charon refuses).
+        let again = t.lab.l2s_ok(site, &["plan"]).unwrap();
+        assert!(
+            !again.contains("credentials") && !again.contains("IKE_SA ended"),
+            "{event}: a second look still finds work:\n{again}"
+        );
+        let held = swanctl(&t.lab, site, &["--list-certs", "--type", "x509crl"]);
+        assert!(
+            held.contains("revoked"),
+            "{event}: charon holds no CRL:\n{held}"
+        );
+        // The revoked peer keeps trying (its initiator retries for ever) and stays out.
+        let (from, to) = match revoked {
+            2 => (&t.a101, &t.c101),
+            _ => (&t.b101, &t.c101),
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            cut_off(&t, from, to, 8),
+            "{event}: the revoked pair still carries traffic"
+        );
+        assert!(
+            !t.lab.sa_up(site, peer_name),
+            "{event}: status shows the revoked peer's SA up"
+        );
+        // Every other pair keeps its service.
+        serves(&t, &cap, &t.a101, &t.b101, &event);
+        serves(&t, &cap, &t.a102, &t.b102, &event);
+        if site == "a" {
+            serves(&t, &cap, &t.b101, &t.c101, &event);
+        }
+    }
+    assert!(
+        cap.count("esp or udp port 4500") > 100,
+        "hardly any ESP on the underlay"
+    );
+}

@@ -125,7 +125,8 @@ impl System {
     }
 
     /// Read everything this instance may own, all sources at once.
-    pub async fn observe(&self, bridge: &str) -> Result<ActualState, ApplyError> {
+    pub async fn observe(&self, cfg: &SiteConfig) -> Result<ActualState, ApplyError> {
+        let bridge = cfg.switch.bridge.as_str();
         let rules = async {
             let mut out = vec![];
             for v6 in [false, true] {
@@ -141,7 +142,12 @@ impl System {
         };
         let charon = async {
             let Some(v) = &self.vici else {
-                return Ok::<_, ApplyError>((None, Default::default(), (None, None, None)));
+                return Ok::<_, ApplyError>((
+                    None,
+                    Default::default(),
+                    (None, None, None),
+                    (None, None, BTreeMap::new()),
+                ));
             };
             let conns: Vec<ObservedConn> = v
                 .list_conns()
@@ -162,7 +168,21 @@ impl System {
                     .collect::<Vec<_>>()
             });
             let key_ids = v.get_keys().await.ok();
-            Ok((Some(conns), sas, (keys, authorities, key_ids)))
+            let own_certs = v.certs_of(&cfg.site.id).await.ok();
+            let crls = v.crls().await.ok();
+            // Peers' certificates matter here only when a CRL could revoke them.
+            let revoked = match &cfg.ipsec.pki {
+                Some(p) if !p.creds.crls.is_empty() => {
+                    revoked_peers(cfg, &peer_certs(v, cfg).await)
+                }
+                _ => BTreeMap::new(),
+            };
+            Ok((
+                Some(conns),
+                sas,
+                (keys, authorities, key_ids),
+                (own_certs, crls, revoked),
+            ))
         };
         let table = guard::table_name(bridge);
         let guard_listing = async {
@@ -208,7 +228,7 @@ impl System {
             policies,
             storm
         );
-        let (conns, sas, (keys, authorities, key_ids)) = charon?;
+        let (conns, sas, (keys, authorities, key_ids), (own_certs, crls, revoked)) = charon?;
         let (links, rules) = links_and_rules?;
         let security = ObservedSecurity {
             guard: guard_listing,
@@ -219,6 +239,9 @@ impl System {
             keys,
             authorities,
             key_ids,
+            own_certs,
+            crls,
+            revoked,
         };
         Ok(ActualState {
             switch: switch?,
@@ -324,7 +347,7 @@ pub async fn prepare_with(
             "storm control needs ovs-ofctl (package openvswitch-common), which cannot be run here",
         )]));
     }
-    let actual = sys.observe(&cfg.switch.bridge).await?;
+    let actual = sys.observe(cfg).await?;
     debug!(ms = t.elapsed().as_secs_f64() * 1e3, "observed the system");
     let plan = plan::diff_with(&desired, &actual, opts).map_err(ApplyError::Conflicts)?;
     debug!(
@@ -640,6 +663,14 @@ async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyE
         IpsecChange::UnloadAuthority { name } => {
             v.unload_authority(name).await?;
             info!(authority = %name, "CA no longer trusted");
+        }
+        IpsecChange::UnloadKey { id } => {
+            v.unload_key(id).await?;
+            info!(key = %id, "the replaced private key is no longer in charon");
+        }
+        IpsecChange::TerminateRevoked { name, why } => {
+            v.terminate_ike(name).await?;
+            warn!(conn = %name, "{why}: its SAs are torn down");
         }
         IpsecChange::Unload { name } => {
             v.terminate_ike(name).await?;

@@ -102,10 +102,6 @@ struct Daemon {
     /// charon's words about failed authentications, per peer.
     authlog: Arc<authlog::AuthLog>,
     authlog_task: Option<tokio::task::JoinHandle<()>>,
-    /// Peers whose certificate a configured CRL revokes, and why (checked at start/reload).
-    revoked: BTreeMap<String, String>,
-    /// charon's id of the private key this daemon handed it last.
-    loaded_key: Option<String>,
     /// When each connection without an SA was last initiated (initiations are paced).
     initiations: Initiations,
 }
@@ -113,42 +109,86 @@ struct Daemon {
 /// First and longest pause between two initiations of one connection that keeps failing.
 const INITIATE_MIN: Duration = Duration::from_secs(1);
 const INITIATE_MAX: Duration = Duration::from_secs(10);
+/// How long a responder leaves a connection without any IKE_SA to its initiator before it
+/// initiates itself (its peer's charon may have lost the SA without the initiator noticing
+/// yet). Longer than the initiator takes to react to a lost SA, so that both ends never race.
+const RESPONDER_GRACE: Duration = Duration::from_secs(5);
 
 /// Paces initiations: a peer that refuses us (a revoked or untrusted certificate, a wrong
 /// key) ends every attempt with an IKE_SA going down, which wakes the daemon, which would
 /// initiate again at once. Each connection is initiated again only after a pause that
 /// doubles (1 s … 10 s) while it stays without an SA, and is forgotten once its SA is up.
+///
+/// The responder of a pair never races its initiator: it initiates only once the connection
+/// has had no IKE_SA for [`RESPONDER_GRACE`]. Two ends initiating at once each keep the newer
+/// IKE_SA under `unique = replace` and may each delete the other's: an IKE duel.
 #[derive(Default)]
-struct Initiations(BTreeMap<String, (Instant, Duration)>);
+struct Initiations(BTreeMap<String, Pending>);
+
+struct Pending {
+    at: Instant,
+    wait: Duration,
+    /// An initiation was held back at the last reconcile (the daemon wakes for it).
+    deferred: bool,
+}
 
 impl Initiations {
     fn pace(
         &mut self,
         changes: &mut Vec<crate::plan::Change>,
         sas: &BTreeMap<String, ipsec::SaState>,
+        responders: &[&str],
         now: Instant,
     ) {
         use crate::ipsec::IpsecChange;
         use crate::plan::Change;
         self.0
             .retain(|conn, _| !sas.get(conn).is_some_and(|s| s.up()));
+        for p in self.0.values_mut() {
+            p.deferred = false;
+        }
         changes.retain(|c| {
             let Change::Ipsec(IpsecChange::Initiate { name, .. }) = c else {
                 return true;
             };
             match self.0.get_mut(name) {
-                Some((at, wait)) if now < *at + *wait => false,
-                Some((at, wait)) => {
-                    *at = now;
-                    *wait = (*wait * 2).min(INITIATE_MAX);
+                Some(p) if now < p.at + p.wait => {
+                    p.deferred = true;
+                    false
+                }
+                Some(p) => {
+                    p.at = now;
+                    p.wait = (p.wait * 2).min(INITIATE_MAX);
                     true
                 }
                 None => {
-                    self.0.insert(name.clone(), (now, INITIATE_MIN));
-                    true
+                    let responder = responders.contains(&name.as_str());
+                    let wait = if responder {
+                        RESPONDER_GRACE
+                    } else {
+                        INITIATE_MIN
+                    };
+                    self.0.insert(
+                        name.clone(),
+                        Pending {
+                            at: now,
+                            wait,
+                            deferred: responder,
+                        },
+                    );
+                    !responder
                 }
             }
         });
+    }
+
+    /// When the earliest initiation held back falls due.
+    fn next_due(&self) -> Option<Instant> {
+        self.0
+            .values()
+            .filter(|p| p.deferred)
+            .map(|p| p.at + p.wait)
+            .min()
     }
 }
 
@@ -167,8 +207,20 @@ impl Daemon {
             wait_for_missing_ports: true,
         };
         let mut p = apply::prepare_with(&self.cfg, sys, opts).await?;
-        self.initiations
-            .pace(&mut p.plan.changes, &p.actual.security.sas, Instant::now());
+        let responders: Vec<&str> = p
+            .desired
+            .security
+            .iter()
+            .flat_map(|s| &s.conns)
+            .filter(|c| c.role == ipsec::Role::Responder)
+            .map(|c| c.name.as_str())
+            .collect();
+        self.initiations.pace(
+            &mut p.plan.changes,
+            &p.actual.security.sas,
+            &responders,
+            Instant::now(),
+        );
         sys.note_storm(&p.desired, &p.actual);
         self.vtep = Some(p.facts.vtep_ip);
         if self.access_mtu != p.desired.access_mtu {
@@ -228,12 +280,6 @@ impl Daemon {
             }
         }
         let report = apply::execute(sys, &p.plan, &p.actual).await?;
-        if let Some(c) = p.desired.security.as_ref().and_then(|s| s.creds.as_ref()) {
-            let key = c.creds.key_id.clone();
-            if let Some(v) = &sys.vici {
-                Self::replace_key(v, &mut self.loaded_key, Some(key)).await;
-            }
-        }
         if let Some(cfg) = report.ovs_cfg {
             // Observation reads the replica: let it see ovs-vswitchd apply our change.
             if !self.replica.caught_up(cfg, REPLICA_CATCH_UP).await {
@@ -244,7 +290,7 @@ impl Daemon {
             }
         }
         // Judge the data plane as the changes left it, not as it was before them.
-        let after = sys.observe(&self.cfg.switch.bridge).await?;
+        let after = sys.observe(&self.cfg).await?;
         self.judge(&after);
         Ok(changes)
     }
@@ -376,11 +422,7 @@ impl Daemon {
                 if let Err(e) = self.reload_psks().await {
                     warn!(error = %e, "could not hand the PSKs to charon again");
                 }
-                if let Err(e) = self.reload_credentials().await {
-                    warn!(error = %e, "could not hand the certificates to charon again");
-                }
                 self.listen_to_charon_log();
-                self.tear_down_revoked().await;
                 info!(via, changes = changes.len(), "config reloaded");
                 Reply {
                     ok: true,
@@ -400,44 +442,6 @@ impl Daemon {
         }
     }
 
-    /// Hand charon the certificate, key, CAs and CRLs as the files are now (a rotation, a CA
-    /// added, a newer CRL: used from the next IKE authentication on; established SAs stay),
-    /// and take the replaced private key back from charon.
-    async fn reload_credentials(&mut self) -> Result<(), ApplyError> {
-        let Some(v) = self.sys.as_ref().and_then(|s| s.vici.as_ref()) else {
-            return Ok(());
-        };
-        let wanted = ipsec::DesiredCreds::from_config(&self.cfg);
-        if let Some(c) = &wanted {
-            let id = apply::load_creds(v, c).await?;
-            if id != c.creds.key_id {
-                warn!(charon = %id, ours = %c.creds.key_id, "charon names this site's key differently than expected; the key will be handed over again at every reconcile");
-            }
-            info!(certificate = %c.creds.cert.subject, serial = %c.creds.cert.serial, cas = c.creds.cas.len(), crls = c.creds.crls.len(), "certificate, key, CAs and CRLs handed to charon again");
-        }
-        let keep = wanted.as_ref().map(|c| c.creds.key_id.clone());
-        Self::replace_key(v, &mut self.loaded_key, keep).await;
-        Ok(())
-    }
-
-    /// Remember the key now in charon; take the one it replaces (a rotation, or certificates
-    /// no longer used) back from charon, so that a retired key cannot authenticate us.
-    async fn replace_key(
-        v: &crate::vici::Client,
-        loaded: &mut Option<String>,
-        now: Option<String>,
-    ) {
-        if let Some(old) = loaded.take().filter(|old| Some(old) != now.as_ref()) {
-            match v.unload_key(&old).await {
-                Ok(()) => info!(key = %old, "the replaced private key is no longer in charon"),
-                Err(e) => {
-                    warn!(key = %old, error = %e, "could not take the replaced private key back from charon")
-                }
-            }
-        }
-        *loaded = now;
-    }
-
     /// (Re)start listening to charon's log for authentication failures, for the peers of
     /// the config in force.
     fn listen_to_charon_log(&mut self) {
@@ -454,27 +458,6 @@ impl Daemon {
             peers,
             self.authlog.clone(),
         )));
-    }
-
-    /// A CRL only matters to charon at the next authentication: a peer whose certificate it
-    /// revokes keeps its SAs until then. Find such peers among those charon verified and end
-    /// their IKE_SAs now (charon then refuses them at every new attempt).
-    async fn tear_down_revoked(&mut self) {
-        self.revoked.clear();
-        let Some(v) = self.sys.as_ref().and_then(|s| s.vici.as_ref()) else {
-            return;
-        };
-        let certs = apply::peer_certs(v, &self.cfg).await;
-        self.revoked = apply::revoked_peers(&self.cfg, &certs);
-        for (peer, why) in &self.revoked {
-            let conn = ipsec::conn_name(&self.cfg.switch.bridge, peer);
-            match v.terminate_ike(&conn).await {
-                Ok(()) => warn!(peer = %peer, "{why}: its SAs are torn down"),
-                Err(e) => {
-                    warn!(peer = %peer, error = %e, "{why}, but its SAs could not be torn down")
-                }
-            }
-        }
     }
 
     async fn reload_psks(&self) -> Result<(), ApplyError> {
@@ -522,7 +505,7 @@ impl Daemon {
             },
         };
         let (actual, sas) = match sys {
-            Some(sys) => match sys.observe(&self.cfg.switch.bridge).await {
+            Some(sys) => match sys.observe(&self.cfg).await {
                 Ok(a) => {
                     let sas = a.security.reachable_sas().cloned();
                     (a, sas)
@@ -559,7 +542,7 @@ impl Daemon {
                         )
                     })
                     .collect();
-                problems.extend(self.revoked.clone());
+                problems.extend(actual.security.revoked.clone());
                 s.add_peer_auth(&certs, &problems);
             }
         }
@@ -769,8 +752,6 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         refused_base: BTreeMap::new(),
         authlog: Arc::default(),
         authlog_task: None,
-        revoked: BTreeMap::new(),
-        loaded_key: None,
         initiations: Initiations::default(),
     };
     d.listen_to_charon_log();
@@ -779,7 +760,6 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         Ok(c) => info!(changes = c.len(), "converged; watching for drift"),
         Err(e) => error!("cannot converge yet (retrying): {e}"),
     }
-    d.tear_down_revoked().await;
     retry.after(d.last_error().is_none());
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     d.notify_status();
@@ -787,6 +767,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
     loop {
+        let initiation_due = d.initiations.next_due();
         // Whether this turn ran a reconcile (its outcome is in `last_reconcile`).
         let reconciled = tokio::select! {
             _ = sigterm.recv() => break,
@@ -845,6 +826,10 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
                 let _ = d.reconcile(Cause::Repair("retry".into())).await;
                 true
             }
+            _ = tokio::time::sleep_until(initiation_due.map_or_else(tokio::time::Instant::now, Into::into)), if initiation_due.is_some() => {
+                let _ = d.reconcile(Cause::Repair("an initiation held back is due".into())).await;
+                true
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
                 false
@@ -893,7 +878,7 @@ mod pacing_tests {
         let none = BTreeMap::new();
         let mut at = |secs: f64| {
             let mut c = initiate();
-            p.pace(&mut c, &none, t0 + Duration::from_secs_f64(secs));
+            p.pace(&mut c, &none, &[], t0 + Duration::from_secs_f64(secs));
             !c.is_empty()
         };
         // 1 s, then 2 s, 4 s, 8 s, then every 10 s.
@@ -921,10 +906,39 @@ mod pacing_tests {
             },
         );
         let mut c = vec![];
-        p.pace(&mut c, &up, t0 + Duration::from_secs(41));
+        p.pace(&mut c, &up, &[], t0 + Duration::from_secs(41));
         let mut c = initiate();
-        p.pace(&mut c, &none, t0 + Duration::from_secs_f64(41.1));
+        p.pace(&mut c, &none, &[], t0 + Duration::from_secs_f64(41.1));
         assert_eq!(c.len(), 1);
+    }
+
+    /// A responder leaves the first move to its initiator: it initiates only after the
+    /// connection had no IKE_SA for the grace period, and the daemon knows when to wake for it.
+    #[test]
+    fn a_responder_initiates_only_after_the_grace_period() {
+        let mut p = Initiations::default();
+        let t0 = Instant::now();
+        let none = BTreeMap::new();
+        let responders = ["l2s-vnf:l2s0:site-c"];
+        let mut at = |secs: f64| {
+            let mut c = initiate();
+            p.pace(
+                &mut c,
+                &none,
+                &responders,
+                t0 + Duration::from_secs_f64(secs),
+            );
+            !c.is_empty()
+        };
+        assert!(!at(0.0), "a responder initiated at once");
+        assert!(!at(4.9));
+        assert!(at(5.0), "the responder never initiated after the grace");
+        assert!(!at(6.0));
+        assert_eq!(p.next_due(), Some(t0 + Duration::from_secs(15)));
+        // An SA came up: nothing is due any more.
+        let mut c = vec![];
+        p.pace(&mut c, &none, &responders, t0 + Duration::from_secs(7));
+        assert_eq!(p.next_due(), None);
     }
 }
 

@@ -298,10 +298,23 @@ impl Client {
     /// X.509 end-entity certificates charon holds for an identity (loaded ones and those it
     /// verified for peers), DER.
     pub async fn certs_of(&self, subject: &str) -> Result<Vec<Vec<u8>>, ViciError> {
-        let msg = Section::new()
-            .kv("type", "X509")
-            .kv("flag", "NONE")
-            .kv("subject", subject);
+        self.list_certs("X509", Some(subject)).await
+    }
+
+    /// The certificate revocation lists charon holds, DER.
+    pub async fn crls(&self) -> Result<Vec<Vec<u8>>, ViciError> {
+        self.list_certs("X509_CRL", None).await
+    }
+
+    async fn list_certs(
+        &self,
+        kind: &str,
+        subject: Option<&str>,
+    ) -> Result<Vec<Vec<u8>>, ViciError> {
+        let mut msg = Section::new().kv("type", kind).kv("flag", "NONE");
+        if let Some(s) = subject {
+            msg = msg.kv("subject", s);
+        }
         let (events, _) = self
             .call("list-certs", &msg, Some("list-cert"), DEFAULT_TIMEOUT)
             .await?;
