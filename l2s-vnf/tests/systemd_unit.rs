@@ -44,11 +44,18 @@ fn unit_is_notify_with_watchdog_ordered_and_hardened() {
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6",
+        "LimitCORE=0",
+        "LimitNOFILE=",
+        "TasksMax=",
+        "MemoryMax=",
+        "ProtectProc=invisible",
     ] {
         assert!(text.contains(line), "{line} missing");
     }
     let after = text.lines().find(|l| l.starts_with("After=")).unwrap();
     assert!(after.contains("openvswitch-switch.service") && after.contains("strongswan.service"));
+    // Debian's nftables.conf flushes the whole ruleset: the guard goes in after it.
+    assert!(after.contains("nftables.service"), "{after}");
 
     let d = tempfile::tempdir().unwrap();
     let unit = local_copy(d.path());

@@ -1168,6 +1168,26 @@ pub fn within(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Dura
 }
 
 impl Lab {
+    /// Clear-text VXLAN frames `site`'s guard dropped on the way in (its counters).
+    pub fn guard_drops_in(&self, site: &str) -> Option<u64> {
+        let out =
+            run(netns(&self.site(site).ns, "nft").args(["list", "table", "inet", "l2s_vnf_l2s0"]))
+                .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("drop comment") && l.contains(" in\""))
+            .map(|l| {
+                l.split("counter packets ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// `status --json` of a site (from its daemon when one runs).
     pub fn status_json(&self, site: &str) -> Result<serde_json::Value> {
         Ok(serde_json::from_str(
@@ -1803,4 +1823,47 @@ fn path_str(p: &Path) -> &str {
 pub fn cert_serial(cert: &Path) -> Result<String> {
     let o = sh(Command::new("openssl").args(["x509", "-noout", "-serial", "-in", path_str(cert)]))?;
     Ok(o.trim().trim_start_matches("serial=").to_ascii_lowercase())
+}
+
+/// A VXLAN frame in clear text, crafted by hand: outer UDP to `dst`:4789, VNI 101, carrying
+/// an Ethernet broadcast with IPv4/UDP to 10.101.0.255:`port`.
+pub fn forge_vxlan(rogue_ns: &str, dst: &str, port: u16) -> Result<()> {
+    let code = format!(
+        r#"
+import socket, struct
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+payload = b'forged-l2s'
+udp = struct.pack('!HHHH', 40000, {port}, 8 + len(payload), 0) + payload
+src = socket.inet_aton('10.101.0.66'); dst = socket.inet_aton('10.101.0.255')
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+eth = b'\xff' * 6 + b'\x02\x00\x00\x00\x00\x66' + b'\x08\x00'
+vxlan = struct.pack('!II', 0x08000000, 101 << 8)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(5): s.sendto(vxlan + eth + ip + udp, ('{dst}', 4789))
+"#
+    );
+    let out = run(netns(rogue_ns, "python3").args(["-c", &code]))?;
+    if !out.status.success() {
+        bail!(
+            "forging VXLAN failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Listen on a VNF for UDP to `port` for `secs`; the process exits 0 if anything arrived.
+pub fn listen_udp(vnf: &Vnf, port: u16, secs: u32) -> Result<Child> {
+    let code = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.settimeout({secs})\ntry:\n  s.recvfrom(100); print('received'); sys.exit(0)\nexcept Exception:\n  sys.exit(1)\n"
+    );
+    Ok(netns(&vnf.ns, "python3")
+        .args(["-c", &code])
+        .stdout(Stdio::null())
+        .spawn()?)
 }

@@ -6,7 +6,13 @@
 
 use std::time::Duration;
 
-use l2s_lab::{require_lab, Capture, PaperLab, PingStream, Vnf};
+use l2s_lab::{
+    forge_vxlan, listen_udp, netns, require_lab, run, within, Capture, PaperLab, PingStream, Vnf,
+    CLEAR_TEXT_VXLAN,
+};
+
+/// A rogue host on the underlay: its forged frames are clear text by design.
+const ROGUE: &str = "192.0.2.66";
 
 /// IKE_SAs of connection `conn` that charon's log says were established.
 fn established(log: &str, conn: &str) -> usize {
@@ -36,7 +42,7 @@ fn judge_transfer(t: &PaperLab, cap: &Capture, from: &Vnf, to: &Vnf, site: &str,
         "no ESP on the underlay during the transfer"
     );
     assert_eq!(
-        cap.clear_text_vxlan(),
+        cap.count(&format!("({CLEAR_TEXT_VXLAN}) and not host {ROGUE}")),
         0,
         "clear-text VXLAN on the underlay"
     );
@@ -107,5 +113,101 @@ fn charon_restarted_at_either_end_heals_without_an_ike_duel() {
         for s in ["a", "b"] {
             assert!(t.lab.sa_up(s, if s == "a" { "site-b" } else { "site-a" }));
         }
+    }
+}
+
+/// The guard stands on its own: with charon stopped at a site (every reconcile there fails
+/// before it plans anything), `nft flush ruleset` takes the guard away; it is back within 2 s
+/// and it works — a forged clear-text VXLAN frame from a rogue host on the underlay does not
+/// reach the VNF, and the guard's drop counter counts it. Then charon returns, and the service
+/// with it. At an initiator (A) and at a responder (C), each alone.
+#[test]
+fn the_guard_is_put_back_within_two_seconds_while_charon_is_down() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    t.secure("").unwrap();
+    for s in ["a", "b", "c"] {
+        t.lab.start_daemon(s).unwrap();
+    }
+    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "not converged: {failed:?}");
+    let rogue = t
+        .lab
+        .add_underlay_host("rogue", &format!("{ROGUE}/24"))
+        .unwrap();
+    let cap = Capture::start(&t.lab, "guard-alone").unwrap();
+    let clear_text = format!("({CLEAR_TEXT_VXLAN}) and not host {ROGUE}");
+    for (i, (site, vnf, peer_vnf)) in [("a", &t.a101, &t.b101), ("c", &t.c101, &t.b101)]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("guard flushed at site {site} while its charon is down");
+        let port = 9990 + i as u16;
+        // Control: the listener hears a real broadcast over IPsec.
+        let mut l = listen_udp(vnf, port, 4).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let send = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\nfor i in range(3): s.sendto(b'real',('10.101.0.255',{port}))\n");
+        run(netns(&peer_vnf.ns, "python3").args(["-c", &send])).unwrap();
+        assert!(
+            l.wait().unwrap().success(),
+            "{what}: control: a real broadcast over IPsec must arrive"
+        );
+
+        t.lab.stop_charon(site);
+        std::thread::sleep(Duration::from_secs(1));
+        let ns = t.lab.site(site).ns.clone();
+        let out = run(netns(&ns, "nft").args(["flush", "ruleset"])).unwrap();
+        assert!(out.status.success());
+        let took = within(
+            Duration::from_secs(2),
+            &format!("{what}: guard back"),
+            || t.lab.guard_drops_in(site).is_some(),
+        );
+        // It works: the forged frame is dropped (and counted), not delivered.
+        let before = t.lab.guard_drops_in(site).unwrap();
+        let mut l = listen_udp(vnf, port, 3).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        forge_vxlan(&rogue, &t.lab.site(site).underlay_ip.clone(), port).unwrap();
+        assert!(
+            !l.wait().unwrap().success(),
+            "{what}: a forged clear-text VXLAN frame reached the VNF"
+        );
+        let dropped = t.lab.guard_drops_in(site).unwrap() - before;
+        assert!(
+            dropped >= 5,
+            "{what}: the guard counted {dropped} of 5 forged frames"
+        );
+        let st = t.lab.status_json(site).unwrap();
+        let repairs = st["daemon"]["recent_repairs"].to_string();
+        assert!(
+            repairs.contains("by the guard keeper"),
+            "{what}: status shows no repair of the guard: {repairs}"
+        );
+        eprintln!(
+            "{what}: guard back in {} ms, {dropped} forged frames dropped",
+            took.as_millis()
+        );
+
+        t.lab.start_charon(site).unwrap();
+        let back = t
+            .lab
+            .service_within(vnf, peer_vnf, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{what}, charon back: {e}"));
+        eprintln!(
+            "{what}: service back {:.2} s after charon",
+            back.as_secs_f64()
+        );
+        let failed = t.ping_mesh();
+        assert!(failed.is_empty(), "{what}: pairs failing {failed:?}");
+        judge_transfer(&t, &cap, vnf, peer_vnf, site, "site-b");
+        assert_eq!(
+            cap.count(&clear_text),
+            0,
+            "{what}: clear text on the underlay"
+        );
     }
 }

@@ -4,10 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use l2s_lab::{netns, require_lab, run, Capture, Lab, PaperLab, Vnf};
+use l2s_lab::{forge_vxlan, listen_udp, netns, require_lab, run, Capture, Lab, PaperLab};
 
 fn secure_lab(extra: &str) -> PaperLab {
     let mut t = PaperLab::new().unwrap();
@@ -169,49 +168,6 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
     );
 }
 
-/// A VXLAN frame in clear text, crafted by hand: outer UDP to `dst`:4789, VNI 101, carrying
-/// an Ethernet broadcast with IPv4/UDP to 10.101.0.255:`port`.
-fn forge_vxlan(lab: &Lab, rogue_ns: &str, dst: &str, port: u16) {
-    let code = format!(
-        r#"
-import socket, struct
-def csum(b):
-    if len(b) % 2: b += b'\0'
-    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
-    while s >> 16: s = (s & 0xffff) + (s >> 16)
-    return (~s) & 0xffff
-payload = b'forged-l2s'
-udp = struct.pack('!HHHH', 40000, {port}, 8 + len(payload), 0) + payload
-src = socket.inet_aton('10.101.0.66'); dst = socket.inet_aton('10.101.0.255')
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
-ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
-eth = b'\xff' * 6 + b'\x02\x00\x00\x00\x00\x66' + b'\x08\x00'
-vxlan = struct.pack('!II', 0x08000000, 101 << 8)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(5): s.sendto(vxlan + eth + ip + udp, ('{dst}', 4789))
-"#
-    );
-    let out = run(netns(rogue_ns, "python3").args(["-c", &code])).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = lab;
-}
-
-/// Listen on a VNF for UDP to `port` for `secs`; true if anything arrived.
-fn listen(vnf: &Vnf, port: u16, secs: u32) -> Child {
-    let code = format!(
-        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.settimeout({secs})\ntry:\n  s.recvfrom(100); print('received'); sys.exit(0)\nexcept Exception:\n  sys.exit(1)\n"
-    );
-    netns(&vnf.ns, "python3")
-        .args(["-c", &code])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn forged_clear_text_vxlan_never_reaches_a_vnf() {
     require_lab!();
@@ -227,7 +183,7 @@ fn forged_clear_text_vxlan_never_reaches_a_vnf() {
     assert!(t
         .lab
         .ping_eventually(&t.a101, &t.b101.ip, Duration::from_secs(20)));
-    let mut l = listen(&t.b101, 9997, 4);
+    let mut l = listen_udp(&t.b101, 9997, 4).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let send = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\nfor i in range(3): s.sendto(b'real',('10.101.0.255',9997))\n";
     run(netns(&t.a101.ns, "python3").args(["-c", send])).unwrap();
@@ -236,9 +192,9 @@ fn forged_clear_text_vxlan_never_reaches_a_vnf() {
         "control: a real broadcast over IPsec must arrive"
     );
     // The forged frame, sent to B's VTEP in clear text, must not arrive.
-    let mut l = listen(&t.b101, 9998, 4);
+    let mut l = listen_udp(&t.b101, 9998, 4).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    forge_vxlan(&t.lab, &rogue, &t.lab.site("b").underlay_ip.clone(), 9998);
+    forge_vxlan(&rogue, &t.lab.site("b").underlay_ip.clone(), 9998).unwrap();
     assert!(
         !l.wait().unwrap().success(),
         "a forged clear-text VXLAN frame reached a VNF"
@@ -262,9 +218,9 @@ fn forged_clear_text_vxlan_never_reaches_a_vnf() {
         "b",
         &["nft", "delete", "table", "inet", "l2s_vnf_l2s0"],
     );
-    let mut l = listen(&t.b101, 9996, 4);
+    let mut l = listen_udp(&t.b101, 9996, 4).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    forge_vxlan(&t.lab, &rogue, &t.lab.site("b").underlay_ip.clone(), 9996);
+    forge_vxlan(&rogue, &t.lab.site("b").underlay_ip.clone(), 9996).unwrap();
     assert!(
         l.wait().unwrap().success(),
         "control: the forged frame should arrive without the guard"

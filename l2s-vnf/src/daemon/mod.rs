@@ -13,6 +13,7 @@
 
 pub mod authlog;
 pub mod control;
+pub mod guard_keeper;
 pub mod lock;
 pub mod metrics;
 pub mod paths;
@@ -104,6 +105,8 @@ struct Daemon {
     authlog_task: Option<tokio::task::JoinHandle<()>>,
     /// When each connection without an SA was last initiated (initiations are paced).
     initiations: Initiations,
+    /// Keeps the guard in place on its own, whatever the reconcile is doing.
+    guard: guard_keeper::GuardKeeper,
 }
 
 /// First and longest pause between two initiations of one connection that keeps failing.
@@ -207,6 +210,8 @@ impl Daemon {
             wait_for_missing_ports: true,
         };
         let mut p = apply::prepare_with(&self.cfg, sys, opts).await?;
+        self.guard
+            .keep(p.desired.security.as_ref().map(|s| s.guard.clone()));
         let responders: Vec<&str> = p
             .desired
             .security
@@ -247,17 +252,8 @@ impl Daemon {
             Cause::Repair(trigger) => {
                 for c in &changes {
                     warn!(after = %trigger, "repairing drift: {c}");
-                    self.recent.push_back(RepairRecord {
-                        at_unix: unix_now(),
-                        trigger: trigger.clone(),
-                        change: c.clone(),
-                    });
-                    if self.recent.len() > RECENT_REPAIRS {
-                        self.recent.pop_front();
-                    }
+                    record_repair(&mut self.recent, &mut self.stats, &self.metrics, trigger, c);
                 }
-                self.stats.repairs_total += changes.len() as u64;
-                self.metrics.repairs.inc_by(changes.len() as u64);
             }
             _ if changes.len() <= LOG_EACH_CHANGE => {
                 for c in &changes {
@@ -293,6 +289,17 @@ impl Daemon {
         let after = sys.observe(&self.cfg).await?;
         self.judge(&after);
         Ok(changes)
+    }
+
+    /// Count a change made to undo drift, and keep it among the recent ones status shows.
+    fn record_repair(&mut self, trigger: &str, change: &str) {
+        record_repair(
+            &mut self.recent,
+            &mut self.stats,
+            &self.metrics,
+            trigger,
+            change,
+        );
     }
 
     /// Bind the probe port once the VTEP address is known (and start probing), and keep the
@@ -584,6 +591,25 @@ impl Daemon {
     }
 }
 
+fn record_repair(
+    recent: &mut VecDeque<RepairRecord>,
+    stats: &mut DaemonStatus,
+    metrics: &Metrics,
+    trigger: &str,
+    change: &str,
+) {
+    recent.push_back(RepairRecord {
+        at_unix: unix_now(),
+        trigger: trigger.to_string(),
+        change: change.to_string(),
+    });
+    if recent.len() > RECENT_REPAIRS {
+        recent.pop_front();
+    }
+    stats.repairs_total += 1;
+    metrics.repairs.inc();
+}
+
 /// Give the heap a reconcile freed back to the system: glibc keeps it otherwise.
 fn release_memory() {
     #[cfg(target_env = "gnu")]
@@ -728,6 +754,16 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         interval = ?cfg.daemon.reconcile_interval,
         "l2s-vnf daemon starting"
     );
+    // The guard stands on its own from the first moment: the spec the last run left in
+    // place (or the strictest this config can want) until a reconcile plans one.
+    let table = crate::guard::table_name(&cfg.switch.bridge);
+    let (keeper_tx, mut keeper_repairs) = mpsc::unbounded_channel();
+    let guard = guard_keeper::GuardKeeper::start(table.clone(), keeper_tx);
+    let listed = tokio::task::spawn_blocking(move || crate::guard::observe(&table))
+        .await
+        .ok()
+        .flatten();
+    guard.keep(guard_keeper::fallback(&cfg, listed.as_deref()));
     let mut periodic = tokio::time::interval(cfg.daemon.reconcile_interval);
     periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     periodic.tick().await;
@@ -753,6 +789,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         authlog: Arc::default(),
         authlog_task: None,
         initiations: Initiations::default(),
+        guard,
     };
     d.listen_to_charon_log();
     let mut retry = Retry::default();
@@ -829,6 +866,10 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
             _ = tokio::time::sleep_until(initiation_due.map_or_else(tokio::time::Instant::now, Into::into)), if initiation_due.is_some() => {
                 let _ = d.reconcile(Cause::Repair("an initiation held back is due".into())).await;
                 true
+            }
+            Some((woke, change)) = keeper_repairs.recv() => {
+                d.record_repair(&woke, &change);
+                false
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);

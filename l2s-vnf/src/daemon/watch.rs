@@ -254,6 +254,12 @@ async fn netlink_watch(interest: Interest, tx: Triggers) {
 const NFNLGRP_NFTABLES: u32 = 7;
 
 async fn nftables_watch(table: String, tx: Triggers) {
+    nft_table_events(table, move |why| fire(&tx, "nftables", why)).await;
+}
+
+/// Call `on` for every nf_tables notification about `table` (and when events were lost, so
+/// that the caller looks at everything); never returns.
+pub async fn nft_table_events(table: String, on: impl Fn(String)) {
     // Every nf_tables notification about our table carries the table's name (NUL-ended) in
     // its attributes: that is all we need to know.
     let mut needle = table.clone().into_bytes();
@@ -269,12 +275,12 @@ async fn nftables_watch(table: String, tx: Triggers) {
                 match s.recv_from_full().await {
                     Ok((buf, _)) => {
                         if buf.windows(needle.len()).any(|w| w == needle.as_slice()) {
-                            fire(&tx, "nftables", format!("table {table} changed"));
+                            on(format!("table {table} changed"));
                         }
                     }
                     Err(e) => {
                         // ENOBUFS: events were lost; look at everything.
-                        fire(&tx, "nftables", format!("event socket: {e}"));
+                        on(format!("event socket: {e}"));
                         break;
                     }
                 }
