@@ -193,7 +193,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let psk = dir.path().join("psk");
-        std::fs::write(&psk, "k").unwrap();
+        std::fs::write(&psk, "a-sixteen-byte-key").unwrap();
         std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         let text = format!(

@@ -57,8 +57,8 @@ enum Command {
     Probe {
         /// Only this peer (by name).
         peer: Option<String>,
-        /// Seconds of small probes (10 a second; default: the periodic five).
-        #[arg(long, default_value_t = 0)]
+        /// Seconds of small probes (10 a second; default: the periodic five); at most 600.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=l2s_vnf::probe::MAX_PROBE_SECS))]
         secs: u64,
         /// Add a bandwidth test of as many seconds (at least one).
         #[arg(long)]
@@ -605,7 +605,7 @@ async fn probe_cmd(
             return Ok(ExitCode::from(2));
         }
     }
-    let wait = std::time::Duration::from_secs(secs * 2 + 60);
+    let wait = std::time::Duration::from_secs(secs.saturating_mul(2).saturating_add(60));
     let request = control::Request::Probe {
         peer: peer.clone(),
         secs,
@@ -670,4 +670,19 @@ async fn probe_here(
         .measure(peer.as_deref(), secs, throughput)
         .await
         .map_err(ApplyError::Refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_durations_are_bounded_on_the_command_line() {
+        assert!(Cli::try_parse_from(["l2s-vnf", "probe", "--secs", "600"]).is_ok());
+        let e = Cli::try_parse_from(["l2s-vnf", "probe", "--secs", "99999999999"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not in 0..=600"), "{e}");
+    }
 }

@@ -28,8 +28,19 @@ pub const EXPIRY_WARNING_SECS: i64 = 30 * 86_400;
 pub struct Secret(Vec<u8>);
 
 impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// The bytes are wiped when the secret goes: no copy of a key lingers in freed memory.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -811,7 +811,7 @@ mod tests {
         // PSK files are checked at load: point the default at a real 0600 file.
         let dir = tempfile::tempdir().unwrap();
         let psk = dir.path().join("psk");
-        std::fs::write(&psk, "secret").unwrap();
+        std::fs::write(&psk, "a-long-enough-secret").unwrap();
         std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         let text = text.replace(

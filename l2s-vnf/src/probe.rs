@@ -36,6 +36,8 @@ const HEADER: usize = 12;
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// Small probes of a periodic measurement, and their spacing.
 pub const SMALL_PROBES: usize = 5;
+/// The longest on-demand measurement (`probe --secs`, the control socket's probe request).
+pub const MAX_PROBE_SECS: u64 = 600;
 const SPACING: Duration = Duration::from_millis(100);
 const SMALL_SIZE: usize = 64;
 

@@ -19,6 +19,7 @@ fn psk_dir() -> tempfile::TempDir {
     };
     write("good", "a-long-random-secret\n", 0o600);
     write("empty", "", 0o600);
+    write("short", "five5\n", 0o600);
     write("readable", "a-long-random-secret\n", 0o644);
     dir
 }

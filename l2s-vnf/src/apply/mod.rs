@@ -521,19 +521,19 @@ async fn remove_rules(nl: &Netlink, ports: (u16, u16), v6: bool) -> Result<(), A
     Ok(())
 }
 
-/// Read a PSK file; the content goes to charon only.
-fn read_psk(path: &std::path::Path) -> Result<Vec<u8>, ApplyError> {
-    let raw = std::fs::read(path).map_err(|e| {
+/// Read a PSK file; the content goes to charon only (and is wiped from memory after).
+fn read_psk(path: &std::path::Path) -> Result<crate::pki::Secret, ApplyError> {
+    let raw = crate::pki::Secret::new(std::fs::read(path).map_err(|e| {
         ApplyError::Refused(format!("cannot read PSK file {}: {e}", path.display()))
-    })?;
-    let trimmed = raw.trim_ascii_end().to_vec();
+    })?);
+    let trimmed = raw.expose().trim_ascii_end();
     if trimmed.is_empty() {
         return Err(ApplyError::Refused(format!(
             "PSK file {} is empty",
             path.display()
         )));
     }
-    Ok(trimmed)
+    Ok(crate::pki::Secret::new(trimmed.to_vec()))
 }
 
 /// Give charon the current content of every connection's PSK file. A key rotated in its
@@ -634,7 +634,7 @@ pub fn revoked_peers(
 /// Hand charon the connection's PSK, read from its file (the only place a secret goes).
 async fn load_psk(v: &vici::Client, conn: &ipsec::DesiredConn) -> Result<(), ApplyError> {
     let psk = read_psk(&conn.psk_file)?;
-    v.load_shared(&conn.name, &psk, &[&conn.local_id, &conn.remote_id])
+    v.load_shared(&conn.name, psk.expose(), &[&conn.local_id, &conn.remote_id])
         .await?;
     Ok(())
 }

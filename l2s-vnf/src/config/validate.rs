@@ -157,9 +157,9 @@ pub fn validate(
         .and_then(|v| bum_limit(&mut c, "switch.bum_limit_pps", v));
 
     // [vxlan]
+    // The path probes travel on the next port: it must exist and must not be IKE's either.
     let vxlan_port = match raw.vxlan.port {
         None => DEFAULT_VXLAN_PORT,
-        Some(p) if (1..=65535).contains(&p) && p != 500 && p != 4500 => p as u16,
         Some(p @ (500 | 4500)) => {
             c.err(
                 "vxlan.port",
@@ -167,6 +167,24 @@ pub fn validate(
             );
             DEFAULT_VXLAN_PORT
         }
+        Some(p @ (499 | 4499)) => {
+            c.err(
+                "vxlan.port",
+                format!(
+                    "{p} puts the path probes on {}, IKE's port; pick another (default 4789)",
+                    p + 1
+                ),
+            );
+            DEFAULT_VXLAN_PORT
+        }
+        Some(65535) => {
+            c.err(
+                "vxlan.port",
+                "65535 leaves no port for the path probes (they use the next one); allowed: 1..=65534",
+            );
+            DEFAULT_VXLAN_PORT
+        }
+        Some(p) if (1..=65534).contains(&p) => p as u16,
         Some(p) => {
             c.err(
                 "vxlan.port",
@@ -794,8 +812,22 @@ pub fn psk_file_problem(path: &Path) -> Option<String> {
             "PSK file {shown} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)"
         ));
     }
+    // The key itself is read only to be measured, then wiped.
+    let key = match std::fs::read(path) {
+        Ok(k) => crate::pki::Secret::new(k),
+        Err(e) => return Some(format!("PSK file {shown} cannot be read: {e}")),
+    };
+    let len = key.expose().trim_ascii_end().len();
+    if len < MIN_PSK_BYTES {
+        return Some(format!(
+            "PSK file {shown} holds a {len}-byte key; a pre-shared key needs at least {MIN_PSK_BYTES} bytes (e.g. head -c 32 /dev/urandom | base64 > FILE)"
+        ));
+    }
     None
 }
+
+/// A pre-shared key shorter than this is refused (a guessable key gives an attacker the SAs).
+pub const MIN_PSK_BYTES: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -61,6 +61,12 @@ impl Paths {
         secs: u64,
         throughput: bool,
     ) -> Result<BTreeMap<String, PathHealth>, String> {
+        if secs > probe::MAX_PROBE_SECS {
+            return Err(format!(
+                "a probe of {secs} s is refused: at most {} s",
+                probe::MAX_PROBE_SECS
+            ));
+        }
         let peers = lock(&self.peers).clone();
         let chosen: Vec<(String, IpAddr)> = match peer {
             None => peers,
@@ -84,7 +90,8 @@ impl Paths {
         let count = if secs == 0 {
             probe::SMALL_PROBES
         } else {
-            secs as usize * 10
+            // Bounded above: at most 6000 probes.
+            usize::try_from(secs * 10).unwrap_or(usize::MAX)
         };
         for (name, addr) in chosen {
             let mut h = self.prober.measure(addr, self.port, payload, count).await;
@@ -131,5 +138,22 @@ impl Paths {
             tokio::time::sleep(interval).await;
             let _ = self.measure(None, 0, false).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe request of absurd length is refused at once (it once hung the client and
+    /// overflowed the daemon's arithmetic).
+    #[tokio::test]
+    async fn a_probe_longer_than_the_bound_is_refused() {
+        let paths = Paths::bind("127.0.0.1".parse().unwrap(), 47_890)
+            .await
+            .unwrap();
+        paths.configure(vec![("site-b".into(), "127.0.0.2".parse().unwrap())], 1400);
+        let e = paths.measure(None, 99_999_999_999, false).await.unwrap_err();
+        assert_eq!(e, "a probe of 99999999999 s is refused: at most 600 s");
     }
 }
