@@ -7,7 +7,7 @@ use rtnetlink::sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
 use crate::config::SiteConfig;
 use crate::model::Facts;
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{Netlink, NetlinkError, UnderlayAddress};
 
 /// Discover the facts for a config. Fails clearly when the underlay interface is missing,
 /// has no usable address, or does not hold the configured VTEP address.
@@ -18,14 +18,14 @@ pub async fn facts(cfg: &SiteConfig, nl: &Netlink) -> Result<Facts, NetlinkError
         other => other,
     })?;
     let vtep_ip = match cfg.site.vtep_ip {
-        Some(ip) if addrs.contains(&ip) => ip,
+        Some(ip) if addrs.iter().any(|a| a.ip == ip) => ip,
         Some(ip) => {
             return Err(NetlinkError::VtepNotOnUnderlay {
                 ip,
                 dev: dev.clone(),
             })
         }
-        None => pick_vtep(&addrs, cfg.peers.first().map(|p| p.address)).ok_or(
+        None => pick_vtep(&stable(&addrs), cfg.peers.first().map(|p| p.address)).ok_or(
             NetlinkError::NoAddress {
                 dev: dev.clone(),
                 family: match cfg.peers.first().map(|p| p.address) {
@@ -43,6 +43,11 @@ pub async fn facts(cfg: &SiteConfig, nl: &Netlink) -> Result<Facts, NetlinkError
         kernel_has_ovs_datapath: kernel_has_ovs_datapath(),
         ipsec_backend: None,
     })
+}
+
+/// The addresses a VTEP may be chosen from (see [`UnderlayAddress`]).
+fn stable(addrs: &[UnderlayAddress]) -> Vec<IpAddr> {
+    addrs.iter().filter(|a| a.stable).map(|a| a.ip).collect()
 }
 
 /// The first global address of the underlay, of the peers' family when there are peers.
@@ -115,6 +120,21 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         assert_eq!(pick_vtep(&addrs, None), Some("192.0.2.1".parse().unwrap()));
+        // A temporary or tentative IPv6 address listed first never becomes the VTEP.
+        let listed = [
+            UnderlayAddress {
+                ip: "2001:db8::feed".parse().unwrap(),
+                stable: false,
+            },
+            UnderlayAddress {
+                ip: "2001:db8::1".parse().unwrap(),
+                stable: true,
+            },
+        ];
+        assert_eq!(
+            pick_vtep(&stable(&listed), None),
+            Some("2001:db8::1".parse().unwrap())
+        );
         assert_eq!(
             pick_vtep(&addrs, Some("2001:db8::2".parse().unwrap())),
             Some("2001:db8::1".parse().unwrap())

@@ -76,9 +76,11 @@ impl AuthLog {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
-        let named = msg
+        let ike_name = msg
             .str("ikesa-name")
-            .filter(|n| ipsec::owned_conn(n, bridge))
+            .filter(|n| ipsec::owned_conn(n, bridge));
+        let named = ike_name
+            .as_deref()
             .and_then(|n| n.rsplit(':').next().map(str::to_string));
         let peer = named
             .or_else(|| s.attempts.get(&id).map(|(p, _)| p.clone()))
@@ -97,7 +99,15 @@ impl AuthLog {
             }
             s.attempts.insert(id.clone(), (peer.clone(), None));
         }
-        if line.contains("established between") {
+        // A success is charon's own line about our IKE_SA, recognised by its start: the
+        // identities a peer presents come later in lines and may say anything (an identity
+        // reading "established between" must not clear a peer's failures).
+        let success = ike_name.is_some_and(|n| {
+            line.strip_prefix(&format!("IKE_SA {n}["))
+                .and_then(|rest| rest.split_once("] "))
+                .is_some_and(|(uid, rest)| uid == id && rest.starts_with("established between "))
+        });
+        if success {
             s.by_peer.remove(&peer);
             return;
         }
@@ -255,5 +265,39 @@ mod tests {
         );
         assert!(!log.failures().contains_key("site-b"));
         assert!(!mentions("192.0.2.30 is initiating", "192.0.2.3"));
+    }
+
+    /// A peer's presented identity is attacker-chosen text: one that reads like charon's
+    /// success line must not clear the failures recorded for the peer.
+    #[test]
+    fn an_identity_that_reads_like_a_success_clears_nothing() {
+        let log = AuthLog::default();
+        let peers = vec![("site-c".to_string(), "192.0.2.3".parse().unwrap())];
+        log.note(
+            &ev(
+                "7",
+                Some("l2s-vnf:l2s0:site-c"),
+                "authentication of 'site-c' failed",
+            ),
+            "l2s0",
+            &peers,
+        );
+        for forged in [
+            "looking for peer configs matching 192.0.2.1[site-a]...192.0.2.3[x established between y]",
+            "IKE_SA l2s-vnf:l2s0:site-c[8] established between 192.0.2.1[site-a]...192.0.2.3[site-c]",
+            "received ID_R x] established between",
+        ] {
+            log.note(&ev("7", Some("l2s-vnf:l2s0:site-c"), forged), "l2s0", &peers);
+            assert!(log.failures().contains_key("site-c"), "cleared by: {forged}");
+        }
+        log.note(
+            &ev("7", None, "IKE_SA l2s-vnf:l2s0:site-c[7] established between 192.0.2.1[site-a]...192.0.2.3[site-c]"),
+            "l2s0",
+            &peers,
+        );
+        assert!(
+            log.failures().contains_key("site-c"),
+            "cleared without our IKE_SA's name"
+        );
     }
 }

@@ -153,7 +153,10 @@ mod tests {
             .await
             .unwrap();
         paths.configure(vec![("site-b".into(), "127.0.0.2".parse().unwrap())], 1400);
-        let e = paths.measure(None, 99_999_999_999, false).await.unwrap_err();
+        let e = paths
+            .measure(None, 99_999_999_999, false)
+            .await
+            .unwrap_err();
         assert_eq!(e, "a probe of 99999999999 s is refused: at most 600 s");
     }
 }

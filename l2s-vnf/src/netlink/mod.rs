@@ -28,6 +28,19 @@ use crate::model::VxlanSpec;
 
 pub mod dump;
 
+/// An address of the underlay interface, and whether it may carry the VTEP: not an IPv6
+/// temporary (privacy) or IPv4 secondary address, not tentative, deprecated or failed DAD
+/// (such an address comes and goes, and a VTEP on it would move with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderlayAddress {
+    pub ip: IpAddr,
+    pub stable: bool,
+}
+
+/// IFA_F_TEMPORARY (= IFA_F_SECONDARY), IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_DEPRECATED,
+/// IFA_F_TENTATIVE.
+const UNSTABLE_ADDRESS: u32 = 0x01 | 0x04 | 0x08 | 0x20 | 0x40;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanAttrs {
     pub vni: Option<u32>,
@@ -167,7 +180,10 @@ impl Netlink {
     }
 
     /// The index, MTU and addresses of one link.
-    pub async fn link_facts(&self, name: &str) -> Result<(u32, u32, Vec<IpAddr>), NetlinkError> {
+    pub async fn link_facts(
+        &self,
+        name: &str,
+    ) -> Result<(u32, u32, Vec<UnderlayAddress>), NetlinkError> {
         let msgs: Vec<LinkMessage> = match self
             .handle
             .link()
@@ -187,7 +203,7 @@ impl Netlink {
             .first()
             .and_then(parse_link)
             .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))?;
-        let addrs: Vec<IpAddr> = self
+        let addrs: Vec<UnderlayAddress> = self
             .handle
             .address()
             .get()
@@ -198,7 +214,8 @@ impl Netlink {
             .map_err(req(format!("list addresses of {name}")))?
             .into_iter()
             .filter_map(|a| {
-                a.attributes
+                let ip = a
+                    .attributes
                     .iter()
                     .find_map(|x| match x {
                         AddressAttribute::Local(ip) => Some(*ip),
@@ -209,7 +226,20 @@ impl Netlink {
                             AddressAttribute::Address(ip) => Some(*ip),
                             _ => None,
                         })
+                    })?;
+                // The full flags when the kernel sends them, else the header's first byte.
+                let flags = a
+                    .attributes
+                    .iter()
+                    .find_map(|x| match x {
+                        AddressAttribute::Flags(f) => Some(f.bits()),
+                        _ => None,
                     })
+                    .unwrap_or_else(|| u32::from(a.header.flags.bits()));
+                Some(UnderlayAddress {
+                    ip,
+                    stable: flags & UNSTABLE_ADDRESS == 0,
+                })
             })
             .collect();
         Ok((l.index, l.mtu, addrs))

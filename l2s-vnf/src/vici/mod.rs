@@ -42,9 +42,14 @@ pub enum ViciError {
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A command connection to charon. Commands are serialized on it.
+///
+/// VICI replies carry no id: a reply belongs to the command before it. A connection is kept
+/// only after a complete exchange; one left mid-exchange (a timeout, an I/O or decoding
+/// error, a caller that gave up) is dropped, and the next command opens a new one — else it
+/// would read the previous command's late reply as its own.
 pub struct Client {
     path: PathBuf,
-    conn: Mutex<UnixStream>,
+    conn: Mutex<Option<UnixStream>>,
 }
 
 async fn read_packet(
@@ -105,7 +110,7 @@ impl Client {
     pub async fn connect(path: &Path) -> Result<Self, ViciError> {
         Ok(Client {
             path: path.to_path_buf(),
-            conn: Mutex::new(connect_stream(path).await?),
+            conn: Mutex::new(Some(connect_stream(path).await?)),
         })
     }
 
@@ -138,7 +143,11 @@ impl Client {
         event: Option<&str>,
         timeout: Duration,
     ) -> Result<(Vec<Section>, Section), ViciError> {
-        let mut s = self.conn.lock().await;
+        let mut kept = self.conn.lock().await;
+        let mut s = match kept.take() {
+            Some(s) => s,
+            None => connect_stream(&self.path).await?,
+        };
         let path = self.path.clone();
         let fut = async {
             if let Some(ev) = event {
@@ -182,14 +191,23 @@ impl Client {
             }
             Ok((events, reply))
         };
-        let (events, reply) =
-            tokio::time::timeout(timeout, fut)
-                .await
-                .map_err(|_| ViciError::Timeout {
-                    cmd: cmd.to_string(),
-                    timeout,
-                })??;
-        Ok((events, check_success(cmd, reply)?))
+        let outcome = tokio::time::timeout(timeout, fut).await;
+        match outcome {
+            Ok(Ok((events, reply))) => {
+                *kept = Some(s);
+                Ok((events, check_success(cmd, reply)?))
+            }
+            // Answered in full: the connection is still in step.
+            Ok(Err(e @ (ViciError::UnknownCommand(_) | ViciError::UnknownEvent(_)))) => {
+                *kept = Some(s);
+                Err(e)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ViciError::Timeout {
+                cmd: cmd.to_string(),
+                timeout,
+            }),
+        }
     }
 
     pub async fn request(&self, cmd: &str, msg: &Section) -> Result<Section, ViciError> {
@@ -491,4 +509,57 @@ pub async fn subscribe(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A charon stand-in: on each connection, answers each command after `delay` with a
+    /// section naming the command's sequence number.
+    async fn slow_charon(listener: UnixListener, delay: Duration) {
+        let mut n = 0;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            n += 1;
+            let conn = n;
+            tokio::spawn(async move {
+                let path = PathBuf::from("test");
+                while let Ok((PacketType::CmdRequest, _, _)) = read_packet(&mut s, &path).await {
+                    tokio::time::sleep(delay).await;
+                    let reply = Section::new().kv("conn", conn.to_string());
+                    let p =
+                        codec::encode_packet(PacketType::CmdResponse, None, Some(&reply)).unwrap();
+                    if s.write_all(&p).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A command that timed out leaves its reply on the way: the next command must not take
+    /// it for its own (VICI replies carry no id).
+    #[tokio::test]
+    async fn a_late_reply_is_never_read_as_the_next_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("charon.vici");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(slow_charon(listener, Duration::from_millis(300)));
+        let c = Client::connect(&path).await.unwrap();
+        let first = c
+            .call("version", &Section::new(), None, Duration::from_millis(50))
+            .await;
+        assert!(matches!(first, Err(ViciError::Timeout { .. })), "{first:?}");
+        // The late reply to the first command arrives meanwhile on the old connection.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (_, second) = c
+            .call("version", &Section::new(), None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(second.str("conn").as_deref(), Some("2"), "{second}");
+    }
 }
