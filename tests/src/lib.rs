@@ -1273,7 +1273,8 @@ impl Capture {
     pub fn on(lab: &Lab, ns: &str, dev: &str, name: &str) -> Result<Capture> {
         let file = lab.dir.join(format!("{name}.pcap"));
         let child = netns(ns, "tcpdump")
-            .args(["-i", dev, "-n", "-U", "-s", "128", "-w"])
+            // A 16 MiB buffer: the default loses packets while the two cores are busy.
+            .args(["-i", dev, "-n", "-U", "-B", "16384", "-s", "128", "-w"])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1302,6 +1303,19 @@ impl Capture {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Bytes of ESP (plain or UDP-encapsulated, as tcpdump gives each packet's ESP length)
+    /// so far from `src` to `dst`: a measure of what crossed inside the SAs that does not
+    /// rely on charon's counters.
+    pub fn esp_bytes(&self, src: &str, dst: &str) -> u64 {
+        self.packets(&format!(
+            "src {src} and dst {dst} and (esp or udp port 4500)"
+        ))
+        .iter()
+        .filter(|l| l.contains("ESP("))
+        .filter_map(|l| l.rsplit("length ").next()?.trim().parse::<u64>().ok())
+        .sum()
     }
 
     /// Clear-text VXLAN packets so far (must always be zero with IPsec on), counting the

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use l2s_lab::{
-    forge_vxlan, listen_udp, netns, require_lab, run, within, Capture, PaperLab, PingStream, Vnf,
-    CLEAR_TEXT_VXLAN,
+    forge_vxlan, listen_udp, netns, require_lab, run, sh, within, Capture, PaperLab, PingStream,
+    Vnf, CLEAR_TEXT_VXLAN,
 };
 
 /// A rogue host on the underlay: its forged frames are clear text by design.
@@ -22,24 +22,35 @@ fn established(log: &str, conn: &str) -> usize {
         .count()
 }
 
-/// The service between two VNFs as a user judges it: a TCP transfer whose payload the SAs of
-/// `site` with `peer` carried (their counters grow by at least that much), with ESP and no
-/// clear-text VXLAN on the underlay meanwhile.
+/// The service between two VNFs as a user judges it: a 2 MiB TCP transfer from `from`'s site
+/// (`site`) to its peer `peer`, counted by that pair's SAs, with ESP on the underlay and no
+/// clear-text VXLAN meanwhile.
 fn judge_transfer(t: &PaperLab, cap: &Capture, from: &Vnf, to: &Vnf, site: &str, peer: &str) {
     let esp0 = cap.count("esp or udp port 4500");
-    let before = t.lab.sa_bytes(site, Some(peer)).unwrap();
+    let sa0 = t.lab.sa_bytes(site, Some(peer)).unwrap();
     t.lab.tcp_transfer(to, from, "2M").unwrap();
-    let grew = t.lab.sa_bytes(site, Some(peer)).unwrap() - before;
-    // kernel-libipsec's counters fall short of the payload by 15-35 % (see README's
-    // figures); the capture below proves nothing went around the SA.
+    // kernel-libipsec's counters see about half of what crosses (measured here 49-65 % of
+    // the payload; README, Noticed): they must grow by 40 % of it at least, after charon
+    // has read them (a moment late).
+    let want = 2 * 1024 * 1024 * 2 / 5;
+    let mut sa = 0;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) && sa < want {
+        std::thread::sleep(Duration::from_millis(200));
+        sa = t
+            .lab
+            .sa_bytes(site, Some(peer))
+            .unwrap()
+            .saturating_sub(sa0);
+    }
     assert!(
-        grew >= 1024 * 1024,
-        "{site}'s SAs with {peer} carried {grew} bytes of a 2 MiB transfer"
+        sa >= want,
+        "{site}'s SAs with {peer} counted {sa} bytes of a 2 MiB transfer"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let esp1 = cap.count("esp or udp port 4500");
     assert!(
-        cap.count("esp or udp port 4500") > esp0,
-        "no ESP on the underlay during the transfer"
+        esp1 > esp0,
+        "no ESP on the underlay during the transfer ({esp0} packets before, {esp1} after)"
     );
     assert_eq!(
         cap.count(&format!("({CLEAR_TEXT_VXLAN}) and not host {ROGUE}")),
@@ -114,6 +125,56 @@ fn charon_restarted_at_either_end_heals_without_an_ike_duel() {
             assert!(t.lab.sa_up(s, if s == "a" { "site-b" } else { "site-a" }));
         }
     }
+
+    // The CHILD_SA rekeys with a fresh key exchange (perfect forward secrecy), from either end,
+    // and the service goes on.
+    for (site, peer) in [("a", "site-b"), ("b", "site-a")] {
+        let conn = format!("l2s-vnf:l2s0:{peer}");
+        // The CHILD_SAs as charon lists them (the IKE_SA's own fields come before).
+        let children = || {
+            swanctl(&t, site, &["--list-sas", "--raw", "--ike", &conn])
+                .split_once("child-sas {")
+                .map(|(_, c)| c.to_string())
+                .unwrap_or_default()
+        };
+        let before = children();
+        let child = before
+            .split(" {")
+            .next()
+            .map(|c| c.trim().rsplit_once('-').map_or(c.trim(), |(name, _)| name))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| panic!("no CHILD_SA at {site}"))
+            .to_string();
+        // The first CHILD_SA comes with IKE_AUTH, keyed from the IKE_SA.
+        assert!(
+            site != "a" || !before.contains("dh-group"),
+            "{site}: a key exchange before any rekey? {before}"
+        );
+        let spi = |c: &str| c.split("spi-in=").nth(1).map(|r| r[..8].to_string());
+        swanctl(&t, site, &["--rekey", "--child", &child]);
+        within(
+            Duration::from_secs(10),
+            &format!("{site}: CHILD_SA rekeyed with PFS"),
+            || {
+                let now = children();
+                spi(&now) != spi(&before) && now.contains("dh-group=CURVE_25519")
+            },
+        );
+        let failed = t.ping_mesh();
+        assert!(
+            failed.is_empty(),
+            "after a CHILD_SA rekey at {site}: {failed:?}"
+        );
+        judge_transfer(&t, &cap, &t.a101, &t.b101, "a", "site-b");
+    }
+}
+
+fn swanctl(t: &PaperLab, site: &str, args: &[&str]) -> String {
+    let vici = t.lab.site(site).dir.join("charon.vici");
+    sh(std::process::Command::new("swanctl")
+        .args(args)
+        .args(["--uri", &format!("unix://{}", vici.display())]))
+    .unwrap()
 }
 
 /// The guard stands on its own: with charon stopped at a site (every reconcile there fails

@@ -653,7 +653,7 @@ fn hand_configured_c(t: &PaperLab, ca: &TestCa, c: &Issued, mtu: u32) {
              local {{\n      auth = pubkey\n      certs = site-c.crt\n      id = site-c\n    }}\n    \
              remote {{\n      auth = pubkey\n      id = {id}\n    }}\n    children {{\n      vxlan {{\n        \
              local_ts = {c_ip}/32[udp]\n        remote_ts = {remote}/32[udp]\n        mode = tunnel\n        \
-             esp_proposals = aes256gcm16\n      }}\n    }}\n  }}\n"
+             esp_proposals = aes256gcm16-x25519\n      }}\n    }}\n  }}\n"
         )
     };
     let conf = dir.join("swanctl.conf");

@@ -27,7 +27,9 @@ pub const DEFAULT_CA_FILE: &str = "/etc/l2s-vnf/ca.crt";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/l2s-vnf/control.sock";
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 pub const DEFAULT_IKE_PROPOSALS: &[&str] = &["aes256gcm16-prfsha384-x25519"];
-pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16"];
+/// With a key exchange: every CHILD_SA rekey is keyed afresh (perfect forward secrecy); the
+/// first CHILD_SA, made with IKE_AUTH, uses the IKE_SA's keys.
+pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16-x25519"];
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_IKE_REKEY: Duration = Duration::from_secs(4 * 3600);
 pub const DEFAULT_CHILD_REKEY: Duration = Duration::from_secs(3600);
