@@ -663,6 +663,15 @@ pub fn validate(
                 None
             }
         });
+    if let Some(a) = metrics.filter(|a| a.ip().is_unspecified()) {
+        warnings.push(c.locs.issue_at_value(
+            "metrics.listen",
+            format!(
+                "{a} serves the metrics on every interface, the untrusted underlay included; bind a management address (e.g. \"127.0.0.1:{}\")",
+                a.port()
+            ),
+        ));
+    }
 
     let outer_fragmentation = raw.mtu.outer_fragmentation.unwrap_or(false);
     if outer_fragmentation && mtu_access == MtuSetting::Auto {
@@ -841,6 +850,19 @@ mod tests {
     }
 
     const HEAD: &str = "[site]\nname = \"site-a\"\nunderlay = \"eth1\"\nvtep_ip = \"192.0.2.1\"\nunderlay_mtu = 1500\n";
+
+    #[test]
+    fn metrics_on_every_interface_are_a_warning() {
+        let text = format!(
+            "{HEAD}[ipsec]\nenabled = false\ninsecure = true\n[metrics]\nlisten = \"0.0.0.0:9417\"\n"
+        );
+        let cfg = SiteConfig::from_str_at(Path::new("t.toml"), &text).unwrap();
+        let w: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w, vec!["t.toml:10:10: metrics.listen: 0.0.0.0:9417 serves the metrics on every interface, the untrusted underlay included; bind a management address (e.g. \"127.0.0.1:9417\")"]);
+        let local = text.replace("0.0.0.0", "127.0.0.1");
+        let cfg = SiteConfig::from_str_at(Path::new("t.toml"), &local).unwrap();
+        assert!(cfg.warnings.is_empty());
+    }
 
     #[test]
     fn certificates_are_checked_where_the_config_names_them_and_no_psk_is_needed() {

@@ -1,12 +1,19 @@
 //! Opt-in Prometheus endpoint (`[metrics] listen`): `GET /metrics` in the OpenMetrics text
-//! format, encoded by `prometheus-client`. Values that live in charon and the switch (SA
-//! state and counters, VLAN and port counts) are read fresh at each scrape, through the
-//! daemon's loop; counters of the daemon's own work are kept here.
+//! format, encoded by `prometheus-client`, served by hyper. Values that live in charon and
+//! the switch (SA state and counters, VLAN and port counts) are a snapshot the daemon
+//! refreshes at every reconcile (from the reconcile's own observation); counters of the
+//! daemon's own work are kept here. A scrape only encodes: it never reaches the daemon's loop,
+//! charon or OVSDB, so scrapers cannot slow the reconcile down.
+//!
+//! At most [`MAX_CONNECTIONS`] clients at once (more are closed at once), each given
+//! [`HEADER_TIMEOUT`] to send its request and [`CONNECTION_LIFETIME`] in all.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::watch::IpsecEvents;
+use crate::status::{Counters, Status};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,14 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::debug;
-
-use super::control::{Job, Request};
-use super::watch::IpsecEvents;
-use crate::status::{Counters, Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -428,85 +430,125 @@ impl Metrics {
     }
 }
 
+/// Clients served at once; one more is closed as soon as it connects.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last, keep-alive included (bounds a client that reads slowly).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
 /// Serve `GET /metrics` until the daemon ends.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    events: Arc<IpsecEvents>,
-    jobs: mpsc::Sender<Job>,
-) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let (metrics, events, jobs) = (metrics.clone(), events.clone(), jobs.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("metrics: {MAX_CONNECTIONS} clients connected already; closing one more");
+            continue;
+        };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = scrape(stream, &metrics, &events, jobs).await {
-                debug!(error = %e, "metrics client");
+            let service = hyper::service::service_fn(move |req| {
+                let reply = respond(&metrics, &req);
+                async move { Ok::<_, std::convert::Infallible>(reply) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => debug!(error = %e, "metrics client"),
+                Err(_) => debug!("metrics client: connection lifetime over"),
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }
 
-async fn scrape(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    events: &IpsecEvents,
-    jobs: mpsc::Sender<Job>,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    let head = tokio::time::timeout(Duration::from_secs(5), async {
-        while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(head, Ok(Ok(()))) {
-        return Ok(());
-    }
-    let request = String::from_utf8_lossy(&buf[..len]);
-    let mut first = request.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-    let (code, ctype, body) = match (method, target.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => {
-            let (tx, rx) = oneshot::channel();
-            if jobs.send((Request::Status, tx)).await.is_ok() {
-                if let Ok(Some(s)) = rx.await.map(|r| r.status) {
-                    metrics.observe(&s, events);
-                }
-            }
-            (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics.encode(),
-            )
-        }
-        ("GET", _) => (
-            "404 Not Found",
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+fn respond<B>(metrics: &Metrics, req: &hyper::Request<B>) -> hyper::Response<Body> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            hyper::StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        (&hyper::Method::GET, _) => (
+            hyper::StatusCode::NOT_FOUND,
             "text/plain",
             "l2s-vnf serves /metrics only\n".into(),
         ),
-        _ => ("405 Method Not Allowed", "text/plain", String::new()),
+        _ => (
+            hyper::StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            String::new(),
+        ),
     };
-    let head = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let mut reply = hyper::Response::new(Body::new(body.into()));
+    *reply.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        reply.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    reply
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// A scrape is served from the snapshot (no trip to the daemon's loop); clients beyond
+    /// the cap are closed at once, and the served ones keep being served.
+    #[tokio::test]
+    async fn scrapes_are_served_and_connections_capped() {
+        use tokio::io::AsyncReadExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let m = Metrics::new();
+        m.repairs.inc();
+        tokio::spawn(serve(l, m.clone()));
+        let ok = get(addr, "/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(
+            ok.contains("application/openmetrics-text") && ok.contains("l2s_vnf_repairs_total 1"),
+            "{ok}"
+        );
+        assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        // Fill every slot with a client that says nothing.
+        let mut idle = vec![];
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut b))
+            .await
+            .expect("a client beyond the cap is closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // Slots come back when the idle clients go.
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"));
+    }
 
     #[test]
     fn exposition_has_the_documented_families() {

@@ -244,6 +244,7 @@ impl Daemon {
             .map(|s| s.conns.clone())
             .unwrap_or_default();
         if p.plan.is_empty() {
+            self.refresh_metrics(&p.actual, sys.vici.as_ref()).await;
             self.judge(&p.actual);
             return Ok(vec![]);
         }
@@ -287,6 +288,7 @@ impl Daemon {
         }
         // Judge the data plane as the changes left it, not as it was before them.
         let after = sys.observe(&self.cfg).await?;
+        self.refresh_metrics(&after, sys.vici.as_ref()).await;
         self.judge(&after);
         Ok(changes)
     }
@@ -300,6 +302,15 @@ impl Daemon {
             trigger,
             change,
         );
+    }
+
+    /// The metrics' snapshot of the system, from the reconcile's own observation (a scrape
+    /// reads only this).
+    async fn refresh_metrics(&self, actual: &ActualState, vici: Option<&crate::vici::Client>) {
+        let s = self
+            .status_of(actual, actual.security.reachable_sas(), vici, vec![])
+            .await;
+        self.metrics.observe(&s, &self.events);
     }
 
     /// Bind the probe port once the VTEP address is known (and start probing), and keep the
@@ -372,6 +383,9 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => {
                 self.metrics.reconcile_failures.inc();
+                // The snapshot must not keep saying what was true before the failure.
+                let s = self.status().await;
+                self.metrics.observe(&s, &self.events);
                 // A backend that failed may be gone: reconnect everything next time.
                 if !matches!(e, ApplyError::Config(_) | ApplyError::Conflicts(_)) {
                     self.sys = None;
@@ -495,7 +509,7 @@ impl Daemon {
     }
 
     /// The system as it is now, plus what only the daemon knows.
-    async fn status(&mut self) -> Status {
+    async fn status(&self) -> Status {
         let mut warnings = vec![];
         let lenient;
         let sys = match &self.sys {
@@ -529,9 +543,26 @@ impl Daemon {
             },
             None => (ActualState::default(), None),
         };
-        let mut s = status::build(&self.cfg, &actual, sas.as_ref());
+        self.status_of(
+            &actual,
+            sas.as_ref(),
+            sys.and_then(|s| s.vici.as_ref()),
+            warnings,
+        )
+        .await
+    }
+
+    /// Status from an observation already made, plus what only the daemon knows.
+    async fn status_of(
+        &self,
+        actual: &ActualState,
+        sas: Option<&BTreeMap<String, ipsec::SaState>>,
+        vici: Option<&crate::vici::Client>,
+        warnings: Vec<String>,
+    ) -> Status {
+        let mut s = status::build(&self.cfg, actual, sas);
         s.source = "daemon".into();
-        if let Some(v) = sys.and_then(|s| s.vici.as_ref()) {
+        if let Some(v) = vici {
             if self.cfg.ipsec.enabled {
                 let certs = apply::peer_certs(v, &self.cfg).await;
                 let mut problems: BTreeMap<String, String> = self
@@ -732,12 +763,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
                 .await
                 .map_err(|e| fatal(&format!("cannot listen for metrics on {addr}"), e))?;
             info!("metrics at http://{addr}/metrics");
-            Some(tokio::spawn(metrics::serve(
-                l,
-                metrics.clone(),
-                events.clone(),
-                jobs_tx.clone(),
-            )))
+            Some(tokio::spawn(metrics::serve(l, metrics.clone())))
         }
         None => None,
     };

@@ -9,8 +9,11 @@
 //! - drift → repair: a VXLAN device deleted, and an OVS port deleted, each until it is back
 //!   (polled from outside, so the figure includes up to one poll of ~5 ms).
 //!
+//! - with `--scrape-load`: the no-op reconcile again while 1,000 idle TCP connections sit on
+//!   the metrics port and 50 scrapes a second arrive for 30 s, beside the daemon's memory.
+//!
 //! Usage: `l2s-daemon-bench [--vlans 100] [--peers 8] [--idle 30] [--repeat 15] [--interval 30]
-//! [--ipsec]` (`--interval`: the daemon's `reconcile_interval` in seconds).
+//! [--ipsec] [--scrape-load]` (`--interval`: the daemon's `reconcile_interval` in seconds).
 //! With `--ipsec`, charon runs at the site and the daemon keeps one IKEv2 connection per peer
 //! loaded (the peers are addresses nobody answers: charon keeps retrying them).
 
@@ -28,7 +31,7 @@ fn config(
 ) -> String {
     let control = lab.site("a").dir.join("control.sock");
     let daemon = format!(
-        "[daemon]\ncontrol_socket = \"{}\"\nreconcile_interval = \"{interval}s\"\n",
+        "[daemon]\ncontrol_socket = \"{}\"\nreconcile_interval = \"{interval}s\"\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n",
         control.display()
     );
     let cfg = lab.scale_config(vlans as usize, peers as usize, &daemon);
@@ -36,6 +39,60 @@ fn config(
         Some(psk) => lab.secure("a", &cfg, psk, ""),
         None => cfg,
     }
+}
+
+const METRICS_PORT: u16 = 9417;
+
+/// 1,000 idle connections held on the metrics port and 50 scrapes a second, for `secs`
+/// (run inside the site's namespace); prints the scrapes that succeeded.
+const SCRAPE_LOAD: &str = r#"
+import socket, sys, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+idle = []
+for _ in range(1000):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port)); idle.append(s)
+    except OSError:
+        s.close()
+ok = tried = 0
+end = time.time() + secs
+while time.time() < end:
+    t = time.time(); tried += 1
+    try:
+        c = socket.create_connection(("127.0.0.1", port), timeout=2)
+        c.sendall(b"GET /metrics HTTP/1.1
+Host: x
+Connection: close
+
+")
+        data = b""
+        while True:
+            b = c.recv(65536)
+            if not b: break
+            data += b
+        ok += data.startswith(b"HTTP/1.1 200")
+        c.close()
+    except OSError:
+        pass
+    time.sleep(max(0.0, 0.02 - (time.time() - t)))
+print(f"{ok} of {tried} scrapes answered, {len(idle)} idle connections opened")
+"#;
+
+/// The daemon's no-op reconcile (a reload of the same file), `repeat` times, in ms.
+fn noop_reloads(lab: &Lab, repeat: usize) -> Result<Vec<f64>> {
+    let mut noop = vec![];
+    for _ in 0..repeat {
+        let out = lab.l2s_ok("a", &["reload"])?;
+        let ms: f64 = out
+            .split('(')
+            .nth(1)
+            .and_then(|s| s.split(" ms").next())
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no duration in {out}"))?;
+        noop.push(ms);
+    }
+    Ok(noop)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -123,16 +180,30 @@ fn main() -> Result<()> {
     let ns = lab.site("a").ns.clone();
 
     // A reconcile that finds nothing to do.
-    let mut noop = vec![];
-    for _ in 0..repeat {
-        let out = lab.l2s_ok("a", &["reload"])?;
-        let ms: f64 = out
-            .split('(')
-            .nth(1)
-            .and_then(|s| s.split(" ms").next())
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("no duration in {out}"))?;
-        noop.push(ms);
+    let noop = noop_reloads(&lab, repeat)?;
+    if std::env::args().any(|a| a == "--scrape-load") {
+        let rss0 = proc_status(pid, "VmRSS:")?;
+        let load = netns(&ns, "python3")
+            .args(["-c", SCRAPE_LOAD, &METRICS_PORT.to_string(), "30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(2));
+        let t = Instant::now();
+        let mut loaded = vec![];
+        while t.elapsed() < Duration::from_secs(25) {
+            loaded.extend(noop_reloads(&lab, 1)?);
+        }
+        let rss1 = proc_status(pid, "VmRSS:")?;
+        let out = load.wait_with_output()?;
+        let (idle_median, load_median) = (median(noop.clone()), median(loaded.clone()));
+        println!(
+            "metrics under load ({}): no-op reconcile median {load_median:.1} ms over {} vs {idle_median:.1} ms idle ({:.2}x); RSS {:.1} -> {:.1} MiB",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            loaded.len(),
+            load_median / idle_median,
+            rss0 as f64 / 1024.0,
+            rss1 as f64 / 1024.0
+        );
     }
 
     // Drift → repair.
