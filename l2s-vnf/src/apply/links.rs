@@ -204,27 +204,33 @@ async fn step(nl: &Netlink, c: &Change, index: &BTreeMap<String, u32>) -> Result
 /// Phase 3: links up, MTUs given back, devices deleted once their ports left the bridge.
 /// Every step is tried; the failures are returned.
 pub(super) async fn finish(nl: &Netlink, plan: &Plan) -> Vec<String> {
-    let steps = plan.changes.iter().filter(|c| {
-        matches!(
-            c,
-            Change::SetUp { .. } | Change::RestoreMtu { .. } | Change::DeleteVxlan { .. }
-        )
-    });
-    let results = together(steps.map(|c| async move {
+    let steps = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c, Change::SetUp { .. } | Change::RestoreMtu { .. }));
+    let mut results = together(steps.map(|c| async move {
         match c {
             Change::SetUp { dev } => nl.set_up(dev).await,
             Change::RestoreMtu { dev, to } => nl.set_mtu(dev, *to).await,
-            Change::DeleteVxlan { index, name } => {
-                let r = nl.delete_link(*index, name).await;
-                if r.is_ok() {
-                    info!(dev = %name, "deleted VXLAN device");
-                }
-                r
-            }
             _ => Ok(()),
         }
     }))
     .await;
+    // Devices go together: one request for them all (see `Netlink::delete_links`).
+    let doomed: Vec<(u32, &str)> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::DeleteVxlan { index, name } => Some((*index, name.as_str())),
+            _ => None,
+        })
+        .collect();
+    for ((_, name), r) in doomed.iter().zip(nl.delete_links(&doomed).await) {
+        if r.is_ok() {
+            info!(dev = %name, "deleted VXLAN device");
+        }
+        results.push(r);
+    }
     results
         .into_iter()
         .filter_map(Result::err)

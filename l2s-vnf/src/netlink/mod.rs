@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
 };
@@ -27,6 +27,10 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 use crate::model::VxlanSpec;
 
 pub mod dump;
+
+/// The link group VXLAN devices are moved into just before they are deleted together (an
+/// ownership mark held for one request: "L2SV").
+pub const REMOVAL_GROUP: u32 = 0x4c32_5356;
 
 /// An address of the underlay interface, and whether it may carry the VTEP: not an IPv6
 /// temporary (privacy) or IPv4 secondary address, not tentative, deprecated or failed DAD
@@ -129,6 +133,9 @@ pub enum NetlinkError {
     NoAddress { dev: String, family: &'static str },
     #[error("[site].vtep_ip {ip} is not an address of the underlay interface {dev}")]
     VtepNotOnUnderlay { ip: IpAddr, dev: String },
+    /// A request made for many objects failed (said once per object).
+    #[error("{0}")]
+    Batch(String),
 }
 
 fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
@@ -307,6 +314,69 @@ impl Netlink {
             .map_err(req(format!("delete {name}")))
     }
 
+    /// Delete many links at once: each is moved into [`REMOVAL_GROUP`], then the group is
+    /// deleted in one request. The kernel then waits for one RCU grace period for them all
+    /// instead of one per device (deleting 300 VTEPs one by one took 9 s; creating them 0.4 s).
+    /// Falls back to one request per link when another device sits in the group.
+    pub async fn delete_links(&self, links: &[(u32, &str)]) -> Vec<Result<(), NetlinkError>> {
+        if links.len() < 2 || !self.removal_group_is_free(links).await {
+            let mut out = vec![];
+            for (index, name) in links {
+                out.push(self.delete_link(*index, name).await);
+            }
+            return out;
+        }
+        let moved = futures::stream::iter(links.iter().map(|(index, name)| async move {
+            let mut msg = LinkUnspec::new_with_index(*index).build();
+            msg.attributes.push(LinkAttribute::Group(REMOVAL_GROUP));
+            self.handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(req(format!("mark {name} for removal")))
+        }))
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await;
+        let mut del = self.handle.link().del(0);
+        del.message_mut()
+            .attributes
+            .push(LinkAttribute::Group(REMOVAL_GROUP));
+        let all = del
+            .execute()
+            .await
+            .map_err(req(format!("delete {} VXLAN devices", links.len())));
+        moved
+            .into_iter()
+            .map(|m| match (m, &all) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Err(e)) => Err(NetlinkError::Batch(e.to_string())),
+            })
+            .collect()
+    }
+
+    /// Whether no device but `ours` is in [`REMOVAL_GROUP`].
+    async fn removal_group_is_free(&self, ours: &[(u32, &str)]) -> bool {
+        let Ok(all) = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect::<Vec<LinkMessage>>()
+            .await
+        else {
+            return false;
+        };
+        !all.iter().any(|l| {
+            l.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Group(g) if *g == REMOVAL_GROUP))
+                && !ours.iter().any(|(i, _)| *i == l.header.index)
+        })
+    }
+
     /// Delete a link by name.
     pub async fn delete_named(&self, name: &str) -> Result<(), NetlinkError> {
         let mut del = self.handle.link().del(0);
@@ -363,7 +433,7 @@ impl Netlink {
         req_msg.header.flags = flags;
         let mut handle = self.handle.clone();
         let mut resp = handle.request(req_msg).map_err(req(what.clone()))?;
-        while let Some(m) = futures::StreamExt::next(&mut resp).await {
+        while let Some(m) = resp.next().await {
             if let NetlinkPayload::Error(e) = m.payload {
                 return Err(NetlinkError::Request {
                     what,

@@ -4,7 +4,9 @@
 //!
 //! For each N it prints, in one run: apply from empty (and its ratio to the floor), the floor
 //! and its parts, time per VLAN (linear growth shows as a flat column), a no-op apply, a
-//! one-VLAN delta, and the peak RSS of apply.
+//! one-VLAN delta, the peak RSS of apply, and removal beside creation: an apply that takes all
+//! VLANs but one away (what a reload removing them does), and `down` (each after an apply from
+//! empty), with their ratio to that apply.
 //!
 //! Usage: `l2s-scale [--vlans 500,1000,2000,4094] [--peers 16]`. Needs root and OVS.
 
@@ -123,13 +125,21 @@ fn floor(lab: &Lab, vlans: usize, peers: usize) -> Result<(Duration, Duration, D
         );
     }
     let ovs_t = t.elapsed();
+    // Removal the same way: the bridge (ovs-vsctl waits for ovs-vswitchd), then the devices.
+    let t = Instant::now();
     sh(netns(ns, "ovs-vsctl").args([&db, "del-br", "l2s0"]))?;
     let mut del = String::new();
     for v in 0..vlans {
         let _ = writeln!(del, "link del fx{}", scale_vlan(v));
     }
     batch(ns, "ip", &["-batch", "-"], &del)?;
+    FLOOR_REMOVAL.with(|r| r.set(t.elapsed()));
     Ok((ip_t, br_t, ovs_t))
+}
+
+thread_local! {
+    /// How long the last floor took to remove what it made.
+    static FLOOR_REMOVAL: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
 /// The floor of a one-VLAN delta with the bridge full: one more device with its flood
@@ -207,6 +217,22 @@ fn main() -> Result<()> {
         lab.write_config("a", &lab.scale_config(n, peers, ""))?;
         let (delta, rss2) = l2s_timed(&lab, "apply")?;
         let floor_delta = floor_one(&lab, peers)?;
+        // Removal beside creation: all VLANs but one taken away by apply, then `down`.
+        lab.write_config("a", &lab.scale_config(1, peers, ""))?;
+        let (shrink, _) = l2s_timed(&lab, "apply")?;
+        lab.write_config("a", &lab.scale_config(n, peers, ""))?;
+        l2s_timed(&lab, "apply")?;
+        let (down, _) = l2s_timed(&lab, "down")?;
+        println!(
+            "{n:>6} {peers:>5} | removal: apply to 1 VLAN {:.2} s ({:.2}x creation), down {:.2} s ({:.2}x creation); the floor's (ovs-vsctl del-br, ip -batch link del) {:.2} s ({:.2}x its creation)",
+            shrink.as_secs_f64(),
+            shrink.as_secs_f64() / apply.as_secs_f64(),
+            down.as_secs_f64(),
+            down.as_secs_f64() / apply.as_secs_f64(),
+            FLOOR_REMOVAL.with(|r| r.get()).as_secs_f64(),
+            FLOOR_REMOVAL.with(|r| r.get()).as_secs_f64() / fl.as_secs_f64()
+        );
+        lab.write_config("a", &lab.scale_config(n, peers, ""))?;
         println!(
             "{n:>6} {peers:>5} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>7.2} {:>8.0} {:>8.0} {:>8.0} {:>7.1}",
             apply.as_secs_f64(),
