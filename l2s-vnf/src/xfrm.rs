@@ -175,8 +175,11 @@ pub fn dump() -> std::io::Result<Vec<Policy>> {
             match ty {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
-                    let code =
-                        i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
+                    // A short error message reads as success, never as an index out of bounds.
+                    let code = buf
+                        .get(at + 16..at + 20)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, i32::from_ne_bytes);
                     if code != 0 {
                         return Err(std::io::Error::from_raw_os_error(-code));
                     }
@@ -348,5 +351,20 @@ mod tests {
     fn the_kernel_answers_a_dump() {
         // In a namespace without IPsec the dump is simply empty (or lists what is there).
         assert!(dump().is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// Policy messages from the kernel, random: parsed or skipped, no panic.
+            #[test]
+            fn random_policies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse(&bytes);
+            }
+        }
     }
 }

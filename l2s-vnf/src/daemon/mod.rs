@@ -307,6 +307,9 @@ impl Daemon {
     /// The metrics' snapshot of the system, from the reconcile's own observation (a scrape
     /// reads only this).
     async fn refresh_metrics(&self, actual: &ActualState, vici: Option<&crate::vici::Client>) {
+        if self.cfg.metrics.is_none() {
+            return;
+        }
         let s = self
             .status_of(actual, actual.security.reachable_sas(), vici, vec![])
             .await;
@@ -384,8 +387,10 @@ impl Daemon {
             Err(e) => {
                 self.metrics.reconcile_failures.inc();
                 // The snapshot must not keep saying what was true before the failure.
-                let s = self.status().await;
-                self.metrics.observe(&s, &self.events);
+                if self.cfg.metrics.is_some() {
+                    let s = self.status().await;
+                    self.metrics.observe(&s, &self.events);
+                }
                 // A backend that failed may be gone: reconnect everything next time.
                 if !matches!(e, ApplyError::Config(_) | ApplyError::Conflicts(_)) {
                     self.sys = None;

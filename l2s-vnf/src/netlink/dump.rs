@@ -376,4 +376,43 @@ mod tests {
         assert!(l.contains_key("lo"), "{:?}", l.keys().collect::<Vec<_>>());
         assert!(flood().await.is_ok());
     }
+
+    /// Link and neighbour messages, random or a real one mutated: parsed or skipped, no panic.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn random_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = link(&bytes);
+                let _ = flood_entry(&bytes);
+                let _ = learned_entry(&bytes);
+            }
+
+            #[test]
+            fn mutated_link_messages_never_panic(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+                cut in any::<usize>(),
+            ) {
+                let mut p = vec![0u8; 16];
+                p.extend(attr(IFLA_IFNAME, b"l2s-vx101\0"));
+                p.extend(attr(IFLA_MTU, &1450u32.to_ne_bytes()));
+                let mut data = attr(IFLA_VXLAN_ID, &101u32.to_ne_bytes());
+                data.extend(attr(IFLA_VXLAN_LOCAL, &[192, 0, 2, 1]));
+                let mut info = attr(IFLA_INFO_KIND, b"vxlan\0");
+                info.extend(attr(IFLA_INFO_DATA | 0x8000, &data));
+                p.extend(attr(IFLA_LINKINFO | 0x8000, &info));
+                for (at, b) in flips {
+                    let n = p.len();
+                    p[at % n] = b;
+                }
+                let keep = cut % (p.len() + 1);
+                let _ = link(&p[..keep]);
+                let _ = learned_entry(&p[..keep]);
+            }
+        }
+    }
 }

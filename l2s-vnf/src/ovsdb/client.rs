@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
 
 pub const DATABASE: &str = "Open_vSwitch";
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,6 +116,10 @@ impl Client {
                     Ok(n) => n,
                 };
                 buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > MAX_MESSAGE {
+                    warn!(path = %path2.display(), "OVSDB sent a message over {MAX_MESSAGE} bytes; closing the connection");
+                    break;
+                }
                 // Parse only what the framer saw complete: a large reply arrives in many
                 // chunks, and re-parsing it from its start at each one costs quadratic time.
                 let mut consumed = 0;
@@ -235,6 +240,10 @@ impl Client {
             .map(|_| ())
     }
 }
+
+/// The largest message read from OVSDB (a monitor reply of 4094 VLANs is tens of MB): more
+/// is a broken or hostile peer, and the connection is closed instead of growing without end.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// Finds where each top-level JSON value ends in a byte stream, looking at every byte once
 /// (strings and escapes respected), so a message is parsed only once it is complete.
@@ -484,5 +493,51 @@ mod tests {
             msg.contains("cannot connect to OVSDB at /nonexistent/l2s/db.sock"),
             "{msg}"
         );
+    }
+
+    /// OVSDB's byte stream cut anywhere: the framer never panics, and finds the same message
+    /// ends whether the bytes come at once or in pieces.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ends_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<usize> {
+            let mut f = Framer::default();
+            let (mut buf, mut ends, mut base, mut fed) = (vec![], vec![], 0, 0);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.push(bytes.len());
+            points.sort_unstable();
+            for p in points {
+                buf.extend_from_slice(&bytes[fed..p.max(fed)]);
+                fed = fed.max(p);
+                for e in f.feed(&buf) {
+                    ends.push(base + e);
+                }
+                if let Some(&last) = ends.last() {
+                    let cut = last - base;
+                    if cut > 0 {
+                        buf.drain(..cut);
+                        f.consumed(cut);
+                        base = last;
+                    }
+                }
+            }
+            ends
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn framing_never_panics_and_ignores_chunking(
+                bytes in proptest::collection::vec(
+                    prop_oneof![Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b'"'), Just(b'\\'), any::<u8>()],
+                    0..400,
+                ),
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            ) {
+                prop_assert_eq!(ends_in_pieces(&bytes, &cuts), ends_in_pieces(&bytes, &[]));
+            }
+        }
     }
 }

@@ -51,8 +51,11 @@ pub async fn call(socket: &Path, method: &str, params: &[&str]) -> Result<String
                 return Err(OvsdbError::Closed(socket.to_path_buf()));
             }
             buf.extend_from_slice(&chunk[..n]);
-            if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+            if let Some(v) = reply_of(&buf) {
                 return Ok(v);
+            }
+            if buf.len() > MAX_REPLY {
+                return Err(OvsdbError::Closed(socket.to_path_buf()));
             }
         }
     };
@@ -73,6 +76,14 @@ pub async fn call(socket: &Path, method: &str, params: &[&str]) -> Result<String
             .unwrap_or_default()
             .to_string()),
     }
+}
+
+/// The largest unixctl reply read (`fdb/show` of a full MAC table is a few MB).
+const MAX_REPLY: usize = 64 * 1024 * 1024;
+
+/// The reply, once the bytes hold one whole JSON value.
+fn reply_of(buf: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(buf).ok()
 }
 
 /// One row of `fdb/show`: OpenFlow port number, VLAN, MAC, age in seconds.
@@ -127,5 +138,26 @@ mod tests {
                 }
             ]
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// ovs-vswitchd's replies and `fdb/show` text, random: parsed or refused, no panic.
+            #[test]
+            fn replies_and_fdb_text_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                text in "(?s).{0,400}",
+                row in "[ 0-9A-Za-z:]{0,60}",
+            ) {
+                let _ = reply_of(&bytes);
+                let _ = parse_fdb(&text);
+                let _ = parse_fdb(&format!(" port  VLAN  MAC                Age\n{row}\n"));
+            }
+        }
     }
 }

@@ -403,4 +403,59 @@ mod tests {
         assert!(decode_packet(&[]).is_err());
         assert!(decode_packet(&[42]).is_err());
     }
+
+    /// Random and mutated bytes from the VICI socket: an error or a section, never a panic,
+    /// and never an allocation larger than the input says (lengths are checked before use).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn section() -> impl Strategy<Value = Section> {
+            proptest::collection::vec(
+                (
+                    "[a-z][a-z0-9_-]{0,12}",
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                ),
+                0..8,
+            )
+            .prop_map(|kvs| {
+                kvs.into_iter()
+                    .fold(Section::new(), |s, (k, v)| s.kv(&k, v))
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode_packet(&bytes);
+                let _ = Section::decode(&bytes);
+            }
+
+            #[test]
+            fn mutated_packets_never_panic(
+                s in section(),
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+                cut in any::<usize>(),
+            ) {
+                let mut p = encode_packet(PacketType::CmdResponse, None, Some(&s)).unwrap()[4..].to_vec();
+                for (at, b) in flips {
+                    let n = p.len();
+                    p[at % n] = b;
+                }
+                let keep = cut % (p.len() + 1);
+                let _ = decode_packet(&p[..keep]);
+            }
+
+            #[test]
+            fn sections_round_trip(s in section()) {
+                let p = encode_packet(PacketType::CmdRequest, Some("x"), Some(&s)).unwrap();
+                // The length prefix is the reader's; the body follows it.
+                let (_, name, back) = decode_packet(&p[4..]).unwrap();
+                prop_assert_eq!(name.as_deref(), Some("x"));
+                prop_assert_eq!(back.to_string(), s.to_string());
+            }
+        }
+    }
 }

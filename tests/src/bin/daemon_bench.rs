@@ -61,11 +61,7 @@ while time.time() < end:
     t = time.time(); tried += 1
     try:
         c = socket.create_connection(("127.0.0.1", port), timeout=2)
-        c.sendall(b"GET /metrics HTTP/1.1
-Host: x
-Connection: close
-
-")
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
             b = c.recv(65536)
