@@ -161,8 +161,15 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// The project's cloud-init user-data for one site of the NS parameters
 /// (descriptors/osm/l2s_ns/params-3sites.yaml, certificates), rendered as OSM renders it,
-/// with a certificate for the site issued here by `ca` and the package URL given here.
+/// with a certificate for the site issued here by `ca`, the package URL given here and the
+/// SHA-256 of the package this run built (cloud-init installs nothing else).
 pub fn user_data(member: &str, ca: &crate::TestCa, deb_url: &str) -> Result<String> {
+    let sum = sh(Command::new("sha256sum").arg(crate::package()?))?;
+    let sha256 = sum
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::env::temp_dir().join(format!(
         "{RUN_PREFIX}-{}-{member}.user-data",
@@ -180,7 +187,8 @@ pub fn user_data(member: &str, ca: &crate::TestCa, deb_url: &str) -> Result<Stri
         .arg(format!("site_cert={}", read(&issued.cert)?))
         .arg(format!("site_key={}", read(&issued.key)?))
         .arg(format!("ca_cert={}", read(&ca.cert)?))
-        .arg(format!("l2s_deb_url={deb_url}")))?;
+        .arg(format!("l2s_deb_url={deb_url}"))
+        .arg(format!("l2s_deb_sha256={sha256}")))?;
     let text = std::fs::read_to_string(&out)?;
     let _ = std::fs::remove_file(&out);
     Ok(text)

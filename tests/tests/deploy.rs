@@ -358,3 +358,46 @@ fn readme_certificate_commands_issue_what_check_accepts() {
     assert_eq!(c["ipsec"]["certificate"]["crls"][0]["revoked"], 0);
     assert!(c["warnings"].as_array().unwrap().is_empty(), "{c:#}");
 }
+
+/// cloud-init (OSM's copy is the same file) and Heat install the package only when its
+/// SHA-256 is the one the operator gave: the very command they run, with the package and the
+/// install pointed at a scratch directory, installs the right file and refuses a changed one
+/// (or a missing checksum).
+#[test]
+fn the_package_is_installed_only_when_its_checksum_matches() {
+    let gate = |file: &str| -> String {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("sha256sum -c -"))
+            .unwrap_or_else(|| panic!("{file} installs the package without a checksum"));
+        line.split('\'').nth(1).unwrap().to_string()
+    };
+    let script = gate("cloud-init/l2s-user-data.yaml");
+    assert_eq!(script, gate("descriptors/openstack/l2s-site.yaml"));
+    let d = tempfile::tempdir().unwrap();
+    let deb = d.path().join("l2s-vnf.deb");
+    let local = script
+        .replace("/var/tmp/l2s-vnf.deb", &deb.display().to_string())
+        .replace(
+            "apt-get install -y -o Dpkg::Options::=--force-confold",
+            &format!("cp -t {}", d.path().join("dpkg").display()),
+        );
+    std::fs::create_dir(d.path().join("dpkg")).unwrap();
+    let install = |sum: &str| {
+        let _ = std::fs::remove_file(d.path().join("dpkg/l2s-vnf.deb"));
+        let out = run(Command::new("sh").args(["-c", &local, "sh", sum])).unwrap();
+        d.path().join("dpkg/l2s-vnf.deb").exists() && out.status.success()
+    };
+    std::fs::write(&deb, b"the package as published").unwrap();
+    let good = String::from_utf8(run(Command::new("sha256sum").arg(&deb)).unwrap().stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(install(&good), "the published package was not installed");
+    std::fs::write(&deb, b"the package, changed on the way").unwrap();
+    assert!(!install(&good), "a changed package was installed");
+    assert!(!install(""), "a package was installed without a checksum");
+}
