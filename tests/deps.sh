@@ -6,15 +6,28 @@ pkgs=(openvswitch-switch iproute2 nftables iperf3 ethtool iputils-ping tcpdump p
       libstrongswan-standard-plugins strongswan-pki libssl-dev pkg-config systemd cloud-init
       # the guest lab: Debian guests under QEMU, built with mmdebstrap
       qemu-system-x86 qemu-utils mmdebstrap e2fsprogs genisoimage openssh-client)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+missing_pkgs() {
+  missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+export DEBIAN_FRONTEND=noninteractive
+updated=""
+# Twice: installing one package may remove another the image had (the image's qemu-utils from
+# backports conflicts with Debian 12's qemu-system-x86, and apt removes it); the second pass
+# installs the matching one.
+for pass in 1 2; do
+  missing_pkgs
+  ((${#missing[@]})) || break
+  echo "installing (pass $pass): ${missing[*]}"
+  [ -n "$updated" ] || { apt-get update -qq; updated=1; }
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
+missing_pkgs
+if ((${#missing[@]})); then
+  echo "deps.sh: still missing after installing: ${missing[*]}" >&2
+  exit 1
 fi
 
 # Python tools of the deployment tests (descriptors, HOT, cloud-init rendering, Ansible).

@@ -71,6 +71,9 @@ pub struct DesiredConn {
     pub local_id: String,
     pub remote_id: String,
     pub psk_file: PathBuf,
+    /// A short digest of the PSK file's key as it is now (`None`: not read, or not PSK): part
+    /// of the id the key has in charon, so that a changed key is seen as a change.
+    pub psk_digest: Option<String>,
     /// How both ends authenticate (the peer's `auth`, else `[ipsec] auth`).
     pub auth: AuthMethod,
     pub backend: IpsecBackend,
@@ -130,6 +133,9 @@ pub fn desired_conns(cfg: &SiteConfig, vtep: IpAddr, backend: IpsecBackend) -> V
             local_id: cfg.site.id.clone(),
             remote_id: p.id.clone(),
             psk_file: p.psk_file.clone(),
+            psk_digest: (p.auth == AuthMethod::Psk)
+                .then(|| psk_digest(&p.psk_file))
+                .flatten(),
             auth: p.auth,
             backend,
             role: role(vtep, p.address),
@@ -143,6 +149,16 @@ pub fn desired_conns(cfg: &SiteConfig, vtep: IpAddr, backend: IpsecBackend) -> V
             lifetimes: lifetimes.clone(),
         })
         .collect()
+}
+
+/// 32 bits of a SHA-256 over the key (domain-separated): enough to tell one key from the
+/// next, too little to say anything about a key of at least 16 bytes. The key is wiped.
+pub fn psk_digest(path: &std::path::Path) -> Option<String> {
+    let raw = crate::pki::Secret::new(std::fs::read(path).ok()?);
+    let mut h = openssl::sha::Sha256::new();
+    h.update(b"l2s-vnf psk\0");
+    h.update(raw.expose().trim_ascii_end());
+    Some(h.finish()[..4].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn host_ts(ip: IpAddr) -> String {
@@ -214,6 +230,15 @@ impl DesiredConn {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         format!("{:08x}", h as u32)
+    }
+
+    /// The id of this connection's PSK in charon: the connection's name, and the key's
+    /// digest when known (`l2s-vnf:l2s0:site-b#1a2b3c4d`).
+    pub fn shared_key_id(&self) -> String {
+        match &self.psk_digest {
+            Some(d) => format!("{}#{d}", self.name),
+            None => self.name.clone(),
+        }
     }
 
     pub fn child_name(&self) -> String {
@@ -434,9 +459,20 @@ pub enum IpsecChange {
     Unload {
         name: String,
     },
-    /// The connection is loaded but charon lost its pre-shared key.
+    /// The connection is loaded but charon lacks its pre-shared key (lost, or changed in its
+    /// file).
     LoadKey {
         conn: Box<DesiredConn>,
+    },
+    /// A key charon holds for one of our connections that is not the one in its file now.
+    UnloadSharedKey {
+        id: String,
+    },
+    /// The connection's IKE_SA authenticated with a key that changed: authenticate again, so
+    /// that whoever holds only the old key is shut out now, not at the next rekey (there is
+    /// none: `reauth_time = 0`).
+    Reauthenticate {
+        name: String,
     },
     /// Hand charon this site's certificate, key, CAs and CRLs.
     LoadCreds {
@@ -492,6 +528,14 @@ impl fmt::Display for IpsecChange {
                 if creds.creds.crls.len() == 1 { "" } else { "s" },
             ),
             IpsecChange::UnloadAuthority { name } => write!(f, "- ipsec CA {name}"),
+            IpsecChange::UnloadSharedKey { id } => {
+                let name = id.split('#').next().unwrap_or(id);
+                write!(f, "- ipsec {name}: its earlier pre-shared key")
+            }
+            IpsecChange::Reauthenticate { name } => write!(
+                f,
+                "~ ipsec {name}: re-authenticate (its pre-shared key changed)"
+            ),
             IpsecChange::UnloadKey { id } => {
                 write!(f, "- ipsec private key {id} (of an earlier certificate)")
             }
@@ -522,10 +566,34 @@ pub fn diff(
             .iter()
             .any(|o| o.name == d.name && o.children.contains(&d.child_name()));
         // A key cleared in charon (`swanctl --load-creds --clear`) breaks the next IKE
-        // authentication; a loaded connection gets its key back.
-        if loaded && d.auth == AuthMethod::Psk && keys.is_some_and(|k| !k.contains(&d.name)) {
+        // authentication; a loaded connection gets its key back. A key changed in its file
+        // has another id: loaded, the earlier one taken away, the IKE_SA re-authenticated.
+        let want_key = d.shared_key_id();
+        let earlier: Vec<&String> = match (d.auth, keys) {
+            (AuthMethod::Psk, Some(k)) => k
+                .iter()
+                .filter(|id| {
+                    **id != want_key
+                        && (**id == d.name
+                            || id.strip_prefix(&d.name).is_some_and(|r| r.starts_with('#')))
+                })
+                .collect(),
+            _ => vec![],
+        };
+        if loaded && d.auth == AuthMethod::Psk && keys.is_some_and(|k| !k.contains(&want_key)) {
             out.push(IpsecChange::LoadKey {
                 conn: Box::new(d.clone()),
+            });
+        }
+        let changed_key = loaded && !earlier.is_empty();
+        out.extend(
+            earlier
+                .into_iter()
+                .map(|id| IpsecChange::UnloadSharedKey { id: id.clone() }),
+        );
+        if changed_key && has_sa {
+            out.push(IpsecChange::Reauthenticate {
+                name: d.name.clone(),
             });
         }
         match observed.iter().find(|o| o.name == d.name) {
@@ -578,6 +646,7 @@ mod tests {
             local_id: "site-a".into(),
             remote_id: "site-b".into(),
             psk_file: "/etc/l2s-vnf/psk".into(),
+            psk_digest: None,
             auth: AuthMethod::Psk,
             backend,
             role: role(local, remote),
@@ -900,6 +969,60 @@ mod tests {
             d.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             vec!["~ ipsec l2s-vnf:l2s0:site-b: pre-shared key loaded again"]
         );
+    }
+
+    /// A key changed in its file (another digest): the new one is loaded, the earlier one
+    /// taken from charon, and an established IKE_SA authenticates again; with no SA, nothing
+    /// to re-authenticate. The connection itself is not touched.
+    #[test]
+    fn a_changed_key_is_loaded_the_old_one_unloaded_and_the_sa_reauthenticated() {
+        let mut c = conn(IpsecBackend::Kernel, "192.0.2.1", "192.0.2.2");
+        c.psk_digest = Some("0badc0de".into());
+        let current = ObservedConn {
+            name: c.name.clone(),
+            children: vec![c.child_name()],
+        };
+        let one = std::slice::from_ref(&c);
+        let cur = std::slice::from_ref(&current);
+        let up = vec![c.name.clone()];
+        let same = vec![format!("{}#0badc0de", c.name)];
+        assert!(diff(one, cur, &up, Some(&same), "l2s0").is_empty());
+        let old = vec![format!("{}#12345678", c.name), "other-vpn#0badc0de".into()];
+        let text = |d: Vec<IpsecChange>| d.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            text(diff(one, cur, &up, Some(&old), "l2s0")),
+            vec![
+                "~ ipsec l2s-vnf:l2s0:site-b: pre-shared key loaded again",
+                "- ipsec l2s-vnf:l2s0:site-b: its earlier pre-shared key",
+                "~ ipsec l2s-vnf:l2s0:site-b: re-authenticate (its pre-shared key changed)",
+            ]
+        );
+        assert_eq!(
+            text(diff(one, cur, &[], Some(&old), "l2s0")),
+            vec![
+                "~ ipsec l2s-vnf:l2s0:site-b: pre-shared key loaded again",
+                "- ipsec l2s-vnf:l2s0:site-b: its earlier pre-shared key",
+                "~ ipsec l2s-vnf:l2s0:site-b: initiate (no SA)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_key_digest_follows_the_file_and_says_nothing_of_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("psk");
+        std::fs::write(&f, "correct-horse-battery-staple\n").unwrap();
+        let one = psk_digest(&f).unwrap();
+        std::fs::write(&f, "correct-horse-battery-staple").unwrap();
+        assert_eq!(
+            psk_digest(&f).unwrap(),
+            one,
+            "a trailing newline is not the key"
+        );
+        std::fs::write(&f, "another-key-entirely-here").unwrap();
+        assert_ne!(psk_digest(&f).unwrap(), one);
+        assert_eq!(one.len(), 8);
+        assert!(psk_digest(&d.path().join("missing")).is_none());
     }
 
     #[test]

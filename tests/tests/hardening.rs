@@ -272,3 +272,90 @@ fn the_guard_is_put_back_within_two_seconds_while_charon_is_down() {
         );
     }
 }
+
+/// A pre-shared key changed in its file re-authenticates the IKE_SAs it protects: a site that
+/// holds only the old key is shut out at once (there is no reauthentication otherwise:
+/// `reauth_time = 0`), the sites with the new key keep their service, and the old key leaves
+/// charon. A and B take the new key (A initiates to B and C, B to C); C keeps the old one,
+/// then takes the new one too.
+#[test]
+fn a_changed_psk_reauthenticates_and_shuts_out_the_old_key() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    t.secure("").unwrap();
+    // C reads its own copy of the key (the same key for now).
+    let c_psk = t
+        .lab
+        .psk_file("psk-c", "correct-horse-battery-staple-l2s\n")
+        .unwrap();
+    let shared = t.lab.dir.join("psk");
+    let c_toml = t.lab.site("c").dir.join("site.toml");
+    let text = std::fs::read_to_string(&c_toml).unwrap().replace(
+        &format!("psk_file = \"{}\"", shared.display()),
+        &format!("psk_file = \"{}\"", c_psk.display()),
+    );
+    std::fs::write(&c_toml, text).unwrap();
+    for s in ["a", "b", "c"] {
+        t.lab.start_daemon(s).unwrap();
+    }
+    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "not converged: {failed:?}");
+    let cap = Capture::start(&t.lab, "psk-rotation").unwrap();
+
+    // A and B take a new key.
+    std::fs::write(&shared, "a-brand-new-key-for-a-and-b\n").unwrap();
+    let before = established(&t.lab.charon_log("a"), "l2s-vnf:l2s0:site-b");
+    let out = t.lab.l2s_ok("a", &["reload"]).unwrap();
+    for want in [
+        "~ ipsec l2s-vnf:l2s0:site-b: re-authenticate (its pre-shared key changed)",
+        "- ipsec l2s-vnf:l2s0:site-c: its earlier pre-shared key",
+    ] {
+        assert!(out.contains(want), "A's reload: no `{want}`:\n{out}");
+    }
+    assert!(!out.contains("a-brand-new-key"), "{out}");
+    t.lab.l2s_ok("b", &["reload"]).unwrap();
+    let back = t
+        .lab
+        .service_within(&t.a101, &t.b101, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("A-B with the new key: {e}"));
+    assert!(
+        established(&t.lab.charon_log("a"), "l2s-vnf:l2s0:site-b") > before,
+        "A and B did not authenticate again"
+    );
+    // C, with only the old key, is out: no SA with A or B, no traffic.
+    within(Duration::from_secs(15), "C shut out by A and B", || {
+        !t.lab.sa_up("a", "site-c") && !t.lab.sa_up("b", "site-c")
+    });
+    assert!(
+        !t.lab
+            .ping_eventually(&t.a101, &t.c101.ip, Duration::from_secs(5)),
+        "C still reaches A with the old key"
+    );
+    assert!(t
+        .lab
+        .ping_eventually(&t.a102, &t.b102.ip, Duration::from_secs(10)));
+    judge_transfer(&t, &cap, &t.a101, &t.b101, "a", "site-b");
+    eprintln!(
+        "key changed at A and B: A-B served again {:.2} s after B's reload; C shut out",
+        back.as_secs_f64()
+    );
+
+    // C takes the new key: everyone is back.
+    std::fs::write(&c_psk, "a-brand-new-key-for-a-and-b\n").unwrap();
+    t.lab.l2s_ok("c", &["reload"]).unwrap();
+    let back = t
+        .lab
+        .service_within(&t.a101, &t.c101, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("A-C with the new key at C: {e}"));
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "after C took the new key: {failed:?}");
+    judge_transfer(&t, &cap, &t.b101, &t.c101, "b", "site-c");
+    eprintln!(
+        "C took the new key: A-C served again {:.2} s after its reload",
+        back.as_secs_f64()
+    );
+}

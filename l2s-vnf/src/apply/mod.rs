@@ -536,20 +536,6 @@ fn read_psk(path: &std::path::Path) -> Result<crate::pki::Secret, ApplyError> {
     Ok(crate::pki::Secret::new(trimmed.to_vec()))
 }
 
-/// Give charon the current content of every connection's PSK file. A key rotated in its
-/// file takes effect at the next IKE authentication; established SAs are not touched.
-pub async fn reload_psks(
-    v: &vici::Client,
-    conns: &[ipsec::DesiredConn],
-) -> Result<usize, ApplyError> {
-    let mut n = 0;
-    for conn in conns.iter().filter(|c| c.auth == AuthMethod::Psk) {
-        load_psk(v, conn).await?;
-        n += 1;
-    }
-    Ok(n)
-}
-
 /// Hand charon this site's CAs, CRLs, certificate and key (the CAs first: what follows is
 /// checked against them). A certificate or key rotated in its file, a CA added beside the old
 /// one or a newer CRL is taken into use at the next IKE authentication; established SAs are
@@ -634,8 +620,12 @@ pub fn revoked_peers(
 /// Hand charon the connection's PSK, read from its file (the only place a secret goes).
 async fn load_psk(v: &vici::Client, conn: &ipsec::DesiredConn) -> Result<(), ApplyError> {
     let psk = read_psk(&conn.psk_file)?;
-    v.load_shared(&conn.name, psk.expose(), &[&conn.local_id, &conn.remote_id])
-        .await?;
+    v.load_shared(
+        &conn.shared_key_id(),
+        psk.expose(),
+        &[&conn.local_id, &conn.remote_id],
+    )
+    .await?;
     Ok(())
 }
 
@@ -675,9 +665,23 @@ async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyE
         IpsecChange::Unload { name } => {
             v.terminate_ike(name).await?;
             v.unload_conn(name).await?;
-            // An already missing key is fine: the goal is "not there".
-            let _ = v.unload_shared(name).await;
+            // Its keys, whatever their digest; an already missing key is fine: the goal is
+            // "not there".
+            let prefix = format!("{name}#");
+            for id in v.shared_keys().await.unwrap_or_default() {
+                if id == *name || id.starts_with(&prefix) {
+                    let _ = v.unload_shared(&id).await;
+                }
+            }
             info!(conn = %name, "IPsec connection unloaded");
+        }
+        IpsecChange::UnloadSharedKey { id } => {
+            v.unload_shared(id).await?;
+            info!(key = %id.split('#').next().unwrap_or(id), "an earlier pre-shared key is no longer in charon");
+        }
+        IpsecChange::Reauthenticate { name } => {
+            v.reauthenticate(name).await?;
+            info!(conn = %name, "re-authenticating with the changed pre-shared key");
         }
     }
     Ok(())

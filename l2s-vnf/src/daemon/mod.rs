@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 use crate::apply::{self, ApplyError, System};
 use crate::config::SiteConfig;
 use crate::health;
-use crate::ipsec::{self, DesiredConn};
+use crate::ipsec;
 use crate::ovsdb::replica::Replica;
 use crate::plan::{ActualState, DiffOptions};
 use crate::status::{self, unix_now, DaemonStatus, ReconcileRecord, RepairRecord, Status};
@@ -83,8 +83,6 @@ struct Daemon {
     recent: VecDeque<RepairRecord>,
     /// Access interfaces configured but absent (their ports wait for them).
     waiting: Vec<String>,
-    /// The IPsec connections of the last successful plan (for PSK reloads).
-    conns: Vec<DesiredConn>,
     metrics: Arc<Metrics>,
     events: Arc<IpsecEvents>,
     /// Each VLAN's data path as the last reconcile found it: why it is degraded, if it is.
@@ -237,12 +235,6 @@ impl Daemon {
             warn!("{w} (its port waits for it)");
         }
         self.waiting = waiting;
-        self.conns = p
-            .desired
-            .security
-            .as_ref()
-            .map(|s| s.conns.clone())
-            .unwrap_or_default();
         if p.plan.is_empty() {
             self.refresh_metrics(&p.actual, sys.vici.as_ref()).await;
             self.judge(&p.actual);
@@ -445,9 +437,6 @@ impl Daemon {
                         self.replica.clone(),
                     );
                 }
-                if let Err(e) = self.reload_psks().await {
-                    warn!(error = %e, "could not hand the PSKs to charon again");
-                }
                 self.listen_to_charon_log();
                 info!(via, changes = changes.len(), "config reloaded");
                 Reply {
@@ -484,18 +473,6 @@ impl Daemon {
             peers,
             self.authlog.clone(),
         )));
-    }
-
-    async fn reload_psks(&self) -> Result<(), ApplyError> {
-        if let (Some(sys), false) = (&self.sys, self.conns.is_empty()) {
-            if let Some(v) = &sys.vici {
-                let n = apply::reload_psks(v, &self.conns).await?;
-                if n > 0 {
-                    info!(keys = n, "pre-shared keys handed to charon again");
-                }
-            }
-        }
-        Ok(())
     }
 
     fn daemon_status(&self) -> DaemonStatus {
@@ -807,7 +784,6 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError
         stats: DaemonStatus::default(),
         recent: VecDeque::new(),
         waiting: vec![],
-        conns: vec![],
         metrics,
         events,
         health: BTreeMap::new(),

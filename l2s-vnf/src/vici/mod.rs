@@ -255,6 +255,12 @@ impl Client {
         self.request("load-shared", &msg).await.map(|_| ())
     }
 
+    /// Authenticate an IKE_SA again (a new IKE_SA with fresh authentication replaces it).
+    pub async fn reauthenticate(&self, ike: &str) -> Result<(), ViciError> {
+        let msg = Section::new().kv("ike", ike).kv("reauth", "yes");
+        self.request("rekey", &msg).await.map(|_| ())
+    }
+
     pub async fn unload_shared(&self, id: &str) -> Result<(), ViciError> {
         self.request("unload-shared", &Section::new().kv("id", id))
             .await
