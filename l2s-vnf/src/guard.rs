@@ -32,6 +32,8 @@ pub struct GuardSpec {
     pub table: String,
     pub backend: IpsecBackend,
     pub vxlan_port: u16,
+    /// The peers' addresses: IKE and NAT-T (UDP 500 and 4500) are accepted from them only.
+    pub peers: Vec<std::net::IpAddr>,
 }
 
 impl GuardSpec {
@@ -68,8 +70,24 @@ impl GuardSpec {
         );
         let icmp4 = format!("icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} @th,136,8 0x11 @th,240,16 {hex} {unprotected_out} counter drop comment \"ICMP error quoting VXLAN out\"");
         let icmp6 = format!("icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} @th,112,8 0x11 @th,400,16 {hex} {unprotected_out} counter drop comment \"ICMPv6 error quoting VXLAN out\"");
+        // IKE and NAT-T from outside the federation never reach charon: a flood of
+        // IKE_SA_INIT from forged addresses would otherwise take charon's time (and, with
+        // libipsec, the ESP it carries). Written as nft lists it (sorted, braces for two or more).
+        let ike = |family: &str, v6: bool| {
+            let mut addrs: Vec<&std::net::IpAddr> =
+                self.peers.iter().filter(|a| a.is_ipv6() == v6).collect();
+            addrs.sort();
+            let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            let whom = match list.len() {
+                0 => format!("meta nfproto {}", if v6 { "ipv6" } else { "ipv4" }),
+                1 => format!("{family} saddr != {}", list[0]),
+                _ => format!("{family} saddr != {{ {} }}", list.join(", ")),
+            };
+            format!("udp dport {{ 500, 4500 }} {whom} counter drop comment \"IKE from outside the federation\"")
+        };
+        let (ike4, ike6) = (ike("ip", false), ike("ip6", true));
         format!(
-            "table inet {t} {{\n\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t\t{out_rule}\n\t\t{icmp4}\n\t\t{icmp6}\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t\t{in_rule}\n\t}}\n}}\n",
+            "table inet {t} {{\n\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t\t{out_rule}\n\t\t{icmp4}\n\t\t{icmp6}\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t\t{in_rule}\n\t\t{ike4}\n\t\t{ike6}\n\t}}\n}}\n",
             t = self.table
         )
     }
@@ -177,6 +195,7 @@ mod tests {
             table: table_name("l2s0"),
             backend,
             vxlan_port: 4789,
+            peers: vec!["192.0.2.3".parse().unwrap(), "192.0.2.2".parse().unwrap()],
         }
     }
 

@@ -382,6 +382,7 @@ impl DesiredState {
                     table: guard::table_name(&cfg.switch.bridge),
                     backend,
                     vxlan_port: cfg.vxlan_port,
+                    peers: cfg.peers.iter().map(|p| p.address).collect(),
                 },
                 vxlan_rule: (backend == IpsecBackend::Libipsec)
                     .then_some((cfg.vxlan_port, facts.vtep_ip.is_ipv6())),

@@ -359,3 +359,171 @@ fn a_changed_psk_reauthenticates_and_shuts_out_the_old_key() {
         back.as_secs_f64()
     );
 }
+
+/// What a host on the underlay can send, as raw packets with forged sources (`python3` in the
+/// rogue's namespace): clear-text VXLAN and path probes claiming to come from a real peer,
+/// the same VXLAN cut into fragments, and a flood of IKE_SA_INIT requests from many addresses.
+const ATTACK: &str = r#"
+import random, socket, struct, sys, time
+what, src, dst, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+def ip(src, dst, payload, ident, frag=0):
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(payload), ident, frag, 64, 17, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))
+    return h[:10] + struct.pack('!H', csum(h)) + h[12:] + payload
+def udp(sport, dport, payload):
+    return struct.pack('!HHHH', sport, dport, 8 + len(payload), 0) + payload
+def frame(port):
+    body = udp(40000, port, b'forged-l2s')
+    inner = ip('10.101.0.66', '10.101.0.255', body, 7)
+    eth = b'\xff' * 6 + b'\x02\x00\x00\x00\x00\x66' + b'\x08\x00'
+    return struct.pack('!II', 0x08000000, 101 << 8) + eth + inner
+sent = 0
+if what == 'vxlan':
+    for i in range(50):
+        raw.sendto(ip(src, dst, udp(40000, 4789, frame(port)), 1000 + i), (dst, 0)); sent += 1
+elif what == 'fragments':
+    for i in range(50):
+        d = udp(40000, 4789, frame(port))
+        raw.sendto(ip(src, dst, d[:24], 2000 + i, 0x2000), (dst, 0))
+        raw.sendto(ip(src, dst, d[24:], 2000 + i, 3), (dst, 0)); sent += 2
+elif what == 'probes':
+    for i in range(50):
+        raw.sendto(ip(src, dst, udp(4790, 4790, b'L2SP\x01' + bytes(7)), 3000 + i), (dst, 0)); sent += 1
+elif what == 'ike-flood':
+    end = time.time() + port
+    while time.time() < end:
+        s = '192.0.2.%d' % random.randint(100, 250)
+        hdr = random.randbytes(8) + bytes(8) + bytes([33, 0x20, 34, 0x08]) + bytes(4) + struct.pack('!I', 28)
+        raw.sendto(ip(s, dst, udp(500, 500, hdr), random.randint(1, 65535)), (dst, 0)); sent += 1
+        if sent % 200 == 0: time.sleep(0.02)
+print(sent)
+"#;
+
+/// An attacker on the underlay: clear-text VXLAN and path probes forged with a real peer's
+/// source address, the VXLAN cut into fragments, and an IKE_SA_INIT flood from 150 addresses
+/// while the real pairs rekey. Nothing reaches a VNF (a listener that hears the real thing
+/// hears none of it), the guard counts every forged packet, the real SAs stay up through the
+/// flood and its rekeys, and the service holds: pings through the flood, then ping and TCP,
+/// no clear text from the real sites.
+#[test]
+fn an_attacker_on_the_underlay_reaches_no_vnf_and_breaks_no_sa() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    t.secure("").unwrap();
+    for s in ["a", "b", "c"] {
+        t.lab.start_daemon(s).unwrap();
+    }
+    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "not converged: {failed:?}");
+    let rogue = t
+        .lab
+        .add_underlay_host("rogue", &format!("{ROGUE}/24"))
+        .unwrap();
+    let rogue_mac = sh(netns(&rogue, "cat").arg("/sys/class/net/eth1/address"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cap = Capture::start(&t.lab, "attacker").unwrap();
+    let (a_ip, b_ip) = (
+        t.lab.site("a").underlay_ip.clone(),
+        t.lab.site("b").underlay_ip.clone(),
+    );
+    let attack = |what: &str, port: u16| -> u64 {
+        let out = sh(netns(&rogue, "python3").args([
+            "-c",
+            ATTACK,
+            what,
+            &b_ip,
+            &a_ip,
+            &port.to_string(),
+        ]))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        out.trim().parse().unwrap()
+    };
+
+    for (i, what) in ["vxlan", "fragments", "probes"].into_iter().enumerate() {
+        let port = 9980 + i as u16;
+        // Control: this listener hears a real broadcast from B over IPsec.
+        let mut l = listen_udp(&t.a101, port, 4).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let send = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\nfor i in range(3): s.sendto(b'real',('10.101.0.255',{port}))\n");
+        run(netns(&t.b101.ns, "python3").args(["-c", &send])).unwrap();
+        assert!(
+            l.wait().unwrap().success(),
+            "{what}: control: a real broadcast over IPsec must arrive"
+        );
+        let before = t.lab.guard_drops_in("a").unwrap();
+        let mut l = listen_udp(&t.a101, port, 3).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = attack(what, port);
+        assert!(
+            !l.wait().unwrap().success(),
+            "{what}: a forged packet from B's address reached a VNF at A"
+        );
+        let dropped = t.lab.guard_drops_in("a").unwrap() - before;
+        eprintln!("forged {what} from B's address: {sent} packets sent, {dropped} dropped by A's guard, none delivered");
+        assert!(
+            dropped >= 50,
+            "{what}: the guard counted {dropped} of the forged datagrams"
+        );
+    }
+
+    // The IKE_SA_INIT flood, while A rekeys its IKE_SAs and a ping stream runs.
+    let stream = PingStream::start(&t.a101, &t.b101, 100, 100).unwrap();
+    let side = PingStream::start(&t.a101, &t.c101, 100, 100).unwrap();
+    let flood = std::thread::spawn({
+        let (rogue, a_ip, b_ip) = (rogue.clone(), a_ip.clone(), b_ip.clone());
+        move || {
+            sh(netns(&rogue, "python3").args(["-c", ATTACK, "ike-flood", &b_ip, &a_ip, "8"]))
+                .map(|o| o.trim().parse::<u64>().unwrap_or(0))
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    t.lab.rekey_ike("a", "site-b").unwrap();
+    t.lab.rekey_ike("a", "site-c").unwrap();
+    let sent = flood.join().unwrap().unwrap();
+    let (s1, g1) = stream.finish().unwrap();
+    let (s2, g2) = side.finish().unwrap();
+    eprintln!(
+        "IKE_SA_INIT flood: {sent} requests from 150 addresses in 8 s during two IKE rekeys; pings lost A-B {}/{s1}, A-C {}/{s2}",
+        s1 - g1,
+        s2 - g2
+    );
+    assert!(sent > 1000, "the flood was no flood: {sent}");
+    assert!(
+        s1 - g1 <= 2 && s2 - g2 <= 2,
+        "the flood broke the service: lost {} and {}",
+        s1 - g1,
+        s2 - g2
+    );
+    for (s, peers) in [("a", ["site-b", "site-c"]), ("b", ["site-a", "site-c"])] {
+        for p in peers {
+            assert!(
+                t.lab.sa_up(s, p),
+                "{s}'s SA with {p} is down after the flood"
+            );
+        }
+    }
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "after the attacks: {failed:?}");
+    // (The forged frames are clear text by design: the transfer is judged on its own capture.)
+    let after = Capture::start(&t.lab, "after-the-attacks").unwrap();
+    judge_transfer(&t, &after, &t.a101, &t.b101, "a", "site-b");
+    assert_eq!(
+        cap.count(&format!(
+            "({CLEAR_TEXT_VXLAN}) and not ether src {rogue_mac}"
+        )),
+        0,
+        "clear-text VXLAN from the real sites"
+    );
+}

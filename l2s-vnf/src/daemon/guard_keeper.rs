@@ -73,6 +73,7 @@ pub fn fallback(cfg: &SiteConfig, listed: Option<&str>) -> Option<GuardSpec> {
         table: guard::table_name(&cfg.switch.bridge),
         backend,
         vxlan_port: cfg.vxlan_port,
+        peers: cfg.peers.iter().map(|p| p.address).collect(),
     };
     Some(match cfg.ipsec.backend {
         BackendChoice::Kernel => spec(IpsecBackend::Kernel),
