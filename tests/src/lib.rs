@@ -1110,6 +1110,23 @@ impl PaperLab {
         Ok(ca)
     }
 
+    /// Start every site's daemon, give the VNFs the access MTU (as their access network's
+    /// DHCP would) and wait until every pair pings.
+    pub fn serve(&mut self) -> Result<()> {
+        for s in ["a", "b", "c"] {
+            self.lab.start_daemon(s)?;
+        }
+        let mtu = self.lab.status_json("a")?["access_mtu"]
+            .as_u64()
+            .context("no access_mtu in status")? as u32;
+        self.lab.set_vnf_mtu(&self.vnfs(), mtu)?;
+        let failed = self.ping_mesh();
+        if !failed.is_empty() {
+            bail!("not converged: {failed:?}");
+        }
+        Ok(())
+    }
+
     pub fn vnfs(&self) -> [&Vnf; 5] {
         [&self.a101, &self.b101, &self.c101, &self.a102, &self.b102]
     }

@@ -83,15 +83,7 @@ fn faults_under_load_leave_a_working_service_and_never_leak() {
     require_lab!();
     let mut t = PaperLab::new().unwrap();
     t.secure("dpd_delay = \"2s\"\n").unwrap();
-    for s in ["a", "b", "c"] {
-        t.lab.start_daemon(s).unwrap();
-    }
-    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
-        .as_u64()
-        .unwrap() as u32;
-    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
-    let failed = t.ping_mesh();
-    assert!(failed.is_empty(), "not converged: {failed:?}");
+    t.serve().unwrap();
 
     let mut underlay = Capture::start(&t.lab, "faults").unwrap();
     // Every VNF listens for the other VLAN's addresses (IP and ARP).

@@ -14,6 +14,15 @@ use l2s_lab::{
 /// A rogue host on the underlay: its forged frames are clear text by design.
 const ROGUE: &str = "192.0.2.66";
 
+/// Control for a listener: a real broadcast from `from` over IPsec reaches `to` on `port`.
+fn hears_real_broadcast(from: &Vnf, to: &Vnf, port: u16) -> bool {
+    let mut l = listen_udp(to, port, 4).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let send = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\nfor i in range(3): s.sendto(b'real',('10.101.0.255',{port}))\n");
+    run(netns(&from.ns, "python3").args(["-c", &send])).unwrap();
+    l.wait().unwrap().success()
+}
+
 /// IKE_SAs of connection `conn` that charon's log says were established.
 fn established(log: &str, conn: &str) -> usize {
     let tag = format!("IKE_SA {conn}[");
@@ -68,15 +77,7 @@ fn charon_restarted_at_either_end_heals_without_an_ike_duel() {
     require_lab!();
     let mut t = PaperLab::new().unwrap();
     t.secure("").unwrap();
-    for s in ["a", "b", "c"] {
-        t.lab.start_daemon(s).unwrap();
-    }
-    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
-        .as_u64()
-        .unwrap() as u32;
-    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
-    let failed = t.ping_mesh();
-    assert!(failed.is_empty(), "not converged: {failed:?}");
+    t.serve().unwrap();
     let cap = Capture::start(&t.lab, "duel").unwrap();
     // Site A (192.0.2.1) initiates towards B (192.0.2.2); B responds.
     for (restarted, role) in [("b", "responder"), ("a", "initiator")] {
@@ -187,15 +188,7 @@ fn the_guard_is_put_back_within_two_seconds_while_charon_is_down() {
     require_lab!();
     let mut t = PaperLab::new().unwrap();
     t.secure("").unwrap();
-    for s in ["a", "b", "c"] {
-        t.lab.start_daemon(s).unwrap();
-    }
-    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
-        .as_u64()
-        .unwrap() as u32;
-    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
-    let failed = t.ping_mesh();
-    assert!(failed.is_empty(), "not converged: {failed:?}");
+    t.serve().unwrap();
     let rogue = t
         .lab
         .add_underlay_host("rogue", &format!("{ROGUE}/24"))
@@ -208,13 +201,8 @@ fn the_guard_is_put_back_within_two_seconds_while_charon_is_down() {
     {
         let what = format!("guard flushed at site {site} while its charon is down");
         let port = 9990 + i as u16;
-        // Control: the listener hears a real broadcast over IPsec.
-        let mut l = listen_udp(vnf, port, 4).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let send = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\nfor i in range(3): s.sendto(b'real',('10.101.0.255',{port}))\n");
-        run(netns(&peer_vnf.ns, "python3").args(["-c", &send])).unwrap();
         assert!(
-            l.wait().unwrap().success(),
+            hears_real_broadcast(peer_vnf, vnf, port),
             "{what}: control: a real broadcast over IPsec must arrive"
         );
 
@@ -295,15 +283,7 @@ fn a_changed_psk_reauthenticates_and_shuts_out_the_old_key() {
         &format!("psk_file = \"{}\"", c_psk.display()),
     );
     std::fs::write(&c_toml, text).unwrap();
-    for s in ["a", "b", "c"] {
-        t.lab.start_daemon(s).unwrap();
-    }
-    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
-        .as_u64()
-        .unwrap() as u32;
-    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
-    let failed = t.ping_mesh();
-    assert!(failed.is_empty(), "not converged: {failed:?}");
+    t.serve().unwrap();
     let cap = Capture::start(&t.lab, "psk-rotation").unwrap();
 
     // A and B take a new key.
@@ -416,15 +396,7 @@ fn an_attacker_on_the_underlay_reaches_no_vnf_and_breaks_no_sa() {
     require_lab!();
     let mut t = PaperLab::new().unwrap();
     t.secure("").unwrap();
-    for s in ["a", "b", "c"] {
-        t.lab.start_daemon(s).unwrap();
-    }
-    let mtu = t.lab.status_json("a").unwrap()["access_mtu"]
-        .as_u64()
-        .unwrap() as u32;
-    t.lab.set_vnf_mtu(&t.vnfs(), mtu).unwrap();
-    let failed = t.ping_mesh();
-    assert!(failed.is_empty(), "not converged: {failed:?}");
+    t.serve().unwrap();
     let rogue = t
         .lab
         .add_underlay_host("rogue", &format!("{ROGUE}/24"))
@@ -453,13 +425,8 @@ fn an_attacker_on_the_underlay_reaches_no_vnf_and_breaks_no_sa() {
 
     for (i, what) in ["vxlan", "fragments", "probes"].into_iter().enumerate() {
         let port = 9980 + i as u16;
-        // Control: this listener hears a real broadcast from B over IPsec.
-        let mut l = listen_udp(&t.a101, port, 4).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let send = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\nfor i in range(3): s.sendto(b'real',('10.101.0.255',{port}))\n");
-        run(netns(&t.b101.ns, "python3").args(["-c", &send])).unwrap();
         assert!(
-            l.wait().unwrap().success(),
+            hears_real_broadcast(&t.b101, &t.a101, port),
             "{what}: control: a real broadcast over IPsec must arrive"
         );
         let before = t.lab.guard_drops_in("a").unwrap();

@@ -376,19 +376,20 @@ pub fn check_transact_results(ops: &[String], results: &[Value]) -> Result<(), O
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_framer_finds_whole_values_across_chunks() {
-        let text = br#"{"id":1,"result":[{"a":"}\"{"}]}{"method":"echo","params":[]}"#;
+    /// The end offsets the framer finds in `bytes` fed in pieces cut at `cuts`, dropping what
+    /// was framed as the reader does.
+    fn ends_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<usize> {
         let mut f = Framer::default();
-        let mut buf = vec![];
-        let mut ends = vec![];
-        let mut base = 0;
-        for chunk in text.chunks(5) {
-            buf.extend_from_slice(chunk);
+        let (mut buf, mut ends, mut base, mut fed) = (vec![], vec![], 0, 0);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.push(bytes.len());
+        points.sort_unstable();
+        for p in points {
+            buf.extend_from_slice(&bytes[fed..p.max(fed)]);
+            fed = fed.max(p);
             for e in f.feed(&buf) {
                 ends.push(base + e);
             }
-            // Drop what was framed, as the reader does.
             if let Some(&last) = ends.last() {
                 let cut = last - base;
                 if cut > 0 {
@@ -398,6 +399,14 @@ mod tests {
                 }
             }
         }
+        ends
+    }
+
+    #[test]
+    fn the_framer_finds_whole_values_across_chunks() {
+        let text = br#"{"id":1,"result":[{"a":"}\"{"}]}{"method":"echo","params":[]}"#;
+        let cuts: Vec<usize> = (5..text.len()).step_by(5).collect();
+        let ends = ends_in_pieces(text, &cuts);
         assert_eq!(ends.len(), 2, "{ends:?}");
         let one: Value = serde_json::from_slice(&text[..ends[0]]).unwrap();
         assert_eq!(one["result"][0]["a"], "}\"{");
@@ -500,30 +509,6 @@ mod tests {
     mod properties {
         use super::*;
         use proptest::prelude::*;
-
-        fn ends_in_pieces(bytes: &[u8], cuts: &[usize]) -> Vec<usize> {
-            let mut f = Framer::default();
-            let (mut buf, mut ends, mut base, mut fed) = (vec![], vec![], 0, 0);
-            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-            points.push(bytes.len());
-            points.sort_unstable();
-            for p in points {
-                buf.extend_from_slice(&bytes[fed..p.max(fed)]);
-                fed = fed.max(p);
-                for e in f.feed(&buf) {
-                    ends.push(base + e);
-                }
-                if let Some(&last) = ends.last() {
-                    let cut = last - base;
-                    if cut > 0 {
-                        buf.drain(..cut);
-                        f.consumed(cut);
-                        base = last;
-                    }
-                }
-            }
-            ends
-        }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(4096))]
