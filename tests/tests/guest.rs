@@ -589,6 +589,12 @@ fn the_paper_sites_on_the_production_stack() {
         quick,
     );
     s.drift(
+        "nftables restarted (Debian's nftables.conf flushes the whole ruleset)",
+        "systemctl restart nftables",
+        "nft list table inet l2s_vnf_l2s0 >/dev/null",
+        quick,
+    );
+    s.drift(
         "SA deleted in charon",
         "swanctl --terminate --ike l2s-vnf:l2s0:site-c --force 2>/dev/null",
         "swanctl --list-sas --ike l2s-vnf:l2s0:site-c 2>/dev/null | grep -q INSTALLED",
