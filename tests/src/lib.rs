@@ -148,6 +148,18 @@ pub fn netns(ns: &str, prog: &str) -> Command {
 /// One iperf3 TCP run (one-shot server in `server_ns`, client with `how`: `-n BYTES` or
 /// `-t SECS`); returns the receiver's bits/s.
 fn iperf3(server_ns: &str, server_ip: &str, client_ns: &str, how: &[&str]) -> Result<f64> {
+    let (bps, _) = iperf3_received(server_ns, server_ip, client_ns, how)?;
+    Ok(bps)
+}
+
+/// One iperf3 run: the receiver's bits/s and the bytes the receiver got (with `-n`, iperf3
+/// may end before all the bytes the client wrote have crossed a slow path).
+fn iperf3_received(
+    server_ns: &str,
+    server_ip: &str,
+    client_ns: &str,
+    how: &[&str],
+) -> Result<(f64, u64)> {
     let mut server = netns(server_ns, "iperf3")
         .args(["-s", "-1", "-B", server_ip])
         .stdin(Stdio::null())
@@ -165,13 +177,16 @@ fn iperf3(server_ns: &str, server_ip: &str, client_ns: &str, how: &[&str]) -> Re
     if !out.status.success() {
         bail!("iperf3 to {server_ip} failed: {text}");
     }
-    // "bits_per_second" of the receiver's summary
-    text.rsplit("\"sum_received\"")
-        .next()
-        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
-        .and_then(|s| s.split([',', '\n', '}']).next())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .context("no bits_per_second in iperf3's output")
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("iperf3's output is not JSON: {text}"))?;
+    let received = &v["end"]["sum_received"];
+    let bps = received["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no bits_per_second in iperf3's output: {text}"))?;
+    let bytes = received["bytes"]
+        .as_u64()
+        .with_context(|| format!("no bytes received in iperf3's output: {text}"))?;
+    Ok((bps, bytes))
 }
 
 /// A VLAN in a generated lab config: (id, access ports, peers by site letter or all).
@@ -920,6 +935,11 @@ impl Lab {
         iperf3(&server.ns, &server.ip, &client.ns, &["-n", bytes])
     }
 
+    /// Like [`Lab::tcp_transfer`]; returns the bytes the server received.
+    pub fn tcp_received(&self, server: &Vnf, client: &Vnf, bytes: &str) -> Result<u64> {
+        Ok(iperf3_received(&server.ns, &server.ip, &client.ns, &["-n", bytes])?.1)
+    }
+
     /// One iperf3 TCP run of `secs` seconds from `client_ns` to a server at `server_ip` in
     /// `server_ns`; returns the receiver's bits/s.
     pub fn iperf(
@@ -1290,8 +1310,20 @@ impl Capture {
     pub fn on(lab: &Lab, ns: &str, dev: &str, name: &str) -> Result<Capture> {
         let file = lab.dir.join(format!("{name}.pcap"));
         let child = netns(ns, "tcpdump")
-            // A 16 MiB buffer: the default loses packets while the two cores are busy.
-            .args(["-i", dev, "-n", "-U", "-B", "16384", "-s", "128", "-w"])
+            // A 16 MiB buffer (the default loses packets while the two cores are busy), each
+            // packet handed over at once (not when a ring block is full or a second has passed).
+            .args([
+                "-i",
+                dev,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-B",
+                "16384",
+                "-s",
+                "128",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
