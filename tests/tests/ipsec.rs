@@ -615,7 +615,7 @@ fn a_charon_lacking_algorithms_or_a_bypass_policy_is_a_clear_error() {
         "a",
         &lab.config("a", &["b"], vlans),
         &psk,
-        "ike_proposals = [\"aes256-sha384-modp3072\"]\n",
+        "ike_proposals = [\"aes256-sha384-modp3072\"]\nesp_proposals = [\"aes256-sha256-modp3072\"]\n",
     );
     lab.write_config("a", &modp).unwrap();
     lab.l2s_ok("a", &["check"]).unwrap();
