@@ -937,7 +937,17 @@ impl Lab {
 
     /// Like [`Lab::tcp_transfer`]; returns the bytes the server received.
     pub fn tcp_received(&self, server: &Vnf, client: &Vnf, bytes: &str) -> Result<u64> {
-        Ok(iperf3_received(&server.ns, &server.ip, &client.ns, &["-n", bytes])?.1)
+        Ok(self.tcp_transfer_received(server, client, bytes)?.1)
+    }
+
+    /// Like [`Lab::tcp_transfer`]; returns bits/s and the bytes the server received.
+    pub fn tcp_transfer_received(
+        &self,
+        server: &Vnf,
+        client: &Vnf,
+        bytes: &str,
+    ) -> Result<(f64, u64)> {
+        iperf3_received(&server.ns, &server.ip, &client.ns, &["-n", bytes])
     }
 
     /// One iperf3 TCP run of `secs` seconds from `client_ns` to a server at `server_ip` in
