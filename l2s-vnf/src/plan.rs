@@ -41,6 +41,9 @@ pub struct ObservedSecurity {
     pub crls: Option<Vec<Vec<u8>>>,
     /// Peers whose certificate (as charon verified it) one of our CRLs revokes, with why.
     pub revoked: BTreeMap<String, String>,
+    /// The certificate charon verified for each certificate peer, when observation read them
+    /// (only with CRLs configured; status reads them itself otherwise).
+    pub peer_certs: Option<BTreeMap<String, crate::pki::CertInfo>>,
 }
 
 impl ObservedSecurity {

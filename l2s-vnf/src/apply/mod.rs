@@ -146,7 +146,7 @@ impl System {
                     None,
                     Default::default(),
                     (None, None, None),
-                    (None, None, BTreeMap::new()),
+                    (None, None, None),
                 ));
             };
             let conns: Vec<ObservedConn> = v
@@ -171,17 +171,15 @@ impl System {
             let own_certs = v.certs_of(&cfg.site.id).await.ok();
             let crls = v.crls().await.ok();
             // Peers' certificates matter here only when a CRL could revoke them.
-            let revoked = match &cfg.ipsec.pki {
-                Some(p) if !p.creds.crls.is_empty() => {
-                    revoked_peers(cfg, &peer_certs(v, cfg).await)
-                }
-                _ => BTreeMap::new(),
+            let certs = match &cfg.ipsec.pki {
+                Some(p) if !p.creds.crls.is_empty() => Some(peer_certs(v, cfg).await),
+                _ => None,
             };
             Ok((
                 Some(conns),
                 sas,
                 (keys, authorities, key_ids),
-                (own_certs, crls, revoked),
+                (own_certs, crls, certs),
             ))
         };
         let table = guard::table_name(bridge);
@@ -228,7 +226,11 @@ impl System {
             policies,
             storm
         );
-        let (conns, sas, (keys, authorities, key_ids), (own_certs, crls, revoked)) = charon?;
+        let (conns, sas, (keys, authorities, key_ids), (own_certs, crls, peer_certs)) = charon?;
+        let revoked = peer_certs
+            .as_ref()
+            .map(|c| revoked_peers(cfg, c))
+            .unwrap_or_default();
         let (links, rules) = links_and_rules?;
         let security = ObservedSecurity {
             guard: guard_listing,
@@ -242,6 +244,7 @@ impl System {
             own_certs,
             crls,
             revoked,
+            peer_certs,
         };
         Ok(ActualState {
             switch: switch?,

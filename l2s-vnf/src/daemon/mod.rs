@@ -546,7 +546,11 @@ impl Daemon {
         s.source = "daemon".into();
         if let Some(v) = vici {
             if self.cfg.ipsec.enabled {
-                let certs = apply::peer_certs(v, &self.cfg).await;
+                // Observation read them already when CRLs are configured: not twice.
+                let certs = match &actual.security.peer_certs {
+                    Some(c) => c.clone(),
+                    None => apply::peer_certs(v, &self.cfg).await,
+                };
                 let mut problems: BTreeMap<String, String> = self
                     .authlog
                     .failures()
