@@ -12,7 +12,7 @@
 //!
 //! Unknown unicast is not limited: NORMAL decides it is unknown only after the meter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -175,37 +175,84 @@ pub fn observe(target: &str) -> Option<ObservedStorm> {
     Some(obs)
 }
 
-/// Put exactly `want` in force: our flows and the bridge's meters replaced. Between the
-/// removal and the additions (milliseconds) the ports are unlimited, never cut off.
+/// Put exactly `want` in force, without a moment in which a port that stays limited is not:
+/// its meter is added or changed in place first, then every wanted flow is (re)written — an
+/// OpenFlow add of the same match and priority replaces that flow's actions atomically —
+/// and only then are flows of ports no longer limited, and meters no longer used, deleted.
+/// (Deleting everything and adding it back left every port unlimited for as long as the
+/// ovs-ofctl calls took, and each reconcile that found drift did it again.)
 pub fn ensure(target: &str, want: &[StormLimit]) -> Result<(), String> {
-    ofctl(&["del-flows", target, &cookie_filter()], None)?;
-    ofctl(&["del-meters", target], None)?;
+    let have = observe(target)
+        .ok_or_else(|| "cannot read ovs-vswitchd's flows and meters (ovs-ofctl)".to_string())?;
     for (i, w) in want.iter().enumerate() {
+        let id = meter_id(i);
+        let verb = match have.meters.get(&id) {
+            None => "add-meter",
+            Some(m) if m.pps != w.pps => "mod-meter",
+            Some(_) => continue,
+        };
         let meter = format!(
-            "meter={},pktps,burst,stats,bands=type=drop,rate={},burst_size={}",
-            meter_id(i),
+            "meter={id},pktps,burst,stats,bands=type=drop,rate={},burst_size={}",
             w.pps,
             burst(w.pps)
         );
-        ofctl(&["add-meter", target, &meter], None)
+        ofctl(&[verb, target, &meter], None)
             .map_err(|e| format!("storm control on {}: {e}", w.port))?;
     }
-    if want.is_empty() {
-        return Ok(());
+    if !want.is_empty() {
+        let flows: String = want
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                format!(
+                    "{}\n",
+                    flow_match(&format!("\"{}\"", w.port), w.vlan, Some(meter_id(i)))
+                )
+            })
+            .collect();
+        ofctl(&["add-flows", target, "-"], Some(&flows))?;
     }
-    let flows: String = want
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            format!(
-                "cookie={:#x},priority={PRIORITY},in_port=\"{}\",dl_dst={GROUP_DST},actions=meter:{},NORMAL\n",
-                COOKIE | u64::from(w.vlan),
-                w.port,
-                meter_id(i)
-            )
-        })
-        .collect();
-    ofctl(&["add-flows", target, "-"], Some(&flows)).map(|_| ())
+    // Flows of ours on ports no longer limited (named as ovs-vswitchd names them, or by
+    // number when the port is gone).
+    let wanted: BTreeSet<&str> = want.iter().map(|w| w.port.as_str()).collect();
+    let listed = ofctl(&["--names", "dump-flows", target, &cookie_filter()], None)?;
+    for in_port in in_ports(&listed) {
+        if !wanted.contains(in_port.trim_matches('"')) {
+            ofctl(
+                &[
+                    "--strict",
+                    "del-flows",
+                    target,
+                    &flow_match(&in_port, 0, None),
+                ],
+                None,
+            )?;
+        }
+    }
+    for id in have.meters.keys().filter(|id| **id as usize > want.len()) {
+        ofctl(&["del-meter", target, &format!("meter={id}")], None)?;
+    }
+    Ok(())
+}
+
+/// Our flow for a port (`in_port` as ovs-ofctl takes it: a quoted name or a number); with a
+/// meter, the flow to add (its cookie carries the VLAN), without, the match to delete.
+fn flow_match(in_port: &str, vlan: u16, meter: Option<u32>) -> String {
+    let m = format!("priority={PRIORITY},in_port={in_port},dl_dst={GROUP_DST}");
+    match meter {
+        Some(id) => format!(
+            "cookie={:#x},{m},actions=meter:{id},NORMAL",
+            COOKIE | u64::from(vlan)
+        ),
+        None => m,
+    }
+}
+
+/// The `in_port` of each flow in a `dump-flows` listing, as printed.
+fn in_ports(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| field(l, "in_port=").map(str::to_string))
+        .collect()
 }
 
 /// A tenth of a second's worth of frames may pass at once (at least one).
@@ -324,6 +371,20 @@ meter:2 flow_count:1 packet_in_count:90 byte_in_count:0 duration:0.044s bands:
         );
         assert_eq!(o.limited(&port("ens5", 4)), 77);
         assert_eq!(o.limited(&port("ens9", 9)), 0);
+    }
+
+    #[test]
+    fn flows_are_written_and_deleted_by_the_same_match() {
+        assert_eq!(
+            flow_match("\"acc101\"", 101, Some(2)),
+            "cookie=0x4c32530000000065,priority=100,in_port=\"acc101\",dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,actions=meter:2,NORMAL"
+        );
+        assert_eq!(
+            flow_match("7", 0, None),
+            "priority=100,in_port=7,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"
+        );
+        let named = FLOWS.replace("in_port=1,", "in_port=acc101,");
+        assert_eq!(in_ports(&named), ["acc101", "4"]);
     }
 
     #[test]

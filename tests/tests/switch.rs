@@ -350,6 +350,62 @@ fn storm_control_holds_a_broadcast_storm_to_its_limit() {
     assert!(!flows.contains("meter:"), "{flows}");
 }
 
+/// Storm control is re-converged while a storm goes on — another port's limit changed, five
+/// times — and the port in the storm must stay limited throughout: its meter and flow are
+/// never taken away to be put back.
+#[test]
+fn changing_another_ports_limit_never_lets_a_storm_through() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    let layout = t.lab.config(
+        "a",
+        &["b", "c"],
+        &[(101, &["acc101"], None), (102, &["acc102"], Some(&["b"]))],
+    );
+    let with = |pps102: u32| {
+        layout
+            .replace(
+                "[[vlan]]\nid = 101\n",
+                "[[vlan]]\nid = 101\nbum_limit_pps = 200\n",
+            )
+            .replace(
+                "[[vlan]]\nid = 102\n",
+                &format!("[[vlan]]\nid = 102\nbum_limit_pps = {pps102}\n"),
+            )
+    };
+    t.lab.write_config("a", &with(1000)).unwrap();
+    for s in ["a", "b", "c"] {
+        t.lab.l2s_ok(s, &["apply"]).unwrap();
+    }
+    assert!(t.ping_mesh().is_empty());
+
+    let secs = 6;
+    t.lab.blast_broadcast(&t.a101, secs).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (n0, t0) = (t.lab.vnf_rx_packets(&t.b101), Instant::now());
+    for i in 0..5u32 {
+        t.lab
+            .write_config("a", &with(1000 + 100 * (i + 1)))
+            .unwrap();
+        let out = t.lab.l2s_ok("a", &["apply"]).unwrap();
+        assert!(out.contains("~ storm control on l2s0"), "{out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let rate = (t.lab.vnf_rx_packets(&t.b101) - n0) as f64 / t0.elapsed().as_secs_f64();
+    let limited = port_status(&t.lab, "a", "acc101")["counters"]["bum_limited"]
+        .as_u64()
+        .unwrap();
+    eprintln!(
+        "storm at A limited to 200/s while acc102's limit changed 5 times: {rate:.0} frames/s at site B, {limited} dropped by the meter"
+    );
+    assert!(limited > 5000, "no storm to limit: {limited} dropped");
+    assert!(rate <= 200.0 * 1.2, "site B received {rate:.0} frames/s");
+    assert_eq!(port_status(&t.lab, "a", "acc102")["bum_limit_pps"], 1500);
+    assert!(t.lab.l2s_ok("a", &["plan"]).unwrap().contains("no changes"));
+    std::thread::sleep(Duration::from_secs(secs as u64));
+    assert!(t.ping_mesh().is_empty());
+}
+
 #[test]
 fn vnfs_that_keep_mtu_1500_are_named_and_work_with_outer_fragmentation() {
     require_lab!();
