@@ -216,6 +216,7 @@ mod tests {
                 .iter()
                 .map(|a| a.parse().unwrap())
                 .collect::<BTreeSet<_>>(),
+            learned_macs: 0,
             stats: None,
         }
     }

@@ -99,6 +99,8 @@ pub struct VxlanSpec {
     pub underlay_index: Option<u32>,
     pub mtu: u32,
     pub alias: String,
+    /// How many remote MACs it may learn (the kernel refuses to learn more).
+    pub mac_limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,6 +357,7 @@ impl DesiredState {
                         .then_some(facts.underlay_index),
                     mtu: access_mtu,
                     alias: vxlan_alias(&cfg.switch.bridge, v.id),
+                    mac_limit: v.mac_limit(&cfg.switch),
                 };
                 (
                     v.id,

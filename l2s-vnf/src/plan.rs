@@ -346,6 +346,13 @@ fn vxlan_mismatch(spec: &VxlanSpec, obs: &ObservedLink) -> Option<String> {
     if !a.learning {
         why.push("learning off".into());
     }
+    // The kernel cannot change a device's limit: a new limit is a new device.
+    if a.mac_limit != Some(spec.mac_limit) {
+        why.push(match a.mac_limit {
+            Some(n) => format!("MAC limit {n} -> {}", spec.mac_limit),
+            None => format!("no MAC limit -> {}", spec.mac_limit),
+        });
+    }
     (!why.is_empty()).then(|| why.join(", "))
 }
 
@@ -842,6 +849,7 @@ mod tests {
             kind: None,
             vxlan: None,
             flood: BTreeSet::new(),
+            learned_macs: 0,
             stats: None,
         }
     }
@@ -932,6 +940,7 @@ mod tests {
             port: Some(spec.port),
             underlay_index: spec.underlay_index,
             learning: true,
+            mac_limit: Some(spec.mac_limit),
         });
         vx.flood = BTreeSet::from(["192.0.2.2".parse().unwrap()]);
         a.links.links.insert("l2s-vx101".into(), vx);

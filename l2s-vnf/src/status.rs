@@ -262,6 +262,15 @@ pub struct VlanStatus {
     /// The storm-control limit of each of its access ports, if any.
     #[serde(default)]
     pub bum_limit_pps: Option<u32>,
+    /// The MACs its VXLAN device learned from the peer sites.
+    #[serde(default)]
+    pub remote_macs: usize,
+    /// How many it may learn (`None`: its device has no limit).
+    #[serde(default)]
+    pub mac_limit: Option<u32>,
+    /// The device is full: frames to MACs it could not learn go to every peer of the VLAN.
+    #[serde(default)]
+    pub mac_limit_reached: bool,
 }
 
 pub fn build(
@@ -294,6 +303,9 @@ pub fn build(
                 .iter()
                 .find(|v| v.id == id)
                 .and_then(|v| v.bum_limit_pps.or(cfg.switch.bum_limit_pps)),
+            remote_macs: 0,
+            mac_limit: None,
+            mac_limit_reached: false,
         }
     };
     if let Some(b) = b {
@@ -313,6 +325,17 @@ pub fn build(
                         v.vni = l.vxlan.as_ref().and_then(|x| x.vni);
                         v.local = l.vxlan.as_ref().and_then(|x| x.local);
                         v.flood = l.flood.iter().copied().collect();
+                        v.remote_macs = l.learned_macs;
+                        v.mac_limit = l.vxlan.as_ref().and_then(|x| x.mac_limit);
+                        v.mac_limit_reached =
+                            v.mac_limit.is_some_and(|n| l.learned_macs >= n as usize);
+                        if v.mac_limit_reached {
+                            warnings.push(format!(
+                                "vlan {tag}: MAC limit reached ({} remote MACs): frames to MACs \
+                                 it cannot learn are flooded to every peer of the VLAN",
+                                l.learned_macs
+                            ));
+                        }
                         v.flood_peers = v
                             .flood
                             .iter()
@@ -617,6 +640,16 @@ impl std::fmt::Display for Status {
                 v.bum_limit_pps
                     .map(|l| format!("; storm limit {l} pps per port"))
                     .unwrap_or_default()
+            )?;
+            writeln!(
+                f,
+                "           remote MACs: {}{}",
+                v.remote_macs,
+                match (v.mac_limit, v.mac_limit_reached) {
+                    (Some(n), true) => format!(" of {n} (LIMIT REACHED)"),
+                    (Some(n), false) => format!(" of {n}"),
+                    (None, _) => " (no limit)".into(),
+                }
             )?;
             for p in &v.access_ports {
                 writeln!(

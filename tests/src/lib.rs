@@ -1461,6 +1461,36 @@ impl Lab {
         self.spawn(netns(&from.ns, "python3").args(["-c", BLAST, &secs.to_string(), "burn0"]))
     }
 
+    /// A VNF gone wrong in another way: `count` broadcast frames, each from a source MAC of
+    /// its own (locally administered, `02:4c:…`), as a MAC-flooding attack sends them: paced
+    /// (50 frames per 5 ms) and sent twice, so that every MAC crosses even where a queue on
+    /// the way drops a burst. Returns once all are sent.
+    pub fn flood_source_macs(&self, from: &Vnf, count: u32) -> Result<()> {
+        const SCRIPT: &str = r"import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('eth0', 0))
+for round in range(2):
+    for i in range(int(sys.argv[1])):
+        s.send(b'\xff' * 6 + b'\x02\x4c' + struct.pack('>I', i) + b'\x88\xb5' + bytes(46))
+        if i % 50 == 49:
+            time.sleep(0.005)
+";
+        sh(netns(&from.ns, "python3").args(["-c", SCRIPT, &count.to_string()]))?;
+        Ok(())
+    }
+
+    /// FDB entries of a site's device other than the all-zero flood entry, as the kernel
+    /// lists them (`bridge fdb`).
+    pub fn learned_macs(&self, site: &str, dev: &str) -> Result<usize> {
+        let out = sh(netns(&self.site(site).ns, "bridge").args(["-j", "fdb", "show", "dev", dev]))?;
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_str(&out).with_context(|| format!("bridge -j fdb: {out}"))?;
+        Ok(entries
+            .iter()
+            .filter(|e| e["mac"] != "00:00:00:00:00:00")
+            .count())
+    }
+
     /// Frames received by a VNF's eth0 so far.
     pub fn vnf_rx_packets(&self, v: &Vnf) -> u64 {
         self.link_attr(&v.ns, "eth0", "statistics/rx_packets")

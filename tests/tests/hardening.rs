@@ -11,6 +11,10 @@ use l2s_lab::{
     Vnf, CLEAR_TEXT_VXLAN,
 };
 
+/// The number of remote MACs a VLAN's VXLAN device learns unless configured (l2s-vnf's
+/// documented default, `DEFAULT_MAC_LIMIT`).
+const DEFAULT_MAC_LIMIT: u32 = 4096;
+
 /// A rogue host on the underlay: its forged frames are clear text by design.
 const ROGUE: &str = "192.0.2.66";
 
@@ -500,4 +504,108 @@ fn an_attacker_on_the_underlay_reaches_no_vnf_and_breaks_no_sa() {
         0,
         "clear-text VXLAN from the real sites"
     );
+}
+
+/// A VNF at one site floods its VLAN with frames from thousands of made-up source MACs (a
+/// MAC-flooding attack, or a broken VNF). The VXLAN devices at the other sites learn at most
+/// their limit — the default on one VLAN, a configured one on the other — status and the
+/// kernel agree on the count, and the VLANs keep serving: frames to MACs a full device could
+/// not learn are flooded to the VLAN's peers instead.
+#[test]
+fn a_mac_flood_fills_a_vxlan_device_only_to_its_limit() {
+    require_lab!();
+    let mut t = PaperLab::new().unwrap();
+    t.secure("").unwrap();
+    // VLAN 102 at B learns at most 50 MACs; VLAN 101 has the default.
+    let path = t.lab.site("b").dir.join("site.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    assert!(cfg.contains("[[vlan]]\nid = 102\n"), "{cfg}");
+    let limited = cfg.replace(
+        "[[vlan]]\nid = 102\n",
+        "[[vlan]]\nid = 102\nmac_limit = 50\n",
+    );
+    std::fs::write(&path, limited).unwrap();
+    t.serve().unwrap();
+    let cap = Capture::start(&t.lab, "mac-flood").unwrap();
+    let vlan = |st: &serde_json::Value, id: u64| {
+        st["vlans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let st: serde_json::Value =
+        serde_json::from_str(&t.lab.l2s_ok("b", &["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(vlan(&st, 101)["mac_limit"], DEFAULT_MAC_LIMIT, "{st:#}");
+    assert_eq!(vlan(&st, 102)["mac_limit"], 50, "{st:#}");
+    assert_eq!(vlan(&st, 101)["mac_limit_reached"], false, "{st:#}");
+
+    // B forgets what it learned (the VNFs' MACs among it), so that the frames to A's VNFs
+    // must take the path of a MAC the full device cannot learn.
+    for dev in ["l2s-vx101", "l2s-vx102"] {
+        sh(netns(&t.lab.site("b").ns, "bridge").args(["fdb", "flush", "dev", dev, "dynamic"]))
+            .unwrap();
+        assert_eq!(t.lab.learned_macs("b", dev).unwrap(), 0, "{dev} flushed");
+    }
+    // More made-up MACs than either limit, from A into each VLAN.
+    let flood = DEFAULT_MAC_LIMIT + 1000;
+    t.lab.flood_source_macs(&t.a101, flood).unwrap();
+    t.lab.flood_source_macs(&t.a102, 500).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (k101, k102) = (
+        t.lab.learned_macs("b", "l2s-vx101").unwrap(),
+        t.lab.learned_macs("b", "l2s-vx102").unwrap(),
+    );
+    let out = t.lab.l2s("b", &["status", "--json"]).unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "MAC flood: {flood} source MACs into VLAN 101, 500 into VLAN 102; B's devices learned {k101} and {k102} (status: {} and {})",
+        vlan(&st, 101)["remote_macs"],
+        vlan(&st, 102)["remote_macs"]
+    );
+    assert_eq!(k101, DEFAULT_MAC_LIMIT as usize, "VLAN 101 (default limit)");
+    assert_eq!(k102, 50, "VLAN 102 (mac_limit = 50)");
+    for (id, n) in [(101, k101), (102, k102)] {
+        assert_eq!(vlan(&st, id)["remote_macs"], n, "{st:#}");
+        assert_eq!(vlan(&st, id)["mac_limit_reached"], true, "{st:#}");
+    }
+    let text = t.lab.l2s("b", &["status"]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("remote MACs: 50 of 50 (LIMIT REACHED)"),
+        "{text}"
+    );
+    assert!(text.contains("vlan 102: MAC limit reached"), "{text}");
+    // Nothing to converge: a full device is a device working as configured.
+    let plan = t.lab.l2s_ok("b", &["plan"]).unwrap();
+    assert!(plan.contains("no changes"), "{plan}");
+
+    // The service, with B's devices full: B's frames to A's VNFs (whose MACs B could not
+    // learn) are flooded to the VLAN's peers and arrive.
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "with full MAC tables: {failed:?}");
+    judge_transfer(&t, &cap, &t.b101, &t.a101, "b", "site-a");
+    judge_transfer(&t, &cap, &t.b102, &t.a102, "b", "site-a");
+    judge_transfer(&t, &cap, &t.c101, &t.b101, "c", "site-b");
+
+    // A new limit is a new device (the kernel cannot change it in place).
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, cfg.replace("mac_limit = 50\n", "mac_limit = 80\n")).unwrap();
+    let plan = t.lab.l2s_ok("b", &["plan"]).unwrap();
+    assert!(
+        plan.contains("~ vxlan l2s-vx102 recreated (MAC limit 50 -> 80)"),
+        "{plan}"
+    );
+    // The daemon holds the config it read: `reload` makes it converge the new one.
+    t.lab.l2s_ok("b", &["reload"]).unwrap();
+    let plan = t.lab.l2s_ok("b", &["plan"]).unwrap();
+    assert!(plan.contains("no changes"), "after reload: {plan}");
+    t.lab.flood_source_macs(&t.a102, 500).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(t.lab.learned_macs("b", "l2s-vx102").unwrap(), 80);
+    let failed = t.ping_mesh();
+    assert!(failed.is_empty(), "after the new limit: {failed:?}");
+    judge_transfer(&t, &cap, &t.a102, &t.b102, "a", "site-b");
 }

@@ -66,6 +66,8 @@ fn observed_spec(l: &ObservedLink, wanted: &VxlanSpec) -> Option<VxlanSpec> {
         underlay_index: a.underlay_index,
         mtu: l.mtu,
         alias: l.alias.clone().unwrap_or_else(|| wanted.alias.clone()),
+        // A device made before limits existed comes back with the limit now wanted.
+        mac_limit: a.mac_limit.unwrap_or(wanted.mac_limit),
     })
 }
 

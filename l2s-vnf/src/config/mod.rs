@@ -129,6 +129,8 @@ pub struct Switch {
     /// Default storm-control limit of every VLAN's access ports (broadcast, multicast and
     /// unknown unicast, packets per second per port).
     pub bum_limit_pps: Option<u32>,
+    /// Default limit on the remote MACs each VLAN's VXLAN device learns.
+    pub mac_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,12 +196,25 @@ pub struct Vlan {
     pub peers: Vec<String>,
     /// This VLAN's own storm-control limit (overrides `[switch] bum_limit_pps`).
     pub bum_limit_pps: Option<u32>,
+    /// This VLAN's own limit on learned remote MACs (overrides `[switch] mac_limit`).
+    pub mac_limit: Option<u32>,
 }
+
+/// Remote MACs a VLAN's VXLAN device learns when neither `[switch]` nor the VLAN says.
+pub const DEFAULT_MAC_LIMIT: u32 = 4096;
 
 impl Vlan {
     /// The storm-control limit that applies to this VLAN's access ports.
     pub fn bum_limit(&self, switch: &Switch) -> Option<u32> {
         self.bum_limit_pps.or(switch.bum_limit_pps)
+    }
+
+    /// How many remote MACs this VLAN's VXLAN device may learn; beyond it, frames to an
+    /// unlearned MAC are flooded to the VLAN's peers.
+    pub fn mac_limit(&self, switch: &Switch) -> u32 {
+        self.mac_limit
+            .or(switch.mac_limit)
+            .unwrap_or(DEFAULT_MAC_LIMIT)
     }
 }
 

@@ -43,6 +43,7 @@ pub struct RawSwitch {
     pub datapath: Option<String>,
     pub ovsdb: Option<String>,
     pub bum_limit_pps: Option<i64>,
+    pub mac_limit: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +106,7 @@ pub struct RawVlan {
     pub ports: Vec<String>,
     pub peers: Option<Vec<String>>,
     pub bum_limit_pps: Option<i64>,
+    pub mac_limit: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

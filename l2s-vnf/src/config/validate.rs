@@ -155,6 +155,10 @@ pub fn validate(
         .switch
         .bum_limit_pps
         .and_then(|v| bum_limit(&mut c, "switch.bum_limit_pps", v));
+    let mac_limit = raw
+        .switch
+        .mac_limit
+        .and_then(|v| mac_limit_checked(&mut c, "switch.mac_limit", v));
 
     // [vxlan]
     // The path probes travel on the next port: it must exist and must not be IKE's either.
@@ -573,12 +577,16 @@ pub fn validate(
         let vlan_limit = rv
             .bum_limit_pps
             .and_then(|v| bum_limit(&mut c, &key("bum_limit_pps"), v));
+        let vlan_mac_limit = rv
+            .mac_limit
+            .and_then(|v| mac_limit_checked(&mut c, &key("mac_limit"), v));
         vlans.push(Vlan {
             id: rv.id.clamp(0, 4095) as u16,
             vni: vni.clamp(0, 16_777_215) as u32,
             ports: rv.ports,
             peers: vlan_peers,
             bum_limit_pps: vlan_limit,
+            mac_limit: vlan_mac_limit,
         });
     }
     // The generated VXLAN names must not collide with anything configured.
@@ -723,6 +731,7 @@ pub fn validate(
             datapath,
             ovsdb,
             bum_limit_pps,
+            mac_limit,
         },
         vxlan_port,
         ipsec: Ipsec {
@@ -786,6 +795,28 @@ fn bum_limit(c: &mut Checker, key: &str, v: i64) -> Option<u32> {
             } else {
                 "beyond any port's rate"
             }
+        ),
+    );
+    None
+}
+
+/// Remote MACs one VXLAN device may learn.
+pub const MAC_LIMIT_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
+
+fn mac_limit_checked(c: &mut Checker, key: &str, v: i64) -> Option<u32> {
+    if MAC_LIMIT_RANGE.contains(&v) {
+        return Some(v as u32);
+    }
+    c.err(
+        key,
+        format!(
+            "{v} MACs is {}; allowed: 1..=1000000 (default {})",
+            if v < 1 {
+                "no room for any remote MAC"
+            } else {
+                "more than a VXLAN device should hold"
+            },
+            super::DEFAULT_MAC_LIMIT
         ),
     );
     None

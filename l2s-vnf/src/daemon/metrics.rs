@@ -149,6 +149,9 @@ pub struct Metrics {
     rekeys: Family<RekeyLabels, Gauge>,
     vlans: Gauge,
     vlan_up: Family<VlanLabels, Gauge>,
+    vlan_remote_macs: Family<VlanLabels, Gauge>,
+    vlan_mac_limit: Family<VlanLabels, Gauge>,
+    vlan_mac_limit_reached: Family<VlanLabels, Gauge>,
     path_rtt: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     path_jitter: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     path_loss: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -179,6 +182,9 @@ impl Metrics {
             rekeys: Family::default(),
             vlans: Gauge::default(),
             vlan_up: Family::default(),
+            vlan_remote_macs: Family::default(),
+            vlan_mac_limit: Family::default(),
+            vlan_mac_limit_reached: Family::default(),
             path_rtt: Family::default(),
             path_jitter: Family::default(),
             path_loss: Family::default(),
@@ -241,6 +247,21 @@ impl Metrics {
             "vlan_up",
             "1 when the VLAN's data path works (VTEP, ports, flood entries, SAs to its peers)",
             m.vlan_up.clone(),
+        );
+        r.register(
+            "vlan_remote_macs",
+            "MACs the VLAN's VXLAN device learned from the peer sites",
+            m.vlan_remote_macs.clone(),
+        );
+        r.register(
+            "vlan_mac_limit",
+            "How many remote MACs the VLAN's VXLAN device may learn",
+            m.vlan_mac_limit.clone(),
+        );
+        r.register(
+            "vlan_mac_limit_reached",
+            "1 when the VLAN's VXLAN device is full (frames to unlearned MACs go to every peer)",
+            m.vlan_mac_limit_reached.clone(),
         );
         r.register(
             "path_rtt_seconds",
@@ -369,10 +390,23 @@ impl Metrics {
         self.vlans
             .set(s.vlans.iter().filter(|v| v.vtep.is_some()).count() as i64);
         self.vlan_up.clear();
+        self.vlan_remote_macs.clear();
+        self.vlan_mac_limit.clear();
+        self.vlan_mac_limit_reached.clear();
         for v in &s.vlans {
-            self.vlan_up
-                .get_or_create(&VlanLabels { vlan: v.id })
-                .set(i64::from(v.up));
+            let l = VlanLabels { vlan: v.id };
+            self.vlan_up.get_or_create(&l).set(i64::from(v.up));
+            if v.vtep.is_some() {
+                self.vlan_remote_macs
+                    .get_or_create(&l)
+                    .set(i64::try_from(v.remote_macs).unwrap_or(i64::MAX));
+                self.vlan_mac_limit_reached
+                    .get_or_create(&l)
+                    .set(i64::from(v.mac_limit_reached));
+            }
+            if let Some(n) = v.mac_limit {
+                self.vlan_mac_limit.get_or_create(&l).set(i64::from(n));
+            }
         }
         self.vlan_traffic.clear();
         self.vlan_bum_limited.clear();
@@ -587,7 +621,8 @@ mod tests {
             "vlans": [{
                 "id": 101, "vni": 101, "vtep": "l2s-vx101", "vtep_up": true, "vtep_mtu": 1400,
                 "local": "192.0.2.1", "flood": [], "up": true, "counters": counters,
-                "bum_limit_pps": 500,
+                "bum_limit_pps": 500, "remote_macs": 4096, "mac_limit": 4096,
+                "mac_limit_reached": true,
                 "access_ports": [{"name": "ens4", "exists": true, "up": true, "mtu": 1400,
                                   "counters": counters, "bum_limit_pps": 500}]
             }],
@@ -621,6 +656,9 @@ mod tests {
             "l2s_vnf_port_dropped_total{port=\"ens4\",vlan=\"101\",direction=\"in\"} 1",
             "l2s_vnf_port_bum_limited_total{port=\"ens4\",vlan=\"101\"} 5",
             "l2s_vnf_port_bum_limit_pps{port=\"ens4\",vlan=\"101\"} 500",
+            "l2s_vnf_vlan_remote_macs{vlan=\"101\"} 4096",
+            "l2s_vnf_vlan_mac_limit{vlan=\"101\"} 4096",
+            "l2s_vnf_vlan_mac_limit_reached{vlan=\"101\"} 1",
         ] {
             assert!(text.contains(sample), "{sample} missing in:\n{text}");
         }

@@ -38,6 +38,7 @@ const IFLA_VXLAN_ID: u16 = 1;
 const IFLA_VXLAN_LINK: u16 = 3;
 const IFLA_VXLAN_LOCAL: u16 = 4;
 const IFLA_VXLAN_LEARNING: u16 = 7;
+const IFLA_VXLAN_LIMIT: u16 = 9;
 const IFLA_VXLAN_PORT: u16 = 15;
 const IFLA_VXLAN_LOCAL6: u16 = 17;
 const NDA_DST: u16 = 1;
@@ -94,6 +95,7 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
         kind: None,
         vxlan: None,
         flood: BTreeSet::new(),
+        learned_macs: 0,
         stats: None,
     };
     let mut data = None;
@@ -122,6 +124,7 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
             port: None,
             underlay_index: None,
             learning: false,
+            mac_limit: None,
         };
         for (ty, v) in data.into_iter().flat_map(attrs) {
             match ty {
@@ -129,6 +132,7 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
                 IFLA_VXLAN_LINK => x.underlay_index = u32_at(v, 0),
                 IFLA_VXLAN_LOCAL | IFLA_VXLAN_LOCAL6 => x.local = ip(v),
                 IFLA_VXLAN_LEARNING => x.learning = v.first().is_some_and(|b| *b != 0),
+                IFLA_VXLAN_LIMIT => x.mac_limit = u32_at(v, 0).and_then(super::mac_limit_of),
                 IFLA_VXLAN_PORT => x.port = v.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])),
                 _ => {}
             }
@@ -138,18 +142,39 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
     (!l.name.is_empty()).then_some(l)
 }
 
-/// One `RTM_NEWNEIGH` payload of the bridge family: (ifindex, destination) of a flood entry.
-fn flood_entry(p: &[u8]) -> Option<(u32, IpAddr)> {
+/// One entry of a device's FDB, as far as the plan cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FdbEntry {
+    /// An all-zero MAC entry's destination (one per peer: head-end replication).
+    Flood(IpAddr),
+    /// Any other MAC (learned, or added by hand).
+    Mac,
+}
+
+/// One `RTM_NEWNEIGH` payload of the bridge family: (ifindex, kind) of the entry.
+fn fdb_entry(p: &[u8]) -> Option<(u32, FdbEntry)> {
     let ifindex = u32_at(p, 4)?;
-    let (mut zero, mut dst) = (false, None);
+    let (mut mac, mut dst) = (None, None);
     for (ty, v) in attrs(p.get(12..)?) {
         match ty {
-            NDA_LLADDR => zero = v.len() == 6 && v.iter().all(|b| *b == 0),
+            NDA_LLADDR => mac = <[u8; 6]>::try_from(v).ok(),
             NDA_DST => dst = ip(v),
             _ => {}
         }
     }
-    dst.filter(|_| zero).map(|d| (ifindex, d))
+    match mac? {
+        [0, 0, 0, 0, 0, 0] => Some((ifindex, FdbEntry::Flood(dst?))),
+        _ => Some((ifindex, FdbEntry::Mac)),
+    }
+}
+
+/// What one device's FDB holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFdb {
+    /// Destinations of the all-zero entry.
+    pub flood: BTreeSet<IpAddr>,
+    /// Entries for other MACs.
+    pub learned: usize,
 }
 
 /// A MAC a VXLAN device learned: where frames from it came from, and how long ago.
@@ -270,18 +295,20 @@ pub async fn links() -> std::io::Result<BTreeMap<String, ObservedLink>> {
     Err(std::io::Error::other("link dump interrupted twice"))
 }
 
-/// The flood (all-zero MAC) entries of the bridge FDB, by ifindex.
-pub async fn flood() -> std::io::Result<BTreeMap<u32, BTreeSet<IpAddr>>> {
+/// The bridge FDB by ifindex: flood (all-zero MAC) destinations and how many other MACs.
+pub async fn fdb() -> std::io::Result<BTreeMap<u32, DeviceFdb>> {
     // struct ndmsg of the bridge family.
     let mut body = vec![0u8; 12];
     body[0] = AF_BRIDGE;
     let req = request(RTM_GETNEIGH, &body);
     for attempt in 0..2 {
-        let mut out: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
-        match dump(&req, RTM_NEWNEIGH, |p| {
-            if let Some((i, d)) = flood_entry(p) {
-                out.entry(i).or_default().insert(d);
+        let mut out: BTreeMap<u32, DeviceFdb> = BTreeMap::new();
+        match dump(&req, RTM_NEWNEIGH, |p| match fdb_entry(p) {
+            Some((i, FdbEntry::Flood(d))) => {
+                out.entry(i).or_default().flood.insert(d);
             }
+            Some((i, FdbEntry::Mac)) => out.entry(i).or_default().learned += 1,
+            None => {}
         })
         .await
         {
@@ -321,6 +348,7 @@ mod tests {
         data.extend(attr(IFLA_VXLAN_LOCAL, &[192, 0, 2, 1]));
         data.extend(attr(IFLA_VXLAN_LEARNING, &[1]));
         data.extend(attr(IFLA_VXLAN_PORT, &4789u16.to_be_bytes()));
+        data.extend(attr(IFLA_VXLAN_LIMIT, &4097u32.to_ne_bytes()));
         let mut info = attr(IFLA_INFO_KIND, b"vxlan\0");
         info.extend(attr(IFLA_INFO_DATA | 0x8000, &data));
         p.extend(attr(IFLA_LINKINFO | 0x8000, &info));
@@ -336,10 +364,15 @@ mod tests {
             (Some(101), Some(2), Some(4789), true)
         );
         assert_eq!(x.local, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            x.mac_limit,
+            Some(4096),
+            "the flood entry counts in the kernel's limit"
+        );
     }
 
     #[test]
-    fn only_all_zero_entries_are_flood_entries() {
+    fn all_zero_entries_are_flood_entries_and_others_macs() {
         let entry = |mac: [u8; 6]| {
             let mut p = vec![0u8; 12];
             p[0] = AF_BRIDGE;
@@ -349,10 +382,13 @@ mod tests {
             p
         };
         assert_eq!(
-            flood_entry(&entry([0; 6])),
-            Some((7, "198.51.100.2".parse().unwrap()))
+            fdb_entry(&entry([0; 6])),
+            Some((7, FdbEntry::Flood("198.51.100.2".parse().unwrap())))
         );
-        assert_eq!(flood_entry(&entry([2, 0, 0, 0, 0, 1])), None);
+        assert_eq!(
+            fdb_entry(&entry([2, 0, 0, 0, 0, 1])),
+            Some((7, FdbEntry::Mac))
+        );
     }
 
     #[test]
@@ -374,7 +410,7 @@ mod tests {
     async fn this_namespace_can_be_dumped() {
         let l = links().await.unwrap();
         assert!(l.contains_key("lo"), "{:?}", l.keys().collect::<Vec<_>>());
-        assert!(flood().await.is_ok());
+        assert!(fdb().await.is_ok());
     }
 
     /// Link and neighbour messages, random or a real one mutated: parsed or skipped, no panic.
@@ -388,7 +424,7 @@ mod tests {
             #[test]
             fn random_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
                 let _ = link(&bytes);
-                let _ = flood_entry(&bytes);
+                let _ = fdb_entry(&bytes);
                 let _ = learned_entry(&bytes);
             }
 

@@ -52,6 +52,20 @@ pub struct VxlanAttrs {
     pub port: Option<u16>,
     pub underlay_index: Option<u32>,
     pub learning: bool,
+    /// How many remote MACs the device may learn (`None`: the kernel sets no limit).
+    pub mac_limit: Option<u32>,
+}
+
+/// The kernel's limit on a VXLAN device's FDB (`IFLA_VXLAN_LIMIT`) counts every entry,
+/// the one all-zero flood entry (whatever its number of destinations) included: a device
+/// that may learn `mac_limit` MACs holds one entry more.
+pub fn fdb_limit(mac_limit: u32) -> u32 {
+    mac_limit.saturating_add(1)
+}
+
+/// The MAC limit a device's FDB limit leaves (0: no limit).
+pub fn mac_limit_of(fdb_limit: u32) -> Option<u32> {
+    (fdb_limit > 0).then(|| fdb_limit - 1)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +79,8 @@ pub struct ObservedLink {
     pub vxlan: Option<VxlanAttrs>,
     /// For VXLAN devices: destinations of all-zero FDB entries.
     pub flood: BTreeSet<IpAddr>,
+    /// For VXLAN devices: the MACs it learned (FDB entries other than the flood entry).
+    pub learned_macs: usize,
     /// The device's counters, when the kernel reported them.
     pub stats: Option<LinkStats>,
 }
@@ -170,17 +186,18 @@ impl Netlink {
     pub async fn observe(&self) -> Result<ObservedLinks, NetlinkError> {
         // Each dump on a socket of its own, the FDB one in a task of its own: the kernel fills
         // a dump inside the reading thread's recvmsg, so only two tasks make it two cores.
-        let flood = tokio::spawn(dump::flood());
+        let fdb = tokio::spawn(dump::fdb());
         let links = dump::links().await;
-        let flood = flood
+        let fdb = fdb
             .await
             .map_err(|e| NetlinkError::Dump("FDB entries", std::io::Error::other(e)))?;
         let mut links = links.map_err(|e| NetlinkError::Dump("links", e))?;
-        let mut flood = flood.map_err(|e| NetlinkError::Dump("FDB entries", e))?;
+        let mut fdb = fdb.map_err(|e| NetlinkError::Dump("FDB entries", e))?;
         tracing::debug!(links = links.len(), "links and FDB dumped");
         for l in links.values_mut().filter(|l| l.vxlan.is_some()) {
-            if let Some(f) = flood.remove(&l.index) {
-                l.flood = f;
+            if let Some(f) = fdb.remove(&l.index) {
+                l.flood = f.flood;
+                l.learned_macs = f.learned;
             }
         }
         Ok(ObservedLinks { links })
@@ -258,7 +275,8 @@ impl Netlink {
     pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), NetlinkError> {
         let mut b = LinkVxlan::new(&spec.name, spec.vni)
             .port(spec.port)
-            .learning(true);
+            .learning(true)
+            .limit(fdb_limit(spec.mac_limit));
         if let Some(dev) = spec.underlay_index {
             b = b.dev(dev);
         }
@@ -510,6 +528,7 @@ fn parse_link(m: &LinkMessage) -> Option<ObservedLink> {
         kind,
         vxlan,
         flood: BTreeSet::new(),
+        learned_macs: 0,
         stats: None,
     })
 }
@@ -521,6 +540,7 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
         port: None,
         underlay_index: None,
         learning: false,
+        mac_limit: None,
     };
     for a in attrs {
         match a {
@@ -530,6 +550,7 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
             InfoVxlan::Port(p) => v.port = Some(*p),
             InfoVxlan::Link(i) => v.underlay_index = Some(*i),
             InfoVxlan::Learning(l) => v.learning = *l,
+            InfoVxlan::Limit(n) => v.mac_limit = mac_limit_of(*n),
             _ => {}
         }
     }
