@@ -9,11 +9,17 @@
 //!
 //! The table is replaced atomically in one `nft -f -` batch, is in place before any VXLAN
 //! device comes up, stays when the daemon stops or crashes, and goes only with `down`.
+//!
+//! On the kernel path the guard has a second layer that an nftables flush cannot remove:
+//! xfrm block policies for VXLAN and the probes, in and out, behind the per-peer policies
+//! ([`crate::xfrm::Block`]). Without charon's policies (charon stopped, a connection
+//! unloaded) or without an SA's decryption (a forged sender), they drop what the table would.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::model::IpsecBackend;
+use crate::xfrm;
 
 /// kernel-libipsec's TUN device.
 pub const LIBIPSEC_TUN: &str = "ipsec0";
@@ -92,6 +98,20 @@ impl GuardSpec {
         )
     }
 
+    /// The ports the guard keeps closed outside the SAs: VXLAN, and the probes next to it.
+    fn ports(&self) -> [u16; 2] {
+        [self.vxlan_port, crate::probe::port(self.vxlan_port)]
+    }
+
+    /// The second layer: xfrm block policies, on the kernel path only (with libipsec charon
+    /// installs no policies, and a block would stop VXLAN on its way to charon's TUN).
+    pub fn blocks(&self) -> Vec<xfrm::Block> {
+        match self.backend {
+            IpsecBackend::Kernel => xfrm::blocks(&self.ports()),
+            IpsecBackend::Libipsec => vec![],
+        }
+    }
+
     /// Batch that replaces the table atomically (create-if-missing, delete, recreate).
     pub fn batch(&self) -> String {
         format!(
@@ -108,6 +128,8 @@ pub enum GuardError {
     Spawn(std::io::Error),
     #[error("nft refused the guard table {table}: {stderr}")]
     Nft { table: String, stderr: String },
+    #[error("the guard's xfrm block policies: {0}")]
+    Xfrm(std::io::Error),
 }
 
 fn nft(input: &str, table: &str) -> Result<String, GuardError> {
@@ -172,18 +194,46 @@ pub fn matches(spec: &GuardSpec, listed: &str) -> bool {
             .all(|(w, h)| h.starts_with(w.split(" comment").next().unwrap_or(w)))
 }
 
-/// Install or replace the guard in one atomic batch.
-pub fn ensure(spec: &GuardSpec) -> Result<(), GuardError> {
-    nft(&spec.batch(), &spec.table).map(|_| ())
+/// Whether the kernel holds the xfrm layer `spec` wants on its ports: every block on the
+/// kernel path, none with libipsec.
+pub fn blocks_match(spec: &GuardSpec, policies: &[xfrm::Policy]) -> bool {
+    let ports = spec.ports();
+    let held: std::collections::BTreeSet<xfrm::Block> = xfrm::held_blocks(policies)
+        .into_iter()
+        .filter(|b| ports.contains(&b.port))
+        .collect();
+    held == spec.blocks().into_iter().collect()
 }
 
-/// Remove the guard table (absent is fine).
+/// Install or replace the guard: the table in one atomic batch, then the xfrm layer.
+pub fn ensure(spec: &GuardSpec) -> Result<(), GuardError> {
+    nft(&spec.batch(), &spec.table)?;
+    ensure_blocks(spec)
+}
+
+/// Put the xfrm layer as `spec` wants it (with libipsec: none of ours on its ports).
+pub fn ensure_blocks(spec: &GuardSpec) -> Result<(), GuardError> {
+    match spec.backend {
+        IpsecBackend::Kernel => xfrm::ensure_blocks(&spec.blocks()),
+        IpsecBackend::Libipsec => xfrm::remove_blocks(&xfrm::blocks(&spec.ports())),
+    }
+    .map_err(GuardError::Xfrm)
+}
+
+/// Remove the guard table (absent is fine), and the xfrm layer with it unless another
+/// instance's guard is left on this host (the block policies are the host's, not a bridge's).
 pub fn remove(table: &str) -> Result<(), GuardError> {
     nft(
         &format!("table inet {table}\ndelete table inet {table}\n"),
         table,
-    )
-    .map(|_| ())
+    )?;
+    let others = nft("list tables\n", table)?;
+    if others.lines().any(|l| l.contains("inet l2s_vnf_")) {
+        return Ok(());
+    }
+    let held = xfrm::dump().map_err(GuardError::Xfrm)?;
+    let ours: Vec<xfrm::Block> = xfrm::held_blocks(&held).into_iter().collect();
+    xfrm::remove_blocks(&ours).map_err(GuardError::Xfrm)
 }
 
 #[cfg(test)]
@@ -218,6 +268,27 @@ mod tests {
         let listed = include_str!("../tests/snapshots/guard-kernel.nft-listed");
         assert!(matches(&spec(IpsecBackend::Kernel), listed));
         assert!(!matches(&spec(IpsecBackend::Libipsec), listed));
+    }
+
+    #[test]
+    fn the_xfrm_layer_is_the_kernel_paths_only() {
+        let kernel = spec(IpsecBackend::Kernel);
+        let all: Vec<xfrm::Policy> = kernel.blocks().iter().map(xfrm::listed).collect();
+        assert_eq!(all.len(), 8);
+        assert!(blocks_match(&kernel, &all));
+        assert!(!blocks_match(&kernel, &all[1..]), "one missing");
+        assert!(!blocks_match(&kernel, &[]));
+        // Blocks on another port (another instance's) are not this guard's business.
+        let other: Vec<xfrm::Policy> = xfrm::blocks(&[8472]).iter().map(xfrm::listed).collect();
+        assert!(blocks_match(
+            &kernel,
+            &[all.clone(), other.clone()].concat()
+        ));
+        // libipsec: a block on its ports would stop VXLAN on its way to charon's TUN.
+        let libipsec = spec(IpsecBackend::Libipsec);
+        assert!(libipsec.blocks().is_empty());
+        assert!(blocks_match(&libipsec, &other));
+        assert!(!blocks_match(&libipsec, &all));
     }
 
     #[test]

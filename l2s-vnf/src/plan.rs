@@ -700,6 +700,12 @@ pub fn diff_security(
                         why: "rules differ",
                     })
                 }
+                Some(_) if !crate::guard::blocks_match(&d.guard, &obs.policies) => {
+                    pre.push(Change::EnsureGuard {
+                        spec: d.guard.clone(),
+                        why: "xfrm block policies differ",
+                    })
+                }
                 Some(_) => {}
             }
             let wanted = d
@@ -753,7 +759,7 @@ pub fn diff_security(
             for &(ports, v6) in &obs.vxlan_rules {
                 post.push(Change::RemoveVxlanRule { ports, v6 });
             }
-            if obs.guard.is_some() {
+            if obs.guard.is_some() || !crate::xfrm::held_blocks(&obs.policies).is_empty() {
                 post.push(Change::RemoveGuard {
                     table: crate::guard::table_name(bridge),
                 });
@@ -1089,6 +1095,20 @@ mod tests {
             text.last().map(String::as_str),
             Some("- guard: nftables table inet l2s_vnf_l2s0"),
             "{text:?}"
+        );
+        // The xfrm layer alone (the table flushed) still goes with `down`.
+        a.security.guard = None;
+        a.security.policies = crate::xfrm::blocks(&[4789])
+            .iter()
+            .map(crate::xfrm::listed)
+            .collect();
+        let p = teardown("l2s0", "a", &a);
+        assert!(
+            p.changes
+                .iter()
+                .any(|c| matches!(c, Change::RemoveGuard { .. })),
+            "{:?}",
+            p.changes
         );
         assert!(
             text.contains(&"- ipsec l2s-vnf:l2s0:b".to_string())

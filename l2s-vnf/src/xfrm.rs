@@ -7,6 +7,11 @@
 //! that still wins over ours (a pass or drop policy with an even higher priority, or another
 //! IPsec policy) would send VXLAN around the SA, where the guard drops it: the VLAN is dead
 //! although the SA is up. [`bypass`] says so, naming the policy.
+//!
+//! On the kernel path the guard has a second layer here, which an nftables flush cannot
+//! remove: [`Block`] policies that drop VXLAN and the probes, in and out, from and to any
+//! address — far behind the per-peer policies, so they decide only where no SA of ours does
+//! (charon stopped, a connection unloaded, a forged sender).
 
 use std::net::IpAddr;
 
@@ -15,6 +20,17 @@ use rtnetlink::sys::{Socket, SocketAddr};
 const NETLINK_XFRM: isize = 6;
 const XFRM_MSG_NEWPOLICY: u16 = 0x13;
 const XFRM_MSG_GETPOLICY: u16 = 0x15;
+const XFRM_MSG_DELPOLICY: u16 = 0x14;
+const XFRM_MSG_UPDPOLICY: u16 = 0x19;
+const NLM_F_ACK: u16 = 4;
+const XFRM_POLICY_IN: u8 = 0;
+const XFRM_POLICY_BLOCK: u8 = 1;
+/// No limit, in `struct xfrm_lifetime_cfg`.
+const XFRM_INF: u64 = u64::MAX;
+/// The priority of l2s-vnf's block policies, which is also their ownership mark ("L2S" in
+/// ASCII): far behind the per-peer policies (`ipsec::POLICY_PRIORITY`) and charon's
+/// automatic ones, so any policy with an SA for the traffic wins over them.
+pub const BLOCK_PRIORITY: u32 = 0x004c_3253;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
@@ -195,6 +211,167 @@ pub fn dump() -> std::io::Result<Vec<Policy>> {
     }
 }
 
+/// One block policy of the guard's second layer: UDP to `port`, from and to any address of
+/// a family, in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Block {
+    pub v6: bool,
+    pub inbound: bool,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "block {} udp dport {} ({})",
+            if self.inbound { "in" } else { "out" },
+            self.port,
+            if self.v6 { "IPv6" } else { "IPv4" }
+        )
+    }
+}
+
+/// The block policies for these ports: both families, both directions.
+pub fn blocks(ports: &[u16]) -> Vec<Block> {
+    let mut out = vec![];
+    for &port in ports {
+        for v6 in [false, true] {
+            for inbound in [false, true] {
+                out.push(Block { v6, inbound, port });
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The block policies of ours the kernel holds (known by their priority and shape).
+pub fn held_blocks(policies: &[Policy]) -> std::collections::BTreeSet<Block> {
+    policies
+        .iter()
+        .filter(|p| {
+            p.priority == BLOCK_PRIORITY
+                && p.action == XFRM_POLICY_BLOCK
+                && p.proto == IPPROTO_UDP
+                && p.src_len == 0
+                && p.dst_len == 0
+                && p.dport_mask == 0xffff
+                && p.ifindex == 0
+                && !p.esp
+                && !p.special
+                && matches!(p.dir, XFRM_POLICY_IN | XFRM_POLICY_OUT)
+        })
+        .map(|p| Block {
+            v6: p.src.is_ipv6(),
+            inbound: p.dir == XFRM_POLICY_IN,
+            port: p.dport,
+        })
+        .collect()
+}
+
+/// `struct xfrm_selector` of a block: any address of the family, UDP to the port.
+fn selector(b: &Block) -> [u8; 56] {
+    let mut s = [0u8; 56];
+    s[32..34].copy_from_slice(&b.port.to_be_bytes());
+    s[34..36].copy_from_slice(&0xffffu16.to_be_bytes());
+    s[40..42].copy_from_slice(&(if b.v6 { 10u16 } else { 2u16 }).to_ne_bytes());
+    s[44] = IPPROTO_UDP;
+    s
+}
+
+fn dir(b: &Block) -> u8 {
+    if b.inbound {
+        XFRM_POLICY_IN
+    } else {
+        XFRM_POLICY_OUT
+    }
+}
+
+/// `struct xfrm_userpolicy_info` of a block policy.
+fn policy_info(b: &Block) -> Vec<u8> {
+    let mut p = Vec::with_capacity(POLICY_INFO_LEN);
+    p.extend_from_slice(&selector(b));
+    // struct xfrm_lifetime_cfg: four limits (none), four expiry times (never).
+    for _ in 0..4 {
+        p.extend_from_slice(&XFRM_INF.to_ne_bytes());
+    }
+    p.resize(56 + 64 + 32, 0); // … and struct xfrm_lifetime_cur, zero.
+    p.extend_from_slice(&BLOCK_PRIORITY.to_ne_bytes());
+    p.extend_from_slice(&0u32.to_ne_bytes()); // index: the kernel picks one
+    p.push(dir(b));
+    p.push(XFRM_POLICY_BLOCK);
+    p.resize(POLICY_INFO_LEN, 0);
+    p
+}
+
+/// `struct xfrm_userpolicy_id` of a block policy (to delete it).
+fn policy_id(b: &Block) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64);
+    p.extend_from_slice(&selector(b));
+    p.extend_from_slice(&0u32.to_ne_bytes());
+    p.push(dir(b));
+    p.resize(64, 0);
+    p
+}
+
+/// A block policy as a dump would list it (for tests elsewhere).
+#[cfg(test)]
+pub fn listed(b: &Block) -> Policy {
+    parse(&policy_info(b)).expect("a block policy parses")
+}
+
+/// Send one request and read its acknowledgement.
+fn request(ty: u16, payload: &[u8]) -> std::io::Result<()> {
+    let mut sock = Socket::new(NETLINK_XFRM)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let len = 16 + payload.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&ty.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(payload);
+    sock.send(&msg, 0)?;
+    let mut buf = vec![0u8; 4096];
+    let n = sock.recv(&mut &mut buf[..], 0)?;
+    match (u16_at(&buf[..n], 4), buf.get(16..20)) {
+        (Some(NLMSG_ERROR), Some(code)) => {
+            let code = i32::from_ne_bytes(code.try_into().unwrap_or_default());
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(-code))
+            }
+        }
+        _ => Err(std::io::Error::other("no acknowledgement from the kernel")),
+    }
+}
+
+/// Install (or update in place) each block policy.
+pub fn ensure_blocks(want: &[Block]) -> std::io::Result<()> {
+    for b in want {
+        request(XFRM_MSG_UPDPOLICY, &policy_info(b))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("xfrm {b}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Delete these block policies (one already gone is fine).
+pub fn remove_blocks(list: &[Block]) -> std::io::Result<()> {
+    for b in list {
+        match request(XFRM_MSG_DELPOLICY, &policy_id(b)) {
+            Err(e) if e.raw_os_error() != Some(2) => {
+                return Err(std::io::Error::new(e.kind(), format!("xfrm {b}: {e}")))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(i)) => {
@@ -264,6 +441,74 @@ pub fn bypass(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_policy_reads_back_as_ours() {
+        for b in blocks(&[4789, 4790]) {
+            let p = parse(&policy_info(&b)).unwrap();
+            assert_eq!(
+                (p.priority, p.action, p.proto, p.dport, p.dport_mask),
+                (
+                    BLOCK_PRIORITY,
+                    XFRM_POLICY_BLOCK,
+                    IPPROTO_UDP,
+                    b.port,
+                    0xffff
+                )
+            );
+            assert_eq!(held_blocks(&[p]).into_iter().collect::<Vec<_>>(), [b]);
+        }
+        assert_eq!(blocks(&[4789, 4790]).len(), 8);
+        // Another priority is not ours.
+        let mut p = parse(&policy_info(&blocks(&[4789])[0])).unwrap();
+        p.priority = 1000;
+        assert!(held_blocks(&[p]).is_empty());
+    }
+
+    /// In a network namespace of its own (a thread's, root only): the blocks are installed,
+    /// read back, stop a datagram to the VXLAN port and no other, and go again.
+    #[test]
+    fn block_policies_stop_vxlan_in_a_namespace_of_their_own() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) on this thread only; it touches no memory of ours.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET) needs root: {}",
+                std::io::Error::last_os_error()
+            );
+            // A device to send through (loopback skips xfrm: `disable_xfrm`). Processes
+            // started from this thread live in its namespace.
+            for args in [
+                &["link", "add", "v0", "type", "veth", "peer", "name", "v1"][..],
+                &["addr", "add", "192.0.2.1/24", "dev", "v0"],
+                &["link", "set", "v0", "up"],
+                &["link", "set", "v1", "up"],
+            ] {
+                let ok = std::process::Command::new("ip").args(args).status();
+                assert!(ok.is_ok_and(|s| s.success()), "ip {args:?}");
+            }
+            let want = blocks(&[4789, 4790]);
+            ensure_blocks(&want).unwrap();
+            ensure_blocks(&want).unwrap(); // updating in place is idempotent
+            let held = held_blocks(&dump().unwrap());
+            assert_eq!(held.into_iter().collect::<Vec<_>>(), want);
+            let sock = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+            let sent = |port: u16| sock.send_to(b"x", ("192.0.2.2", port));
+            let e = sent(4789).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+            assert!(sent(4790).is_err(), "the probe port");
+            sent(4791).unwrap();
+            remove_blocks(&want).unwrap();
+            remove_blocks(&want).unwrap(); // already gone is fine
+            assert!(held_blocks(&dump().unwrap()).is_empty());
+            sent(4789).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
 
     fn policy(src: &str, src_len: u8, dst: &str, dst_len: u8, prio: u32, esp: bool) -> Policy {
         Policy {

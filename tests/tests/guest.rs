@@ -524,7 +524,67 @@ fn the_paper_sites_on_the_production_stack() {
     );
     s.service("with l2s-vnf stopped");
     s.capture_clean("with l2s-vnf stopped");
+
+    // 5b. The guard's second layer alone: l2s-vnf stopped, every nftables rule flushed and
+    // charon stopped (its per-peer policies gone with it) at site A. Only the xfrm block
+    // policies are left, and they keep VXLAN off the underlay in both directions.
+    let blocks = s.sh("ip xfrm policy list priority 4993619 action block | grep -c '^src'");
+    assert_eq!(blocks.trim(), "8", "xfrm block policies at site A");
+    let xfrm_stat = |name: &str| -> u64 {
+        s.sh(&format!(
+            "awk '$1 == \"{name}\" {{ print $2 }}' /proc/net/xfrm_stat"
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    s.sh("nft flush ruleset && systemctl stop strongswan");
+    assert!(
+        !s.ok("ip xfrm policy list | grep -q 'priority 1000 '"),
+        "charon's per-peer policies outlived charon"
+    );
+    let (out0, in0) = (xfrm_stat("XfrmOutPolBlock"), xfrm_stat("XfrmInPolBlock"));
+    assert!(
+        !s.ok("ip netns exec a101 ping -c 3 -W 1 10.101.0.2 >/dev/null"),
+        "a VNF at A reached B with charon and the nftables guard gone"
+    );
+    let heard = s
+        .g
+        .run("ip netns exec a101 /root/lab/listen.py 9997 4 & sleep 1; ip netns exec rogue /root/lab/forge-vxlan.py 198.51.100.1 9997; wait $!")
+        .unwrap();
+    assert!(
+        !heard.status.success(),
+        "a forged clear-text VXLAN frame reached a VNF at A with only the xfrm layer left"
+    );
+    let (out1, in1) = (xfrm_stat("XfrmOutPolBlock"), xfrm_stat("XfrmInPolBlock"));
+    eprintln!(
+        "guest: xfrm layer alone (daemon, nftables and charon gone at A): {} VXLAN datagrams out and {} forged in stopped by the block policies",
+        out1 - out0,
+        in1 - in0
+    );
+    assert!(out1 > out0, "the block policies stopped nothing going out");
+    assert!(
+        in1 >= in0 + 5,
+        "the block policies stopped {} of 5 forged frames",
+        in1 - in0
+    );
+    s.capture_clean("with only the xfrm layer left");
+    // Negative control: the blocks deleted by hand, the same forged frames arrive.
+    s.sh("for d in in out; do for p in 4789 4790; do ip xfrm policy delete src 0.0.0.0/0 dst 0.0.0.0/0 proto udp dport $p dir $d; ip xfrm policy delete src ::/0 dst ::/0 proto udp dport $p dir $d; done; done");
+    let heard = s
+        .g
+        .run("ip netns exec a101 /root/lab/listen.py 9997 4 & sleep 1; ip netns exec rogue /root/lab/forge-vxlan.py 198.51.100.1 9997; wait $!")
+        .unwrap();
+    assert!(
+        heard.status.success(),
+        "control: without the block policies (and nothing else) a forged frame must arrive"
+    );
+    s.sh("systemctl start strongswan");
     s.event("systemctl start l2s-vnf", "systemctl start l2s-vnf");
+    assert!(
+        s.ok("nft list table inet l2s_vnf_l2s0 >/dev/null"),
+        "the guard table is back with the daemon"
+    );
 
     // 6. Forged clear-text VXLAN from a rogue underlay host never reaches a VNF.
     let heard = s.g.run(
@@ -732,6 +792,12 @@ fn the_paper_sites_on_the_production_stack() {
     assert!(
         !s.ok("nft list table inet l2s_vnf_l2s0 >/dev/null 2>&1"),
         "guard left"
+    );
+    assert_eq!(
+        s.sh("ip xfrm policy list action block | grep -c '^src' || true")
+            .trim(),
+        "0",
+        "the guard's xfrm block policies left"
     );
     assert_eq!(
         s.sh("swanctl --list-conns 2>/dev/null | grep -c '^l2s-vnf:' || true")

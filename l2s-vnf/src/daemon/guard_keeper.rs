@@ -122,7 +122,34 @@ async fn keep(
                 format!("~ guard: nftables table inet {table}"),
                 "rules differ",
             ),
-            Some(_) => continue,
+            Some(_) => {
+                // The second layer, on its own: an `ip xfrm policy flush` leaves the table.
+                let w = want.clone();
+                let held = tokio::task::spawn_blocking(move || {
+                    crate::xfrm::dump().map(|p| guard::blocks_match(&w, &p))
+                })
+                .await;
+                if !matches!(held, Ok(Ok(false))) {
+                    continue;
+                }
+                let put = tokio::task::spawn_blocking(move || guard::ensure_blocks(&want)).await;
+                match put {
+                    Ok(Ok(())) => {
+                        warn!(%table, after = %woke, "the guard's xfrm block policies were gone: put back");
+                        let _ = repairs.send((
+                            woke,
+                            "~ guard: xfrm block policies (gone; by the guard keeper)".into(),
+                        ));
+                    }
+                    Ok(Err(e)) => {
+                        error!(%table, "cannot put the guard's xfrm block policies back: {e}")
+                    }
+                    Err(e) => {
+                        error!(%table, "cannot put the guard's xfrm block policies back: {e}")
+                    }
+                }
+                continue;
+            }
         };
         match tokio::task::spawn_blocking(move || guard::ensure(&want)).await {
             Ok(Ok(())) => {
