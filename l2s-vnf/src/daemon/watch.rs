@@ -152,10 +152,14 @@ async fn ovsdb_watch(path: PathBuf, tx: Triggers, replica: Arc<Replica>) {
 }
 
 /// The links whose events matter: access ports, VTEPs (by name, prefix or alias) and the
-/// underlay.
+/// underlay; and the addresses: the underlay's only (where the VTEP address lives).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interest {
     names: BTreeSet<String>,
+    underlay: String,
+    /// The underlay's ifindex, once a link message has named it (until then every address
+    /// event counts: one too many reconciles, never one too few).
+    underlay_index: Option<u32>,
 }
 
 impl Interest {
@@ -167,7 +171,28 @@ impl Interest {
             .collect();
         names.extend(cfg.vlans.iter().map(|v| vxlan_device_name(v.vni)));
         names.insert(cfg.site.underlay.clone());
-        Interest { names }
+        Interest {
+            names,
+            underlay: cfg.site.underlay.clone(),
+            underlay_index: None,
+        }
+    }
+
+    /// Learn the underlay's ifindex from a link message about it (it may be re-created).
+    fn learn(&mut self, msg: &RouteNetlinkMessage) {
+        if let RouteNetlinkMessage::NewLink(m) = msg {
+            let named = m
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == self.underlay));
+            if named {
+                self.underlay_index = Some(m.header.index);
+            }
+        }
+    }
+
+    fn address(&self, index: u32) -> bool {
+        self.underlay_index.is_none_or(|u| u == index)
     }
 
     fn link(&self, m: &LinkMessage) -> Option<String> {
@@ -210,12 +235,14 @@ pub fn classify(msg: &RouteNetlinkMessage, interest: &Interest) -> Option<String
         }
         M::NewRule(_) => Some("policy rule added".into()),
         M::DelRule(_) => Some("policy rule deleted".into()),
-        M::NewAddress(_) | M::DelAddress(_) => Some("an address changed".into()),
+        M::NewAddress(a) | M::DelAddress(a) => interest
+            .address(a.header.index)
+            .then(|| format!("an address of {} changed", interest.underlay)),
         _ => None,
     }
 }
 
-async fn netlink_watch(interest: Interest, tx: Triggers) {
+async fn netlink_watch(mut interest: Interest, tx: Triggers) {
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Neigh,
@@ -225,6 +252,10 @@ async fn netlink_watch(interest: Interest, tx: Triggers) {
         MulticastGroup::Ipv6Ifaddr,
     ];
     loop {
+        // Where the underlay is now (a dump: no event may have named it yet).
+        if let Ok(index) = nix::net::if_::if_nametoindex(interest.underlay.as_str()) {
+            interest.underlay_index = Some(index);
+        }
         match rtnetlink::new_multicast_connection(&groups) {
             Ok((conn, _handle, mut messages)) => {
                 // The connection runs in this task (not spawned), so that stopping the
@@ -232,6 +263,7 @@ async fn netlink_watch(interest: Interest, tx: Triggers) {
                 let events = async {
                     while let Some((m, _)) = messages.next().await {
                         if let NetlinkPayload::InnerMessage(inner) = &m.payload {
+                            interest.learn(inner);
                             if let Some(what) = classify(inner, &interest) {
                                 fire(&tx, "netlink", what);
                             }
@@ -404,6 +436,35 @@ mod tests {
         )))
         .is_some());
         assert_eq!(c(RouteNetlinkMessage::NewLink(link("veth9", None))), None);
+    }
+
+    #[test]
+    fn only_the_underlays_addresses_wake_the_daemon() {
+        use rtnetlink::packet_route::address::AddressMessage;
+        let mut i = Interest::of(&cfg());
+        let addr = |index: u32| {
+            let mut a = AddressMessage::default();
+            a.header.index = index;
+            RouteNetlinkMessage::NewAddress(a)
+        };
+        // Before the underlay's index is known, any address counts.
+        assert!(classify(&addr(9), &i).is_some());
+        let mut eth1 = link("eth1", None);
+        eth1.header.index = 3;
+        i.learn(&RouteNetlinkMessage::NewLink(eth1));
+        assert_eq!(
+            classify(&addr(3), &i).as_deref(),
+            Some("an address of eth1 changed")
+        );
+        assert_eq!(
+            classify(&addr(9), &i),
+            None,
+            "a VNF-side or other device's address"
+        );
+        let mut veth = link("veth9", None);
+        veth.header.index = 9;
+        i.learn(&RouteNetlinkMessage::NewLink(veth));
+        assert_eq!(classify(&addr(9), &i), None);
     }
 
     #[test]
