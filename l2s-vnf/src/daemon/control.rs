@@ -108,10 +108,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 const MAX_REQUEST: u64 = 4096;
+/// Clients served at once; one more is told the daemon is busy and let go.
+pub const MAX_CLIENTS: usize = 16;
+/// How long a client may take to send its request, or to take its reply.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accept clients until the daemon ends; each request goes to `jobs`.
 pub async fn serve(listener: UnixListener, jobs: mpsc::Sender<Job>) {
     let me = nix::unistd::geteuid().as_raw();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -128,12 +133,29 @@ pub async fn serve(listener: UnixListener, jobs: mpsc::Sender<Job>) {
             }
             Err(_) => continue,
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!("control socket: {MAX_CLIENTS} clients already; one more turned away");
+            tokio::spawn(busy(stream));
+            continue;
+        };
         let jobs = jobs.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, jobs).await {
                 debug!(error = %e, "control client");
             }
+            drop(slot);
         });
+    }
+}
+
+/// Tell a client over the cap so, without reading its request (bounded in time).
+async fn busy(mut stream: UnixStream) {
+    let reply = Reply::error(format!(
+        "the daemon is busy: {MAX_CLIENTS} control clients already; try again"
+    ));
+    if let Ok(mut out) = serde_json::to_vec(&reply) {
+        out.push(b'\n');
+        let _ = tokio::time::timeout(CLIENT_TIMEOUT, stream.write_all(&out)).await;
     }
 }
 
@@ -141,7 +163,7 @@ async fn handle(stream: UnixStream, jobs: mpsc::Sender<Job>) -> std::io::Result<
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let n = tokio::time::timeout(
-        Duration::from_secs(5),
+        CLIENT_TIMEOUT,
         BufReader::new(rd.take(MAX_REQUEST)).read_line(&mut line),
     )
     .await
@@ -163,8 +185,12 @@ async fn handle(stream: UnixStream, jobs: mpsc::Sender<Job>) -> std::io::Result<
     };
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
-    wr.write_all(&out).await?;
-    wr.shutdown().await
+    tokio::time::timeout(CLIENT_TIMEOUT, async {
+        wr.write_all(&out).await?;
+        wr.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "reply not taken"))?
 }
 
 /// Ask the daemon behind `path`. `timeout` covers the whole exchange.
@@ -212,6 +238,42 @@ mod tests {
             Request::Reload
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"down"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn clients_over_the_cap_are_told_the_daemon_is_busy() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("control.sock");
+        let (tx, mut rx) = mpsc::channel::<Job>(1);
+        tokio::spawn(serve(bind(&path).unwrap(), tx));
+        tokio::spawn(async move {
+            while let Some((_, back)) = rx.recv().await {
+                let _ = back.send(Reply {
+                    ok: true,
+                    ..Default::default()
+                });
+            }
+        });
+        // Clients that connect and say nothing hold every slot…
+        let mut idle = vec![];
+        for _ in 0..MAX_CLIENTS {
+            idle.push(UnixStream::connect(&path).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = request(&path, Request::Status, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(
+            r.error.as_deref().is_some_and(|e| e.contains("busy")),
+            "{r:?}"
+        );
+        // …until they go.
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = request(&path, Request::Status, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
     }
 
     #[tokio::test]
