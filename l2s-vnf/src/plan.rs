@@ -19,6 +19,8 @@ use crate::storm::{ObservedStorm, StormLimit};
 /// The guard, the policy rule and charon's connections as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedSecurity {
+    /// What charon could not be asked, and why (each left unknown, as `None` below).
+    pub charon_unknown: Vec<String>,
     /// `nft list table` output of our guard table, if it exists.
     pub guard: Option<String>,
     /// Destination port ranges of our policy rules, per family (false = IPv4).

@@ -451,6 +451,13 @@ pub fn build(
                 cfg.ipsec.vici.display()
             ));
         }
+        warnings.extend(
+            actual
+                .security
+                .charon_unknown
+                .iter()
+                .map(|u| format!("charon cannot tell {u}")),
+        );
         for p in peers.iter().filter(|p| !p.up) {
             warnings.push(format!(
                 "no established SA with peer {} ({})",

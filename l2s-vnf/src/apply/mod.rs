@@ -147,6 +147,7 @@ impl System {
                     Default::default(),
                     (None, None, None),
                     (None, None, None),
+                    vec![],
                 ));
             };
             let conns: Vec<ObservedConn> = v
@@ -160,19 +161,26 @@ impl System {
                 .into_iter()
                 .filter(|(n, _)| ipsec::owned_conn(n, bridge))
                 .collect();
-            // A charon without `get-shared` (before 5.7) cannot tell.
-            let keys = v.shared_keys().await.ok();
-            let authorities = v.get_authorities().await.ok().map(|a| {
+            // What charon cannot tell is not known (`None`: the diff leaves it alone), and
+            // status says why. A charon without `get-shared` (before 5.7) cannot tell.
+            let mut unknown = vec![];
+            let u = &mut unknown;
+            let keys = known(u, "its shared keys", v.shared_keys().await);
+            let authorities = known(u, "its authorities", v.get_authorities().await).map(|a| {
                 a.into_iter()
                     .filter(|n| ipsec::owned_conn(n, bridge))
                     .collect::<Vec<_>>()
             });
-            let key_ids = v.get_keys().await.ok();
-            let own_certs = v.certs_of(&cfg.site.id).await.ok();
-            let crls = v.crls().await.ok();
+            let key_ids = known(u, "its private keys", v.get_keys().await);
+            let own_certs = known(
+                u,
+                "this site's certificates",
+                v.certs_of(&cfg.site.id).await,
+            );
+            let crls = known(u, "its CRLs", v.crls().await);
             // Peers' certificates matter here only when a CRL could revoke them.
             let certs = match &cfg.ipsec.pki {
-                Some(p) if !p.creds.crls.is_empty() => Some(peer_certs(v, cfg).await),
+                Some(p) if !p.creds.crls.is_empty() => Some(peer_certs(v, cfg, &mut unknown).await),
                 _ => None,
             };
             Ok((
@@ -180,6 +188,7 @@ impl System {
                 sas,
                 (keys, authorities, key_ids),
                 (own_certs, crls, certs),
+                unknown,
             ))
         };
         let table = guard::table_name(bridge);
@@ -226,13 +235,15 @@ impl System {
             policies,
             storm
         );
-        let (conns, sas, (keys, authorities, key_ids), (own_certs, crls, peer_certs)) = charon?;
+        let (conns, sas, (keys, authorities, key_ids), (own_certs, crls, peer_certs), unknown) =
+            charon?;
         let revoked = peer_certs
             .as_ref()
             .map(|c| revoked_peers(cfg, c))
             .unwrap_or_default();
         let (links, rules) = links_and_rules?;
         let security = ObservedSecurity {
+            charon_unknown: unknown,
             guard: guard_listing,
             vxlan_rules: rules,
             conns,
@@ -571,16 +582,28 @@ pub async fn load_creds(
 /// The certificate charon verified for each peer that authenticates with one: the newest
 /// (by start of validity) charon holds for the peer's identity, which is the one its next
 /// authentication uses. Peers charon holds none for are left out.
+/// The answer, or `None` with what could not be asked noted for status.
+fn known<T>(unknown: &mut Vec<String>, what: &str, r: Result<T, vici::ViciError>) -> Option<T> {
+    r.map_err(|e| unknown.push(format!("{what}: {e}"))).ok()
+}
+
 pub async fn peer_certs(
     v: &vici::Client,
     cfg: &crate::config::SiteConfig,
+    unknown: &mut Vec<String>,
 ) -> std::collections::BTreeMap<String, crate::pki::CertInfo> {
     let mut out = std::collections::BTreeMap::new();
     for p in cfg.peers.iter().filter(|p| p.auth == AuthMethod::Pubkey) {
         // The config's identities parse (validation checked them).
-        let (Ok(id), Ok(ders)) = (crate::pki::Identity::parse(&p.id), v.certs_of(&p.id).await)
-        else {
+        let Ok(id) = crate::pki::Identity::parse(&p.id) else {
             continue;
+        };
+        let ders = match v.certs_of(&p.id).await {
+            Ok(d) => d,
+            Err(e) => {
+                unknown.push(format!("peer {}'s certificates: {e}", p.name));
+                continue;
+            }
         };
         let newest = ders
             .iter()

@@ -549,7 +549,16 @@ impl Daemon {
                 // Observation read them already when CRLs are configured: not twice.
                 let certs = match &actual.security.peer_certs {
                     Some(c) => c.clone(),
-                    None => apply::peer_certs(v, &self.cfg).await,
+                    None => {
+                        let mut unknown = vec![];
+                        let c = apply::peer_certs(v, &self.cfg, &mut unknown).await;
+                        s.warnings.extend(
+                            unknown
+                                .into_iter()
+                                .map(|u| format!("charon cannot tell {u}")),
+                        );
+                        c
+                    }
                 };
                 let mut problems: BTreeMap<String, String> = self
                     .authlog
