@@ -421,39 +421,43 @@ fn an_attacker_on_the_underlay_reaches_no_vnf_and_breaks_no_sa() {
         t.lab.site("a").underlay_ip.clone(),
         t.lab.site("b").underlay_ip.clone(),
     );
-    let attack = |what: &str, port: u16| -> u64 {
+    let attack = |what: &str, target: &str, port: u16| -> u64 {
         let out = sh(netns(&rogue, "python3").args([
             "-c",
             ATTACK,
             what,
             &b_ip,
-            &a_ip,
+            target,
             &port.to_string(),
         ]))
         .unwrap_or_else(|e| panic!("{what}: {e}"));
         out.trim().parse().unwrap()
     };
 
-    for (i, what) in ["vxlan", "fragments", "probes"].into_iter().enumerate() {
-        let port = 9980 + i as u16;
-        assert!(
-            hears_real_broadcast(&t.b101, &t.a101, port),
-            "{what}: control: a real broadcast over IPsec must arrive"
-        );
-        let before = t.lab.guard_drops_in("a").unwrap();
-        let mut l = listen_udp(&t.a101, port, 3).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let sent = attack(what, port);
-        assert!(
-            !l.wait().unwrap().success(),
-            "{what}: a forged packet from B's address reached a VNF at A"
-        );
-        let dropped = t.lab.guard_drops_in("a").unwrap() - before;
-        eprintln!("forged {what} from B's address: {sent} packets sent, {dropped} dropped by A's guard, none delivered");
-        assert!(
-            dropped >= 50,
-            "{what}: the guard counted {dropped} of the forged datagrams"
-        );
+    // At A (B's initiator) and at C (a responder to both), with B's address forged.
+    for (site, vnf) in [("a", &t.a101), ("c", &t.c101)] {
+        let target = t.lab.site(site).underlay_ip.clone();
+        for (i, what) in ["vxlan", "fragments", "probes"].into_iter().enumerate() {
+            let port = 9980 + i as u16;
+            assert!(
+                hears_real_broadcast(&t.b101, vnf, port),
+                "{what} at {site}: control: a real broadcast over IPsec must arrive"
+            );
+            let before = t.lab.guard_drops_in(site).unwrap();
+            let mut l = listen_udp(vnf, port, 3).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let sent = attack(what, &target, port);
+            assert!(
+                !l.wait().unwrap().success(),
+                "{what}: a forged packet from B's address reached a VNF at {site}"
+            );
+            let dropped = t.lab.guard_drops_in(site).unwrap() - before;
+            eprintln!("forged {what} from B's address to {site}: {sent} packets sent, {dropped} dropped by its guard, none delivered");
+            assert!(
+                dropped >= 50,
+                "{what} at {site}: the guard counted {dropped} of the forged datagrams"
+            );
+        }
     }
 
     // The IKE_SA_INIT flood, while A rekeys its IKE_SAs and a ping stream runs.
