@@ -1,7 +1,8 @@
 #!/bin/sh
 # In a plain guest (l2s-guest-bench --scale N): l2s-vnf at N VLANs x 16 peers on the kernel
 # datapath beside the floor (the same objects by ip -batch, bridge -batch and one ovs-vsctl
-# transaction). Prints key=seconds lines.
+# transaction), and removal beside creation (`down`; the floor's del-br and ip -batch link
+# del). Prints key=seconds lines.
 set -eu
 n=$1 peers=16
 now() { date +%s.%N; }
@@ -36,10 +37,12 @@ PY
 t0=$(now); ip -batch /tmp/links; t1=$(now); bridge -batch /tmp/fdb; t2=$(now)
 xargs -a /tmp/vsctl ovs-vsctl --timeout=3600 >/dev/null; t3=$(now)
 echo "floor_ip=$(awk "BEGIN{print $t1 - $t0}") floor_bridge=$(awk "BEGIN{print $t2 - $t1}") floor_ovs=$(awk "BEGIN{print $t3 - $t2}")"
-ovs-vsctl del-br fl0; ip -batch /tmp/dels
+t0=$(now); ovs-vsctl del-br fl0; ip -batch /tmp/dels; t1=$(now)
+echo "floor_down=$(awk "BEGIN{print $t1 - $t0}")"
 c="l2s-vnf -c /tmp/scale.toml"
 t0=$(now); L2S_VNF_LOG=error $c apply >/dev/null; t1=$(now); L2S_VNF_LOG=error $c apply >/dev/null; t2=$(now)
 L2S_VNF_LOG=error l2s-vnf -c /tmp/scale-1.toml apply >/dev/null
 t3=$(now); L2S_VNF_LOG=error $c apply >/dev/null; t4=$(now)
 echo "apply=$(awk "BEGIN{print $t1 - $t0}") noop=$(awk "BEGIN{print $t2 - $t1}") delta=$(awk "BEGIN{print $t4 - $t3}")"
-$c down >/dev/null
+t0=$(now); L2S_VNF_LOG=error $c down >/dev/null; t1=$(now)
+echo "down=$(awk "BEGIN{print $t1 - $t0}")"

@@ -9,7 +9,8 @@
 //!
 //! `l2s-guest-bench --scale 500,1000` instead measures `l2s-vnf apply` at N VLANs × 16 peers
 //! on the kernel datapath beside its floor (ip -batch, bridge -batch, one ovs-vsctl
-//! transaction) in one guest; under TCG only the ratio means anything.
+//! transaction) in one guest, and `down` beside its creation; under TCG only the ratios mean
+//! anything.
 
 use std::time::Duration;
 
@@ -125,8 +126,19 @@ fn scale(image: &Image, deb: &[u8], counts: &[u64], accel: Accel) -> Result<()> 
     g.write("/root/scale.sh", &script, 0o755)?;
     println!("kernel datapath, 16 peers, {accel:?} (only the ratios mean anything under TCG)");
     println!(
-        "{:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8} | {:>9} {:>9}",
-        "vlans", "apply s", "floor s", "ratio", "ip s", "bridge s", "vsctl s", "no-op s", "+1 s"
+        "{:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8} | {:>9} {:>9} | {:>7} {:>7} {:>12}",
+        "vlans",
+        "apply s",
+        "floor s",
+        "ratio",
+        "ip s",
+        "bridge s",
+        "vsctl s",
+        "no-op s",
+        "+1 s",
+        "down s",
+        "/apply",
+        "floor down/up"
     );
     for &n in counts {
         let out = g.sh(&format!("/root/scale.sh {n}"))?;
@@ -138,7 +150,7 @@ fn scale(image: &Image, deb: &[u8], counts: &[u64], accel: Accel) -> Result<()> 
         };
         let floor = get("floor_ip") + get("floor_bridge") + get("floor_ovs");
         println!(
-            "{n:>6} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>9.2} {:>9.2}",
+            "{n:>6} | {:>9.2} {:>9.2} {:>5.2}x | {:>8.2} {:>8.2} {:>8.2} | {:>9.2} {:>9.2} | {:>7.2} {:>6.2}x {:>11.2}x",
             get("apply"),
             floor,
             get("apply") / floor,
@@ -146,7 +158,10 @@ fn scale(image: &Image, deb: &[u8], counts: &[u64], accel: Accel) -> Result<()> 
             get("floor_bridge"),
             get("floor_ovs"),
             get("noop"),
-            get("delta")
+            get("delta"),
+            get("down"),
+            get("down") / get("apply"),
+            get("floor_down") / floor
         );
     }
     Ok(())
