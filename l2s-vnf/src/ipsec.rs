@@ -468,11 +468,12 @@ pub enum IpsecChange {
     UnloadSharedKey {
         id: String,
     },
-    /// The connection's IKE_SA authenticated with a key that changed: authenticate again, so
-    /// that whoever holds only the old key is shut out now, not at the next rekey (there is
-    /// none: `reauth_time = 0`).
+    /// The connection's IKE_SA authenticated with a key that changed (its pre-shared key, or
+    /// this site's private key): authenticate again, so that whoever holds only the old key
+    /// is shut out now, not at the next rekey (there is none: `reauth_time = 0`).
     Reauthenticate {
         name: String,
+        why: &'static str,
     },
     /// Hand charon this site's certificate, key, CAs and CRLs.
     LoadCreds {
@@ -532,10 +533,9 @@ impl fmt::Display for IpsecChange {
                 let name = id.split('#').next().unwrap_or(id);
                 write!(f, "- ipsec {name}: its earlier pre-shared key")
             }
-            IpsecChange::Reauthenticate { name } => write!(
-                f,
-                "~ ipsec {name}: re-authenticate (its pre-shared key changed)"
-            ),
+            IpsecChange::Reauthenticate { name, why } => {
+                write!(f, "~ ipsec {name}: re-authenticate ({why})")
+            }
             IpsecChange::UnloadKey { id } => {
                 write!(f, "- ipsec private key {id} (of an earlier certificate)")
             }
@@ -594,6 +594,7 @@ pub fn diff(
         if changed_key && has_sa {
             out.push(IpsecChange::Reauthenticate {
                 name: d.name.clone(),
+                why: "its pre-shared key changed",
             });
         }
         match observed.iter().find(|o| o.name == d.name) {

@@ -745,7 +745,27 @@ pub fn diff_security(
                     }));
                 }
             }
+            // This site's key was replaced (a rotation): the IKE_SAs it authenticated are
+            // authenticated again once the old key has left charon — with both keys held,
+            // charon may well sign with the old one and present the old certificate.
+            let rotated = unload
+                .iter()
+                .any(|c| matches!(c, crate::ipsec::IpsecChange::UnloadKey { .. }));
             post.extend(unload.into_iter().map(Change::Ipsec));
+            if rotated {
+                for c in d
+                    .conns
+                    .iter()
+                    .filter(|c| c.auth == crate::config::AuthMethod::Pubkey)
+                {
+                    if obs.sas.contains_key(&c.name) {
+                        post.push(Change::Ipsec(crate::ipsec::IpsecChange::Reauthenticate {
+                            name: c.name.clone(),
+                            why: "this site's key changed",
+                        }));
+                    }
+                }
+            }
         }
         None => {
             // Insecure lab mode: nothing of ours may stay in the way of clear-text VXLAN.

@@ -515,7 +515,7 @@ impl Lab {
         std::fs::write(
             &conf,
             format!(
-                "charon {{\n  load = {plugins}\n  retransmit_timeout = 1.0\n  retransmit_base = 1.2\n  retransmit_tries = 3\n  plugins {{\n    vici {{\n      socket = unix://{vici}\n    }}\n    kernel-libipsec {{\n      allow_peer_ts = yes\n    }}\n  }}\n  filelog {{\n    charon {{\n      path = {log}\n      default = 1\n      ike = 2\n      cfg = 2\n      flush_line = yes\n      time_format = %H:%M:%S\n    }}\n  }}\n}}\n",
+                "charon {{\n  load = {plugins}\n  make_before_break = yes\n  retransmit_timeout = 1.0\n  retransmit_base = 1.2\n  retransmit_tries = 3\n  plugins {{\n    vici {{\n      socket = unix://{vici}\n    }}\n    kernel-libipsec {{\n      allow_peer_ts = yes\n    }}\n  }}\n  filelog {{\n    charon {{\n      path = {log}\n      default = 1\n      ike = 2\n      cfg = 2\n      flush_line = yes\n      time_format = %H:%M:%S\n    }}\n  }}\n}}\n",
                 vici = vici.display(),
                 log = dir.join("charon.log").display(),
             ),

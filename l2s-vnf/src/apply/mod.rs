@@ -705,9 +705,9 @@ async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyE
             v.unload_shared(id).await?;
             info!(key = %id.split('#').next().unwrap_or(id), "an earlier pre-shared key is no longer in charon");
         }
-        IpsecChange::Reauthenticate { name } => {
+        IpsecChange::Reauthenticate { name, why } => {
             v.reauthenticate(name).await?;
-            info!(conn = %name, "re-authenticating with the changed pre-shared key");
+            info!(conn = %name, why, "re-authenticating");
         }
     }
     Ok(())
