@@ -363,6 +363,19 @@ pub fn diff_creds(
     (load, unload)
 }
 
+/// How an IKE_SA is authenticated again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reauth {
+    /// charon's own re-authentication, the new IKE_SA built before the old one goes: this
+    /// site's key changed, and the peers accept the new one.
+    InPlace,
+    /// The IKE_SA ended first, then started again by the initiator (`initiate`: the child to
+    /// start, at the initiator only): a peer that holds only the old pre-shared key must be
+    /// shut out, which a make-before-break re-authentication that fails would not do (the old
+    /// IKE_SA would stay).
+    EndFirst { initiate: Option<String> },
+}
+
 /// A connection as charon reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedConn {
@@ -474,6 +487,7 @@ pub enum IpsecChange {
     Reauthenticate {
         name: String,
         why: &'static str,
+        how: Reauth,
     },
     /// Hand charon this site's certificate, key, CAs and CRLs.
     LoadCreds {
@@ -533,7 +547,7 @@ impl fmt::Display for IpsecChange {
                 let name = id.split('#').next().unwrap_or(id);
                 write!(f, "- ipsec {name}: its earlier pre-shared key")
             }
-            IpsecChange::Reauthenticate { name, why } => {
+            IpsecChange::Reauthenticate { name, why, .. } => {
                 write!(f, "~ ipsec {name}: re-authenticate ({why})")
             }
             IpsecChange::UnloadKey { id } => {
@@ -595,6 +609,9 @@ pub fn diff(
             out.push(IpsecChange::Reauthenticate {
                 name: d.name.clone(),
                 why: "its pre-shared key changed",
+                how: Reauth::EndFirst {
+                    initiate: (d.role == Role::Initiator).then(|| d.child_name()),
+                },
             });
         }
         match observed.iter().find(|o| o.name == d.name) {

@@ -762,6 +762,7 @@ pub fn diff_security(
                         post.push(Change::Ipsec(crate::ipsec::IpsecChange::Reauthenticate {
                             name: c.name.clone(),
                             why: "this site's key changed",
+                            how: crate::ipsec::Reauth::InPlace,
                         }));
                     }
                 }

@@ -705,8 +705,16 @@ async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyE
             v.unload_shared(id).await?;
             info!(key = %id.split('#').next().unwrap_or(id), "an earlier pre-shared key is no longer in charon");
         }
-        IpsecChange::Reauthenticate { name, why } => {
-            v.reauthenticate(name).await?;
+        IpsecChange::Reauthenticate { name, why, how } => {
+            match how {
+                ipsec::Reauth::InPlace => v.reauthenticate(name).await?,
+                ipsec::Reauth::EndFirst { initiate } => {
+                    v.terminate_ike(name).await?;
+                    if let Some(child) = initiate {
+                        v.initiate_async(name, child).await?;
+                    }
+                }
+            }
             info!(conn = %name, why, "re-authenticating");
         }
     }
