@@ -167,31 +167,35 @@ pub fn observe(table: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Whether the installed table carries the rules of `spec` (compared on rule lines).
+/// Whether the installed table is exactly the table of `spec`: every line — chains, their
+/// hooks and policies, every rule in order — compared as nft lists it, counter values aside.
+/// An `accept` put ahead of the drops, a rule removed or a policy changed is drift.
 pub fn matches(spec: &GuardSpec, listed: &str) -> bool {
-    let norm = |s: &str| -> Vec<String> {
-        s.lines()
-            .map(|l| l.trim())
-            .filter(|l| l.contains("drop"))
-            .map(|l| {
-                // nft lists counters with values; compare the rule without them.
-                let mut l = l.to_string();
-                if let Some(i) = l.find("counter packets") {
-                    let rest = &l[i..];
-                    let end = rest.find(" drop").map(|e| i + e).unwrap_or(l.len());
-                    l.replace_range(i..end, "counter");
+    norm_listing(&spec.ruleset()) == norm_listing(listed)
+}
+
+/// A table's lines, trimmed, blank lines dropped, counters without their values.
+fn norm_listing(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut l = l.to_string();
+            while let Some(i) = l.find("counter packets ") {
+                // `counter packets N bytes M` → `counter`
+                let rest = &l[i + "counter packets ".len()..];
+                let mut words = rest.splitn(4, ' ');
+                let (_, bytes, _, tail) = (words.next(), words.next(), words.next(), words.next());
+                if bytes != Some("bytes") {
+                    break;
                 }
-                l
-            })
-            .collect()
-    };
-    let want = norm(&spec.ruleset());
-    let have = norm(listed);
-    want.len() == have.len()
-        && want
-            .iter()
-            .zip(&have)
-            .all(|(w, h)| h.starts_with(w.split(" comment").next().unwrap_or(w)))
+                l = format!("{}counter {}", &l[..i], tail.unwrap_or(""))
+                    .trim_end()
+                    .to_string();
+            }
+            l
+        })
+        .collect()
 }
 
 /// Whether the kernel holds the xfrm layer `spec` wants on its ports: every block on the
@@ -268,6 +272,37 @@ mod tests {
         let listed = include_str!("../tests/snapshots/guard-kernel.nft-listed");
         assert!(matches(&spec(IpsecBackend::Kernel), listed));
         assert!(!matches(&spec(IpsecBackend::Libipsec), listed));
+    }
+
+    #[test]
+    fn anything_else_in_the_table_is_drift() {
+        let s = spec(IpsecBackend::Kernel);
+        let listed = include_str!("../tests/snapshots/guard-kernel.nft-listed");
+        assert!(matches(&s, listed));
+        // An accept ahead of the drops lets clear text through: drift.
+        let accept = listed.replacen(
+            "policy accept;\n",
+            "policy accept;\n\t\tudp dport 4789 accept\n",
+            1,
+        );
+        assert!(!matches(&s, &accept));
+        // A drop rule gone, a policy changed, a rule's comment changed: drift.
+        let gone: String = listed
+            .lines()
+            .filter(|l| !l.contains("ICMP error quoting"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!matches(&s, &gone));
+        assert!(!matches(
+            &s,
+            &listed.replacen("priority filter - 10", "priority filter + 10", 1)
+        ));
+        assert!(!matches(&s, &listed.replace("clear-text VXLAN in", "x")));
+        // Counters are not drift.
+        assert!(matches(
+            &s,
+            &listed.replace("counter packets 0 bytes 0", "counter packets 12 bytes 3456")
+        ));
     }
 
     #[test]
