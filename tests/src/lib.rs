@@ -59,12 +59,22 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Skip a test loudly when the lab cannot run here.
+/// A test that cannot run here fails, naming why — unless skipping was asked for
+/// (`L2S_ALLOW_SKIP=1`): a skipped end-to-end test must never count as passed unnoticed.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("L2S_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("\n!!!!!!!! SKIPPED (L2S_ALLOW_SKIP=1): {why} !!!!!!!!\n");
+        return;
+    }
+    panic!("this end-to-end test cannot run here: {why} (L2S_ALLOW_SKIP=1 skips it instead)");
+}
+
+/// Run only where the lab can; elsewhere fail (or skip, when asked to: [`skip_or_fail`]).
 #[macro_export]
 macro_rules! require_lab {
     () => {
         if let Some(why) = $crate::skip_reason() {
-            eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+            $crate::skip_or_fail(&why);
             return;
         }
     };
@@ -161,24 +171,61 @@ fn iperf3_received(
     how: &[&str],
 ) -> Result<(f64, u64)> {
     let mut server = netns(server_ns, "iperf3")
-        .args(["-s", "-1", "-B", server_ip])
+        .args(["-s", "-1", "-B", server_ip, "--forceflush"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
+    // Ready when the server says it listens, not after a guess. Its output is kept (read to
+    // the end, so the pipe never fills) for the error report.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let pipe = server.stdout.take().context("iperf3 server's stdout")?;
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(pipe).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut server_said = vec![];
+    let t = Instant::now();
+    while !server_said
+        .iter()
+        .any(|l: &String| l.contains("Server listening"))
+    {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => server_said.push(l),
+            Err(_) if t.elapsed() > Duration::from_secs(5) => {
+                let _ = server.kill();
+                let _ = server.wait();
+                bail!(
+                    "the iperf3 server on {server_ip} did not listen within 5 s: {server_said:?}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
     let out = run(netns(client_ns, "iperf3")
         .args(["-c", server_ip, "-J", "--connect-timeout", "3000"])
         .args(how));
     let _ = server.kill();
     let _ = server.wait();
+    server_said.extend(rx.try_iter());
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("iperf3 to {server_ip} failed: {text}");
+    // With -J, iperf3 puts its own error text in the JSON.
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "iperf3's output is not JSON: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if !out.status.success() || v.get("error").is_some() {
+        bail!(
+            "iperf3 to {server_ip} failed: {} (server: {})",
+            v["error"].as_str().unwrap_or("no error text"),
+            server_said.join(" | ")
+        );
     }
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("iperf3's output is not JSON: {text}"))?;
     let received = &v["end"]["sum_received"];
     let bps = received["bits_per_second"]
         .as_f64()
@@ -1305,6 +1352,9 @@ pub const OVS_VSWITCHD: &str = "ovs-vswitchd";
 pub struct Capture {
     child: Child,
     pub file: PathBuf,
+    /// tcpdump's own messages (its "listening on" line is the readiness signal).
+    log: PathBuf,
+    stopped: bool,
 }
 
 /// tcpdump's filter for clear-text VXLAN: the port, or a later UDP fragment (IPv4 offset ≠ 0).
@@ -1319,7 +1369,8 @@ impl Capture {
     /// Start capturing on `dev` in namespace `ns` (e.g. a VNF's `eth0`).
     pub fn on(lab: &Lab, ns: &str, dev: &str, name: &str) -> Result<Capture> {
         let file = lab.dir.join(format!("{name}.pcap"));
-        let child = netns(ns, "tcpdump")
+        let log = lab.dir.join(format!("{name}.tcpdump.log"));
+        let mut child = netns(ns, "tcpdump")
             // A 16 MiB buffer (the default loses packets while the two cores are busy), each
             // packet handed over at once (not when a ring block is full or a second has passed).
             .args([
@@ -1336,10 +1387,44 @@ impl Capture {
             ])
             .arg(&file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(Capture { child, file })
+        // Ready when tcpdump says it listens (the capture is active), not after a guess.
+        let t = Instant::now();
+        loop {
+            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")) {
+                break;
+            }
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "tcpdump on {dev} in {ns} ended ({st}) before capturing: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default().trim()
+                );
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                bail!("tcpdump on {dev} in {ns} did not start capturing within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Capture {
+            child,
+            file,
+            log,
+            stopped: false,
+        })
+    }
+
+    /// Whether tcpdump is still capturing (a zombie or a gone process is not).
+    fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with(['R', 'S', 'D']))
+            })
+            .unwrap_or(false)
     }
 
     /// Packets so far matching a tcpdump filter.
@@ -1347,21 +1432,38 @@ impl Capture {
         self.packets(filter).len()
     }
 
-    /// Packets so far matching a tcpdump filter, one line each as tcpdump prints them.
+    /// Packets so far matching a tcpdump filter, one line each as tcpdump prints them. A
+    /// capture that died, or a file that cannot be read, is a failure — never "no packets".
     pub fn packets(&self, filter: &str) -> Vec<String> {
-        Command::new("tcpdump")
+        assert!(
+            self.stopped || self.alive(),
+            "the capture into {} is dead: {}",
+            self.file.display(),
+            std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .trim()
+        );
+        let out = Command::new("tcpdump")
             .args(["-n", "-r"])
             .arg(&self.file)
             .arg(filter)
-            .stderr(Stdio::null())
             .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
+            .unwrap_or_else(|e| panic!("cannot run tcpdump -r: {e}"));
+        if !out.status.success() {
+            // A packet (or, before the first, the file header) being written as we read ends
+            // the read early; anything else is a broken capture.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("truncated dump file"),
+                "tcpdump -r {} '{filter}': {}",
+                self.file.display(),
+                err.trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Bytes of ESP (plain or UDP-encapsulated, as tcpdump gives each packet's ESP length)
@@ -1388,6 +1490,7 @@ impl Capture {
         std::thread::sleep(Duration::from_millis(300));
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.stopped = true;
     }
 }
 
@@ -1961,12 +2064,48 @@ for i in range(5): s.sendto(vxlan + eth + ip + udp, ('{dst}', 4789))
 }
 
 /// Listen on a VNF for UDP to `port` for `secs`; the process exits 0 if anything arrived.
+/// Returns once the socket is bound (a listener that never bound would pass "nothing
+/// arrived" tests by itself), or fails.
 pub fn listen_udp(vnf: &Vnf, port: u16, secs: u32) -> Result<Child> {
     let code = format!(
-        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.settimeout({secs})\ntry:\n  s.recvfrom(100); print('received'); sys.exit(0)\nexcept Exception:\n  sys.exit(1)\n"
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\nprint('bound', flush=True)\ns.settimeout({secs})\ntry:\n  s.recvfrom(100); print('received', flush=True); sys.exit(0)\nexcept socket.timeout:\n  sys.exit(1)\n"
     );
-    Ok(netns(&vnf.ns, "python3")
+    let mut child = netns(&vnf.ns, "python3")
         .args(["-c", &code])
-        .stdout(Stdio::null())
-        .spawn()?)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = child.stdout.take().context("listener's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read every line (the pipe stays open until the listener ends: a closed pipe would
+    // fail its last print), reporting the first.
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for (i, line) in std::io::BufReader::new(out).lines().enumerate() {
+            if i == 0 {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(l) if l.trim() == "bound" => Ok(child),
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the listener on {} port {port} did not bind: {other:?}",
+                vnf.ns
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Without `L2S_ALLOW_SKIP=1` a test that cannot run fails; with it, it skips.
+    #[test]
+    fn a_skip_is_a_failure_unless_asked_for() {
+        let allowed = std::env::var("L2S_ALLOW_SKIP").as_deref() == Ok("1");
+        let r = std::panic::catch_unwind(|| super::skip_or_fail("a reason"));
+        assert_eq!(r.is_err(), !allowed);
+    }
 }

@@ -295,7 +295,7 @@ fn the_paper_sites_on_the_production_stack() {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(2).map(str::to_string));
     if uid.as_deref() != Some("0") {
-        eprintln!("\n!!!!!!!! SKIPPED: the guest lab needs root !!!!!!!!\n");
+        l2s_lab::skip_or_fail("the guest lab needs root");
         return;
     }
     let missing = guest::missing_tools();
