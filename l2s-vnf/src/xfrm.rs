@@ -162,21 +162,27 @@ fn parse(p: &[u8]) -> Option<Policy> {
     Some(pol)
 }
 
-/// Every XFRM policy of this network namespace.
-pub fn dump() -> std::io::Result<Vec<Policy>> {
+/// Open an XFRM netlink socket and send one message on it (`NLM_F_REQUEST` | `flags`).
+fn send(ty: u16, flags: u16, payload: &[u8]) -> std::io::Result<Socket> {
     let mut sock = Socket::new(NETLINK_XFRM)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
-    // nlmsghdr + a zeroed struct xfrm_userpolicy_id (64 bytes).
-    let len = 16 + 64;
+    let len = 16 + payload.len();
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&XFRM_MSG_GETPOLICY.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&ty.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.resize(len, 0);
+    msg.extend_from_slice(payload);
     sock.send(&msg, 0)?;
+    Ok(sock)
+}
+
+/// Every XFRM policy of this network namespace.
+pub fn dump() -> std::io::Result<Vec<Policy>> {
+    // A zeroed struct xfrm_userpolicy_id (64 bytes) asks for every policy.
+    let sock = send(XFRM_MSG_GETPOLICY, NLM_F_DUMP, &[0u8; 64])?;
     let mut out = vec![];
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -323,18 +329,7 @@ pub fn listed(b: &Block) -> Policy {
 
 /// Send one request and read its acknowledgement.
 fn request(ty: u16, payload: &[u8]) -> std::io::Result<()> {
-    let mut sock = Socket::new(NETLINK_XFRM)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-    let len = 16 + payload.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&ty.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(payload);
-    sock.send(&msg, 0)?;
+    let sock = send(ty, NLM_F_ACK, payload)?;
     let mut buf = vec![0u8; 4096];
     let n = sock.recv(&mut &mut buf[..], 0)?;
     match (u16_at(&buf[..n], 4), buf.get(16..20)) {

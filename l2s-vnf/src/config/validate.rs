@@ -783,40 +783,64 @@ fn auth_method(c: &mut Checker, key: &str, v: Option<&str>) -> Option<AuthMethod
 pub const BUM_LIMIT_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
 
 fn bum_limit(c: &mut Checker, key: &str, v: i64) -> Option<u32> {
-    if BUM_LIMIT_RANGE.contains(&v) {
-        return Some(v as u32);
-    }
-    c.err(
+    limit_in(
+        c,
         key,
-        format!(
-            "{v} packets per second is {}; allowed: 1..=1000000 (leave the key out for no limit)",
-            if v < 1 {
+        v,
+        BUM_LIMIT_RANGE,
+        |too_low| {
+            if too_low {
                 "no traffic at all"
             } else {
                 "beyond any port's rate"
             }
-        ),
-    );
-    None
+        },
+        "packets per second",
+        "leave the key out for no limit",
+    )
 }
 
 /// Remote MACs one VXLAN device may learn.
 pub const MAC_LIMIT_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
 
 fn mac_limit_checked(c: &mut Checker, key: &str, v: i64) -> Option<u32> {
-    if MAC_LIMIT_RANGE.contains(&v) {
-        return Some(v as u32);
+    limit_in(
+        c,
+        key,
+        v,
+        MAC_LIMIT_RANGE,
+        |too_low| {
+            if too_low {
+                "no room for any remote MAC"
+            } else {
+                "more than a VXLAN device should hold"
+            }
+        },
+        "MACs",
+        &format!("default {}", super::DEFAULT_MAC_LIMIT),
+    )
+}
+
+/// A limit within `range`, or an error that says what the value would mean.
+fn limit_in(
+    c: &mut Checker,
+    key: &str,
+    v: i64,
+    range: std::ops::RangeInclusive<i64>,
+    meaning: impl Fn(bool) -> &'static str,
+    unit: &str,
+    hint: &str,
+) -> Option<u32> {
+    if range.contains(&v) {
+        return u32::try_from(v).ok();
     }
     c.err(
         key,
         format!(
-            "{v} MACs is {}; allowed: 1..=1000000 (default {})",
-            if v < 1 {
-                "no room for any remote MAC"
-            } else {
-                "more than a VXLAN device should hold"
-            },
-            super::DEFAULT_MAC_LIMIT
+            "{v} {unit} is {}; allowed: {}..={} ({hint})",
+            meaning(v < *range.start()),
+            range.start(),
+            range.end()
         ),
     );
     None
