@@ -236,11 +236,7 @@ impl Accel {
     /// nothing (on these machines guests hang under it), so this boots the image's kernel
     /// under KVM and waits for it to print; the answer is remembered until the next reboot.
     pub fn probe(image: &Image) -> Accel {
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let memo = image.dir.join(format!("accel-{boot_id}"));
+        let memo = Self::memo(image);
         if let Ok(s) = std::fs::read_to_string(&memo) {
             return if s.trim() == "kvm" {
                 Accel::Kvm
@@ -252,6 +248,20 @@ impl Accel {
         let accel = if works { Accel::Kvm } else { Accel::Tcg };
         let _ = std::fs::write(&memo, if works { "kvm" } else { "tcg" });
         accel
+    }
+
+    /// Where the verdict is remembered (until the next reboot of this machine).
+    fn memo(image: &Image) -> PathBuf {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        image.dir.join(format!("accel-{boot_id}"))
+    }
+
+    /// A guest did not come up under KVM after all: TCG from now on.
+    fn give_up_kvm(image: &Image) {
+        let _ = std::fs::write(Self::memo(image), "tcg");
     }
 }
 
@@ -292,7 +302,7 @@ fn kvm_boots(image: &Image) -> Result<bool> {
 }
 
 /// What to boot a guest with.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Boot<'a> {
     /// cloud-init user-data for the NoCloud seed (`None`: no seed).
     pub user_data: Option<&'a str>,
@@ -378,9 +388,23 @@ fn free_port() -> Result<u16> {
 impl Guest {
     /// Boot a guest of `image` and wait until it can be logged into (it has booted to
     /// multi-user by then; cloud-init may still run).
+    ///
+    /// A guest that does not come up under KVM (the probe's kernel printed, yet the real boot
+    /// hangs) is booted again under TCG, and TCG is remembered: a wrong verdict costs one
+    /// boot, never a failed run.
     pub fn boot(image: &Image, opts: Boot<'_>) -> Result<Guest> {
         purge_stale();
-        let accel = Accel::probe(image);
+        match Accel::probe(image) {
+            Accel::Tcg => Self::boot_with(image, opts, Accel::Tcg),
+            Accel::Kvm => Self::boot_with(image, opts, Accel::Kvm).or_else(|e| {
+                eprintln!("the guest did not come up under KVM ({e:#}); booting it under TCG");
+                Accel::give_up_kvm(image);
+                Self::boot_with(image, opts, Accel::Tcg)
+            }),
+        }
+    }
+
+    fn boot_with(image: &Image, opts: Boot<'_>, accel: Accel) -> Result<Guest> {
         let dir = std::env::temp_dir().join(format!(
             "{RUN_PREFIX}-{}-{}",
             std::process::id(),
