@@ -16,6 +16,39 @@ fn ansible_dir() -> std::path::PathBuf {
 }
 
 fn playbook(inv: &Path, pw: &Path, book: &str, extra: &[&str]) -> String {
+    playbook_with(inv, pw, book, extra, "default")
+}
+
+/// A run's result as Ansible's `json` callback gives it.
+fn playbook_json(inv: &Path, pw: &Path, book: &str, extra: &[&str]) -> serde_json::Value {
+    let text = playbook_with(inv, pw, book, extra, "json");
+    let start = text.find('{').unwrap_or(0);
+    // The document on stdout; whatever Ansible printed on stderr follows it.
+    serde_json::Deserializer::from_str(&text[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("{book}: no JSON document in:\n{text}"))
+}
+
+/// Per host, the changed-task count of a run's recap (`PLAY RECAP`).
+fn changed_per_host(recap: &str) -> Vec<(String, u32)> {
+    recap
+        .lines()
+        .filter(|l| l.contains(" : ok="))
+        .map(|l| {
+            let host = l.split(" : ").next().unwrap_or("").trim().to_string();
+            let changed = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("changed="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u32::MAX);
+            (host, changed)
+        })
+        .collect()
+}
+
+fn playbook_with(inv: &Path, pw: &Path, book: &str, extra: &[&str], callback: &str) -> String {
     let out = run(Command::new("ansible-playbook")
         .current_dir(ansible_dir())
         .arg("-i")
@@ -24,7 +57,8 @@ fn playbook(inv: &Path, pw: &Path, book: &str, extra: &[&str]) -> String {
         .arg(pw)
         .arg(book)
         .args(extra)
-        .env("ANSIBLE_NOCOLOR", "1"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_STDOUT_CALLBACK", callback))
     .unwrap();
     let text = format!(
         "{}{}",
@@ -209,7 +243,11 @@ fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
 
     // A second run changes nothing.
     let again = playbook(&inv, &pw, "site.yml", &["-e", &vault_arg]);
-    assert!(again.contains("changed=0"), "{again}");
+    assert_eq!(
+        changed_per_host(&again),
+        [("site-a".to_string(), 0), ("site-b".to_string(), 0)],
+        "{again}"
+    );
 
     // Day 2: add VLAN 102 at both sites.
     let out = playbook(
@@ -227,6 +265,28 @@ fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
         "VLAN 102"
     );
     assert!(lab.ping(&a101, &b101.ip, 3), "VLAN 101 after the reload");
-    let out = playbook(&inv, &pw, "status.yml", &["-e", "strict=true"]);
-    assert!(out.contains("102"), "{out}");
+    // Each site's daemon, asked by status.yml (strict: no warning anywhere), serves both VLANs
+    // and sees its peer up.
+    let out = playbook_json(&inv, &pw, "status.yml", &["-e", "strict=true"]);
+    let summary = out["plays"][0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"]["name"] == "Summary")
+        .unwrap_or_else(|| panic!("no Summary task: {out:#}"));
+    for (host, peer) in [("site-a", "site-b"), ("site-b", "site-a")] {
+        let msg = &summary["hosts"][host]["msg"];
+        assert_eq!(msg["source"], "daemon", "{host}: {msg:#}");
+        assert_eq!(
+            msg["vlans"],
+            serde_json::json!([101, 102]),
+            "{host}: {msg:#}"
+        );
+        assert_eq!(
+            msg["peers_up"],
+            serde_json::json!([peer]),
+            "{host}: {msg:#}"
+        );
+        assert_eq!(msg["warnings"], serde_json::json!([]), "{host}: {msg:#}");
+    }
 }

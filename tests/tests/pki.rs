@@ -214,7 +214,7 @@ fn established(lab: &Lab, site: &str, peer_name: &str) -> u64 {
     let st = lab.status_json(site).unwrap();
     peer(&st, peer_name)["sa"]["established_secs"]
         .as_u64()
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("{site}: no SA with {peer_name} in status: {st:#}"))
 }
 
 /// Ping streams (100 ms apart) on the given pairs while `event` runs; none may lose a packet.
