@@ -86,37 +86,61 @@ fn faults_under_load_leave_a_working_service_and_never_leak() {
     t.serve().unwrap();
 
     let mut underlay = Capture::start(&t.lab, "faults").unwrap();
-    // Every VNF listens for the other VLAN's addresses (IP and ARP).
-    let mut leaks: Vec<(String, Capture)> = [
-        (&t.a101, "10.102.0.0/16"),
-        (&t.b101, "10.102.0.0/16"),
-        (&t.c101, "10.102.0.0/16"),
-        (&t.a102, "10.101.0.0/16"),
-        (&t.b102, "10.101.0.0/16"),
+    // Every VNF listens for the other VLAN's addresses (IP and ARP), and for its own: a
+    // listener that hears its own VLAN is one that would hear the other.
+    let mut leaks: Vec<(String, String, Capture)> = [
+        (&t.a101, "10.102.0.0/16", "10.101.0.0/16"),
+        (&t.b101, "10.102.0.0/16", "10.101.0.0/16"),
+        (&t.c101, "10.102.0.0/16", "10.101.0.0/16"),
+        (&t.a102, "10.101.0.0/16", "10.102.0.0/16"),
+        (&t.b102, "10.101.0.0/16", "10.102.0.0/16"),
     ]
     .into_iter()
-    .map(|(v, other)| {
+    .map(|(v, other, own)| {
         let name = format!("leak-{}", v.ip);
         (
             other.to_string(),
+            own.to_string(),
             Capture::on(&t.lab, &v.ns, "eth0", &name).unwrap(),
         )
     })
     .collect();
 
     // Judged after each fault, so a leak is pinned to the fault that caused it.
-    let wrong_vlan = |leaks: &[(String, Capture)]| -> Vec<String> {
+    let wrong_vlan = |leaks: &[(String, String, Capture)]| -> Vec<String> {
         leaks
             .iter()
-            .filter_map(|(other, cap)| {
+            .filter_map(|(other, _, cap)| {
                 let n = cap.count(&format!("net {other} or arp net {other}"));
                 (n > 0).then(|| format!("{}: {n}", cap.file.display()))
             })
             .collect()
     };
+    let own_vlan = |leaks: &[(String, String, Capture)]| -> Vec<usize> {
+        leaks
+            .iter()
+            .map(|(_, own, cap)| cap.count(&format!("net {own} or arp net {own}")))
+            .collect()
+    };
     let mut report = vec![];
     for f in Fault::ALL {
+        let heard = own_vlan(&leaks);
         report.push(under_load(&mut t, f));
+        // The service on both VLANs after the fault, which every listener must hear.
+        let failed = t.ping_mesh();
+        assert!(
+            failed.is_empty(),
+            "{}: after the fault: {failed:?}",
+            f.describe()
+        );
+        for (i, n) in own_vlan(&leaks).into_iter().enumerate() {
+            assert!(
+                n > heard[i],
+                "{}: control: {} heard nothing of its own VLAN",
+                f.describe(),
+                leaks[i].2.file.display()
+            );
+        }
         assert_eq!(
             underlay.clear_text_vxlan(),
             0,
@@ -134,7 +158,7 @@ fn faults_under_load_leave_a_working_service_and_never_leak() {
     underlay.stop();
     let clear = underlay.clear_text_vxlan();
     let esp = underlay.count("esp or udp port 4500");
-    for (_, cap) in &mut leaks {
+    for (_, _, cap) in &mut leaks {
         cap.stop();
     }
     let wrong = wrong_vlan(&leaks);
