@@ -158,6 +158,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
         );
     };
     let clear_text = || cap.count(&format!("({CLEAR_TEXT_VXLAN}) and not host {ROGUE}"));
+    let esp = || cap.count("esp or udp port 4500");
 
     let drifts: Vec<Drift> = vec![
         Drift {
@@ -288,6 +289,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
                 .unwrap()
         };
         let before = repairs();
+        let esp_before = esp();
         (d.cause)();
         let repair = within(
             REPAIR_LIMIT,
@@ -309,6 +311,12 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             clear_text(),
             0,
             "{}: clear-text VXLAN on the underlay",
+            d.what
+        );
+        // The capture saw this interval's traffic, as ESP (a dead capture sees nothing).
+        assert!(
+            esp() > esp_before,
+            "{}: no ESP on the underlay while the service was judged",
             d.what
         );
         figures.push((d.what, repair, slowest));
