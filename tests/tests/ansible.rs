@@ -15,20 +15,29 @@ fn ansible_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible")
 }
 
-fn playbook(inv: &Path, pw: &Path, book: &str, extra: &[&str]) -> String {
-    playbook_with(inv, pw, book, extra, "default")
-}
-
-/// A run's result as Ansible's `json` callback gives it.
-fn playbook_json(inv: &Path, pw: &Path, book: &str, extra: &[&str]) -> serde_json::Value {
-    let text = playbook_with(inv, pw, book, extra, "json");
-    let start = text.find('{').unwrap_or(0);
-    // The document on stdout; whatever Ansible printed on stderr follows it.
-    serde_json::Deserializer::from_str(&text[start..])
-        .into_iter::<serde_json::Value>()
-        .next()
-        .and_then(Result::ok)
-        .unwrap_or_else(|| panic!("{book}: no JSON document in:\n{text}"))
+/// What a task printed for each host (`ok: [host] => {…}`, JSON as the default callback
+/// writes it), by host.
+fn task_results(out: &str, task: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let start = out
+        .find(&format!("TASK [{task}]"))
+        .unwrap_or_else(|| panic!("no task `{task}` in:\n{out}"));
+    let section = &out[start..];
+    let end = section[1..].find("TASK [").map_or(section.len(), |e| e + 1);
+    let mut results = std::collections::BTreeMap::new();
+    let mut rest = &section[..end];
+    while let Some(i) = rest.find("ok: [") {
+        let after = &rest[i + 5..];
+        let host = after.split(']').next().unwrap_or("").to_string();
+        let json_at = after.find('{').unwrap_or(after.len());
+        let value = serde_json::Deserializer::from_str(&after[json_at..])
+            .into_iter::<serde_json::Value>()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("{task} for {host}: no JSON in:\n{out}"));
+        results.insert(host, value);
+        rest = &after[json_at..];
+    }
+    results
 }
 
 /// Per host, the changed-task count of a run's recap (`PLAY RECAP`).
@@ -48,7 +57,7 @@ fn changed_per_host(recap: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
-fn playbook_with(inv: &Path, pw: &Path, book: &str, extra: &[&str], callback: &str) -> String {
+fn playbook(inv: &Path, pw: &Path, book: &str, extra: &[&str]) -> String {
     let out = run(Command::new("ansible-playbook")
         .current_dir(ansible_dir())
         .arg("-i")
@@ -57,8 +66,7 @@ fn playbook_with(inv: &Path, pw: &Path, book: &str, extra: &[&str], callback: &s
         .arg(pw)
         .arg(book)
         .args(extra)
-        .env("ANSIBLE_NOCOLOR", "1")
-        .env("ANSIBLE_STDOUT_CALLBACK", callback))
+        .env("ANSIBLE_NOCOLOR", "1"))
     .unwrap();
     let text = format!(
         "{}{}",
@@ -267,15 +275,11 @@ fn playbooks_configure_two_lab_sites_and_add_a_vlan() {
     assert!(lab.ping(&a101, &b101.ip, 3), "VLAN 101 after the reload");
     // Each site's daemon, asked by status.yml (strict: no warning anywhere), serves both VLANs
     // and sees its peer up.
-    let out = playbook_json(&inv, &pw, "status.yml", &["-e", "strict=true"]);
-    let summary = out["plays"][0]["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["task"]["name"] == "Summary")
-        .unwrap_or_else(|| panic!("no Summary task: {out:#}"));
+    let out = playbook(&inv, &pw, "status.yml", &["-e", "strict=true"]);
+    let summary = task_results(&out, "Summary");
+    assert_eq!(summary.len(), 2, "{out}");
     for (host, peer) in [("site-a", "site-b"), ("site-b", "site-a")] {
-        let msg = &summary["hosts"][host]["msg"];
+        let msg = &summary[host]["msg"];
         assert_eq!(msg["source"], "daemon", "{host}: {msg:#}");
         assert_eq!(
             msg["vlans"],
