@@ -116,11 +116,18 @@ async fn keep(
             .await
             .ok()
             .flatten();
-        let (change, why) = match &listed {
-            None => (format!("+ guard: nftables table inet {table}"), "gone"),
+        // What is missing, and whether the whole guard (table and blocks) or only its xfrm
+        // layer is put back.
+        let (change, why, whole) = match &listed {
+            None => (
+                format!("+ guard: nftables table inet {table}"),
+                "gone",
+                true,
+            ),
             Some(l) if !guard::matches(&want, l) => (
                 format!("~ guard: nftables table inet {table}"),
                 "rules differ",
+                true,
             ),
             Some(_) => {
                 // The second layer, on its own: an `ip xfrm policy flush` leaves the table.
@@ -132,32 +139,29 @@ async fn keep(
                 if !matches!(held, Ok(Ok(false))) {
                     continue;
                 }
-                let put = tokio::task::spawn_blocking(move || guard::ensure_blocks(&want)).await;
-                match put {
-                    Ok(Ok(())) => {
-                        warn!(%table, after = %woke, "the guard's xfrm block policies were gone: put back");
-                        let _ = repairs.send((
-                            woke,
-                            "~ guard: xfrm block policies (gone; by the guard keeper)".into(),
-                        ));
-                    }
-                    Ok(Err(e)) => {
-                        error!(%table, "cannot put the guard's xfrm block policies back: {e}")
-                    }
-                    Err(e) => {
-                        error!(%table, "cannot put the guard's xfrm block policies back: {e}")
-                    }
-                }
-                continue;
+                ("~ guard: xfrm block policies".to_string(), "gone", false)
             }
         };
-        match tokio::task::spawn_blocking(move || guard::ensure(&want)).await {
+        let what = if whole {
+            "the fail-closed guard"
+        } else {
+            "the guard's xfrm block policies"
+        };
+        let put = tokio::task::spawn_blocking(move || {
+            if whole {
+                guard::ensure(&want)
+            } else {
+                guard::ensure_blocks(&want)
+            }
+        })
+        .await;
+        match put {
             Ok(Ok(())) => {
-                warn!(%table, after = %woke, "the fail-closed guard was {why}: put back");
+                warn!(%table, after = %woke, "{what} was {why}: put back");
                 let _ = repairs.send((woke, format!("{change} ({why}; by the guard keeper)")));
             }
-            Ok(Err(e)) => error!(%table, "cannot put the fail-closed guard back: {e}"),
-            Err(e) => error!(%table, "cannot put the fail-closed guard back: {e}"),
+            Ok(Err(e)) => error!(%table, "cannot put {what} back: {e}"),
+            Err(e) => error!(%table, "cannot put {what} back: {e}"),
         }
     }
     events_task.abort();
