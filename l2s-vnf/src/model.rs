@@ -2,106 +2,17 @@
 //! exist. Also the naming and ownership conventions of everything l2s-vnf creates.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 
-use crate::config::{BackendChoice, ConfigIssue, DatapathChoice, MtuSetting, SiteConfig};
+use crate::base::kinds::{BackendChoice, Datapath, DatapathChoice, IpsecBackend};
+use crate::base::mtu::{self, EspMode, Family, MtuInputs, MtuResult, Protection};
+use crate::base::mtu::{max_access_mtu, mtu_too_large};
+use crate::base::names::{vxlan_alias, vxlan_device_name};
+use crate::config::{ConfigIssue, MtuSetting, SiteConfig};
 use crate::guard::{self, GuardSpec};
 use crate::ipsec::{self, DesiredConn};
-use crate::mtu::{self, EspMode, EspOverhead, Family, MtuInputs, MtuResult, Protection};
-use crate::storm::StormLimit;
-
-/// Every VXLAN device l2s-vnf creates is named `l2s-vx<VNI>` (at most 14 bytes).
-pub const VXLAN_DEVICE_PREFIX: &str = "l2s-vx";
-/// The device alias that marks a VXLAN device as ours: `l2s-vnf bridge=<bridge> vlan=<id>`.
-pub const ALIAS_PREFIX: &str = "l2s-vnf bridge=";
-/// OVS `external_ids` keys (on Bridge and Port rows).
-pub const EXT_OWNER: &str = "l2s-vnf-owner";
-pub const EXT_ROLE: &str = "l2s-vnf-role";
-pub const EXT_VLAN: &str = "l2s-vnf-vlan";
-pub const EXT_ORIG_MTU: &str = "l2s-vnf-orig-mtu";
-/// On ports: the ifindex of the device when l2s-vnf (re)added the port.
-pub const EXT_IFINDEX: &str = "l2s-vnf-ifindex";
-
-pub fn vxlan_device_name(vni: u32) -> String {
-    format!("{VXLAN_DEVICE_PREFIX}{vni}")
-}
-
-pub fn vxlan_alias(bridge: &str, vlan: u16) -> String {
-    format!("{ALIAS_PREFIX}{bridge} vlan={vlan}")
-}
-
-/// Whether a device alias marks the device as owned by the instance managing `bridge`.
-pub fn alias_owned_by(alias: Option<&str>, bridge: &str) -> bool {
-    alias
-        .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
-        .and_then(|rest| rest.split_whitespace().next())
-        .is_some_and(|b| b == bridge)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Datapath {
-    System,
-    Netdev,
-}
-
-impl Datapath {
-    pub fn ovs_name(self) -> &'static str {
-        match self {
-            Datapath::System => "system",
-            Datapath::Netdev => "netdev",
-        }
-    }
-    /// OVS stores the kernel datapath as "" or "system".
-    pub fn from_ovs(s: &str) -> Self {
-        if s == "netdev" {
-            Datapath::Netdev
-        } else {
-            Datapath::System
-        }
-    }
-}
-
-impl fmt::Display for Datapath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.ovs_name())
-    }
-}
-
-/// The IPsec backend once resolved (from config or from charon).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IpsecBackend {
-    Kernel,
-    Libipsec,
-}
-
-/// Facts about this machine that the desired state depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Facts {
-    pub underlay_index: u32,
-    pub vtep_ip: IpAddr,
-    pub underlay_mtu: u32,
-    pub kernel_has_ovs_datapath: bool,
-    /// `None` while charon has not been asked (backend `auto`).
-    pub ipsec_backend: Option<IpsecBackend>,
-}
-
-/// One VXLAN device as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub vni: u32,
-    pub local: IpAddr,
-    pub port: u16,
-    /// The underlay device the VTEP is bound to. `None` when the access MTU is above what a
-    /// bound VXLAN device allows (underlay MTU − headroom; only with `outer_fragmentation`):
-    /// the kernel then routes the encapsulated frames and fragments them on the way out.
-    pub underlay_index: Option<u32>,
-    pub mtu: u32,
-    pub alias: String,
-    /// How many remote MACs it may learn (the kernel refuses to learn more).
-    pub mac_limit: u32,
-}
+use crate::linux::{Facts, VxlanSpec};
+use crate::ovs::storm::StormLimit;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredVlan {
@@ -139,82 +50,12 @@ pub struct DesiredState {
     pub storm: Vec<StormLimit>,
 }
 
-fn esp_protection(backend: IpsecBackend, esp: &[EspOverhead]) -> Protection {
-    match backend {
-        IpsecBackend::Kernel => Protection::Esp {
-            proposals: esp.to_vec(),
-            mode: EspMode::Transport,
-            // Conservative: a NAT between sites makes charon float ESP into UDP 4500.
-            nat_t: true,
-            tun_mtu: None,
-        },
-        IpsecBackend::Libipsec => Protection::Esp {
-            proposals: esp.to_vec(),
-            mode: EspMode::Tunnel,
-            nat_t: true,
-            tun_mtu: Some(mtu::LIBIPSEC_TUN_MTU),
-        },
-    }
-}
-
-/// The MTU inputs for a config; several when the backend is not yet known (the smallest wins).
-fn mtu_inputs(
-    underlay_mtu: u32,
-    family: Family,
-    ipsec_enabled: bool,
-    backend: BackendChoice,
-    esp: &[EspOverhead],
-) -> Vec<MtuInputs> {
-    let protections = if !ipsec_enabled {
-        vec![Protection::None]
-    } else {
-        match backend {
-            BackendChoice::Kernel => vec![esp_protection(IpsecBackend::Kernel, esp)],
-            BackendChoice::Libipsec => vec![esp_protection(IpsecBackend::Libipsec, esp)],
-            BackendChoice::Auto => vec![
-                esp_protection(IpsecBackend::Kernel, esp),
-                esp_protection(IpsecBackend::Libipsec, esp),
-            ],
-        }
-    };
-    protections
-        .into_iter()
-        .map(|protection| MtuInputs {
-            underlay_mtu,
-            family,
-            protection,
-        })
-        .collect()
-}
-
-/// The largest access MTU for these inputs, with its derivation: the smallest over the
-/// candidate backends. `None` when nothing fits.
-pub fn max_access_mtu(
-    underlay_mtu: u32,
-    family: Family,
-    ipsec_enabled: bool,
-    backend: BackendChoice,
-    esp: &[EspOverhead],
-) -> Option<MtuResult> {
-    mtu_inputs(underlay_mtu, family, ipsec_enabled, backend, esp)
-        .iter()
-        .filter_map(mtu::compute)
-        .min_by_key(|r| r.access_mtu)
-}
-
 /// Whether a VTEP with this MTU can be bound to the underlay device: Linux caps a bound VXLAN
 /// device at the underlay's MTU less the encapsulation (50 bytes over IPv4, 70 over IPv6).
 /// Only an access MTU above that (`outer_fragmentation`) leaves the VTEP unbound.
 pub fn vxlan_binds_underlay(access_mtu: u32, facts: &Facts) -> bool {
     let headroom = Family::of(&facts.vtep_ip).header() + mtu::VXLAN_OVERHEAD;
     access_mtu + headroom <= facts.underlay_mtu
-}
-
-/// The error for an explicit `mtu.access` the path cannot carry.
-pub fn mtu_too_large(want: u32, underlay_mtu: u32, max: u32) -> String {
-    format!(
-        "{want} is too large for this path: with underlay MTU {underlay_mtu} the largest access MTU that does not fragment is {max}"
-    )
 }
 
 /// Compute the access MTU for a config on this machine, with its derivation.
@@ -423,15 +264,6 @@ impl DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn alias_ownership() {
-        let a = vxlan_alias("l2s0", 101);
-        assert!(alias_owned_by(Some(&a), "l2s0"));
-        assert!(!alias_owned_by(Some(&a), "l2s1"));
-        assert!(!alias_owned_by(Some("someone else"), "l2s0"));
-        assert!(!alias_owned_by(None, "l2s0"));
-    }
 
     #[test]
     fn vteps_stay_bound_to_the_underlay_unless_the_access_mtu_cannot_fit() {

@@ -5,16 +5,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
 
-use crate::guard::GuardSpec;
+use crate::base::names::alias_owned_by;
+use crate::guard::GuardChange;
 use crate::ipsec::{IpsecChange, ObservedConn};
-use crate::model::{alias_owned_by, Datapath, DesiredSecurity, DesiredState, VxlanSpec};
-pub use crate::netlink::{ObservedLink, ObservedLinks, VxlanAttrs};
-pub use crate::ovsdb::switch::{
+use crate::linux::{LinkChange, VxlanSpec};
+pub use crate::linux::{ObservedLink, ObservedLinks, VxlanAttrs};
+use crate::model::{DesiredSecurity, DesiredState};
+use crate::ovs::storm::{ObservedStorm, StormChange};
+pub use crate::ovs::switch::{
     ObservedBridge, ObservedIface, ObservedPort, ObservedSwitch, PortRole,
 };
-use crate::storm::{ObservedStorm, StormLimit};
+use crate::ovs::SwitchChange;
 
 /// The guard, the policy rule and charon's connections as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,195 +76,39 @@ pub struct ActualState {
     pub storm: Option<ObservedStorm>,
 }
 
-/// One step of a plan.
+/// One step of a plan: a change of one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    CreateBridge {
-        name: String,
-        datapath: Datapath,
-        owner: String,
-    },
-    SetDatapath {
-        bridge: String,
-        from: Datapath,
-        to: Datapath,
-    },
-    DeleteBridge {
-        name: String,
-    },
-    CreateVxlan {
-        spec: VxlanSpec,
-    },
-    /// Immutable attributes differ: delete and create again (its OVS port is re-added too).
-    ReplaceVxlan {
-        index: u32,
-        spec: VxlanSpec,
-        why: String,
-    },
-    DeleteVxlan {
-        index: u32,
-        name: String,
-    },
-    AddFlood {
-        dev: String,
-        peer: String,
-        address: IpAddr,
-    },
-    RemoveFlood {
-        dev: String,
-        address: IpAddr,
-    },
-    SetMtu {
-        dev: String,
-        index: u32,
-        from: u32,
-        to: u32,
-    },
-    SetUp {
-        dev: String,
-    },
-    AddPort {
-        name: String,
-        vlan: u16,
-        role: PortRole,
-        orig_mtu: Option<u32>,
-    },
-    /// Take a port off the bridge and add it back (in a second OVSDB transaction), so that
-    /// ovs-vswitchd opens its device anew: the device was re-created under the same name,
-    /// or ovs-vswitchd cannot use the one it holds.
-    RebindPort {
-        uuid: String,
-        name: String,
-        vlan: u16,
-        role: PortRole,
-        orig_mtu: Option<u32>,
-        why: String,
-    },
-    /// Record which device (ifindex) a port is bound to, on a port made before that mark.
-    MarkPort {
-        uuid: String,
-        name: String,
-        ifindex: u32,
-    },
-    RetagPort {
-        uuid: String,
-        name: String,
-        from: Option<u16>,
-        to: u16,
-    },
-    RemovePort {
-        uuid: String,
-        name: String,
-        role: PortRole,
-    },
-    /// Give an access port back its MTU from before l2s-vnf took it.
-    RestoreMtu {
-        dev: String,
-        to: u32,
-    },
-    /// Install or replace the fail-closed nftables guard (before any VXLAN device is up).
-    EnsureGuard {
-        spec: GuardSpec,
-        why: &'static str,
-    },
-    RemoveGuard {
-        table: String,
-    },
-    /// libipsec: only VXLAN may reach charon's routing table (and its TUN).
-    AddVxlanRule {
-        port: u16,
-        v6: bool,
-    },
-    RemoveVxlanRule {
-        ports: (u16, u16),
-        v6: bool,
-    },
-    /// Replace storm control in ovs-vswitchd with exactly these limits (none: remove ours).
-    SetStormControl {
-        bridge: String,
-        limits: Vec<StormLimit>,
-    },
+    Switch(SwitchChange),
+    Link(LinkChange),
+    Guard(GuardChange),
+    Storm(StormChange),
     Ipsec(IpsecChange),
+}
+
+impl Change {
+    pub fn as_switch(&self) -> Option<&SwitchChange> {
+        match self {
+            Change::Switch(c) => Some(c),
+            _ => None,
+        }
+    }
+    pub fn as_link(&self) -> Option<&LinkChange> {
+        match self {
+            Change::Link(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Change::CreateBridge { name, datapath, .. } => {
-                write!(f, "+ bridge {name} (datapath {datapath})")
-            }
-            Change::SetDatapath { bridge, from, to } => {
-                write!(f, "~ bridge {bridge}: datapath {from} -> {to}")
-            }
-            Change::DeleteBridge { name } => write!(f, "- bridge {name}"),
-            Change::CreateVxlan { spec } => write!(
-                f,
-                "+ vxlan {} (vni {}, local {}, dstport {}, mtu {})",
-                spec.name, spec.vni, spec.local, spec.port, spec.mtu
-            ),
-            Change::ReplaceVxlan { spec, why, .. } => {
-                write!(f, "~ vxlan {} recreated ({why})", spec.name)
-            }
-            Change::DeleteVxlan { name, .. } => write!(f, "- vxlan {name}"),
-            Change::AddFlood { dev, peer, address } => {
-                write!(f, "+ flood {dev} -> {address} ({peer})")
-            }
-            Change::RemoveFlood { dev, address } => write!(f, "- flood {dev} -> {address}"),
-            Change::SetMtu { dev, from, to, .. } => write!(f, "~ mtu {dev}: {from} -> {to}"),
-            Change::SetUp { dev } => write!(f, "~ link {dev} up"),
-            Change::AddPort {
-                name, vlan, role, ..
-            } => write!(f, "+ port {name} ({}, vlan {vlan})", role.as_str()),
-            Change::RebindPort { name, why, .. } => {
-                write!(f, "~ port {name} re-added ({why})")
-            }
-            Change::MarkPort { name, ifindex, .. } => {
-                write!(f, "~ port {name}: bound to ifindex {ifindex}")
-            }
-            Change::RetagPort { name, from, to, .. } => match from {
-                Some(from) => write!(f, "~ port {name}: vlan {from} -> {to}"),
-                None => write!(f, "~ port {name}: untagged -> vlan {to}"),
-            },
-            Change::RemovePort { name, role, .. } => write!(f, "- port {name} ({})", role.as_str()),
-            Change::RestoreMtu { dev, to } => write!(f, "~ mtu {dev} restored to {to}"),
-            Change::SetStormControl { bridge, limits } if limits.is_empty() => {
-                write!(f, "- storm control on {bridge}")
-            }
-            Change::SetStormControl { bridge, limits } => write!(
-                f,
-                "~ storm control on {bridge}: {}",
-                limits
-                    .iter()
-                    .map(|l| format!("{} {} pps", l.port, l.pps))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Change::EnsureGuard { spec, why } => write!(
-                f,
-                "{} guard: nftables table inet {} ({:?} backend; {why})",
-                if *why == "new" { '+' } else { '~' },
-                spec.table,
-                spec.backend
-            ),
-            Change::RemoveGuard { table } => write!(f, "- guard: nftables table inet {table}"),
-            Change::AddVxlanRule { port, v6 } => {
-                write!(
-                    f,
-                    "+ rule: pref 100 not udp dport {port}-{} lookup main ({})",
-                    crate::probe::port(*port),
-                    if *v6 { "IPv6" } else { "IPv4" }
-                )
-            }
-            Change::RemoveVxlanRule { ports, v6 } => {
-                write!(
-                    f,
-                    "- rule: pref 100 not udp dport {}-{} lookup main ({})",
-                    ports.0,
-                    ports.1,
-                    if *v6 { "IPv6" } else { "IPv4" }
-                )
-            }
-            Change::Ipsec(c) => write!(f, "{c}"),
+            Change::Switch(c) => c.fmt(f),
+            Change::Link(c) => c.fmt(f),
+            Change::Guard(c) => c.fmt(f),
+            Change::Storm(c) => c.fmt(f),
+            Change::Ipsec(c) => c.fmt(f),
         }
     }
 }
@@ -401,12 +247,12 @@ fn ensure_port(
     device_new: bool,
 ) -> Result<(), NotOurs> {
     let Some(p) = observed else {
-        c.push(Change::AddPort {
+        c.push(Change::Switch(SwitchChange::AddPort {
             name: want.name.to_string(),
             vlan: want.vlan,
             role: want.role,
             orig_mtu: want.orig_mtu,
-        });
+        }));
         return Ok(());
     };
     if p.role.is_none() {
@@ -418,30 +264,30 @@ fn ensure_port(
         stale_binding(p, index)
     };
     if let Some(why) = why {
-        c.push(Change::RebindPort {
+        c.push(Change::Switch(SwitchChange::RebindPort {
             uuid: p.uuid.clone(),
             name: p.name.clone(),
             vlan: want.vlan,
             role: want.role,
             orig_mtu: p.orig_mtu.or(want.orig_mtu),
             why,
-        });
+        }));
         return Ok(());
     }
     if p.tag != Some(want.vlan) {
-        c.push(Change::RetagPort {
+        c.push(Change::Switch(SwitchChange::RetagPort {
             uuid: p.uuid.clone(),
             name: p.name.clone(),
             from: p.tag,
             to: want.vlan,
-        });
+        }));
     }
     if let (None, Some(ifindex)) = (p.bound_ifindex, index) {
-        c.push(Change::MarkPort {
+        c.push(Change::Switch(SwitchChange::MarkPort {
             uuid: p.uuid.clone(),
             name: p.name.clone(),
             ifindex,
-        });
+        }));
     }
     Ok(())
 }
@@ -465,22 +311,24 @@ pub fn diff_with(
     // The bridge.
     let bridge = actual.switch.bridge.as_ref();
     match bridge {
-        None => c.push(Change::CreateBridge {
+        None => c.push(Change::Switch(SwitchChange::CreateBridge {
             name: desired.bridge.clone(),
             datapath: desired.datapath,
             owner: desired.owner.clone(),
-        }),
+        })),
         Some(b) => match &b.owner {
             None => conflicts.push(Conflict::ForeignBridge(b.name.clone())),
             Some(o) if o != &desired.owner => conflicts.push(Conflict::OtherOwner {
                 bridge: b.name.clone(),
                 owner: o.clone(),
             }),
-            Some(_) if b.datapath != desired.datapath => c.push(Change::SetDatapath {
-                bridge: b.name.clone(),
-                from: b.datapath,
-                to: desired.datapath,
-            }),
+            Some(_) if b.datapath != desired.datapath => {
+                c.push(Change::Switch(SwitchChange::SetDatapath {
+                    bridge: b.name.clone(),
+                    from: b.datapath,
+                    to: desired.datapath,
+                }))
+            }
             Some(_) => {}
         },
     }
@@ -498,7 +346,7 @@ pub fn diff_with(
         // The VXLAN device.
         let mut recreated = false;
         match links.get(&spec.name) {
-            None => c.push(Change::CreateVxlan { spec: spec.clone() }),
+            None => c.push(Change::Link(LinkChange::CreateVxlan { spec: spec.clone() })),
             Some(l) if !alias_owned_by(l.alias.as_deref(), &desired.bridge) => {
                 conflicts.push(Conflict::ForeignDevice {
                     name: spec.name.clone(),
@@ -507,25 +355,25 @@ pub fn diff_with(
             Some(l) => {
                 if let Some(why) = vxlan_mismatch(spec, l) {
                     recreated = true;
-                    c.push(Change::ReplaceVxlan {
+                    c.push(Change::Link(LinkChange::ReplaceVxlan {
                         index: l.index,
                         spec: spec.clone(),
                         why,
-                    });
+                    }));
                 } else {
                     if l.mtu != spec.mtu {
-                        c.push(Change::SetMtu {
+                        c.push(Change::Link(LinkChange::SetMtu {
                             dev: spec.name.clone(),
                             index: l.index,
                             from: l.mtu,
                             to: spec.mtu,
-                        });
+                        }));
                     }
                     for addr in l.flood.iter().filter(|a| !v.flood.contains_key(a)) {
-                        c.push(Change::RemoveFlood {
+                        c.push(Change::Link(LinkChange::RemoveFlood {
                             dev: spec.name.clone(),
                             address: *addr,
-                        });
+                        }));
                     }
                 }
             }
@@ -537,18 +385,18 @@ pub fn diff_with(
             .unwrap_or_default();
         for (addr, peer) in &v.flood {
             if !existing_flood.contains(addr) {
-                c.push(Change::AddFlood {
+                c.push(Change::Link(LinkChange::AddFlood {
                     dev: spec.name.clone(),
                     peer: peer.clone(),
                     address: *addr,
-                });
+                }));
             }
         }
         // New devices are made up; an existing one that is down is brought up last.
         if links.get(&spec.name).is_some_and(|l| !l.up) && !recreated {
-            late.push(Change::SetUp {
+            late.push(Change::Link(LinkChange::SetUp {
                 dev: spec.name.clone(),
-            });
+            }));
         }
         // Its OVS port: a device made by this plan must be opened anew by ovs-vswitchd.
         let device_new = recreated || !links.contains_key(&spec.name);
@@ -600,15 +448,15 @@ pub fn diff_with(
                 continue;
             }
             if l.mtu != desired.access_mtu {
-                c.push(Change::SetMtu {
+                c.push(Change::Link(LinkChange::SetMtu {
                     dev: name.clone(),
                     index: l.index,
                     from: l.mtu,
                     to: desired.access_mtu,
-                });
+                }));
             }
             if !l.up {
-                late.push(Change::SetUp { dev: name.clone() });
+                late.push(Change::Link(LinkChange::SetUp { dev: name.clone() }));
             }
         }
     }
@@ -620,18 +468,18 @@ pub fn diff_with(
             if wanted_ports.contains(p.name.as_str()) {
                 continue;
             }
-            c.push(Change::RemovePort {
+            c.push(Change::Switch(SwitchChange::RemovePort {
                 uuid: p.uuid.clone(),
                 name: p.name.clone(),
                 role,
-            });
+            }));
             if role == PortRole::Access {
                 if let (Some(orig), Some(l)) = (p.orig_mtu, links.get(&p.name)) {
                     if l.mtu != orig {
-                        late.push(Change::RestoreMtu {
+                        late.push(Change::Link(LinkChange::RestoreMtu {
                             dev: p.name.clone(),
                             to: orig,
-                        });
+                        }));
                     }
                 }
             }
@@ -642,10 +490,10 @@ pub fn diff_with(
             && alias_owned_by(l.alias.as_deref(), &desired.bridge)
             && !wanted_devs.contains(l.name.as_str())
         {
-            late.push(Change::DeleteVxlan {
+            late.push(Change::Link(LinkChange::DeleteVxlan {
                 index: l.index,
                 name: l.name.clone(),
-            });
+            }));
         }
     }
 
@@ -656,10 +504,10 @@ pub fn diff_with(
     let ports_change = c.iter().any(|c| {
         matches!(
             c,
-            Change::CreateBridge { .. }
-                | Change::SetDatapath { .. }
-                | Change::AddPort { .. }
-                | Change::RebindPort { .. }
+            Change::Switch(SwitchChange::CreateBridge { .. })
+                | Change::Switch(SwitchChange::SetDatapath { .. })
+                | Change::Switch(SwitchChange::AddPort { .. })
+                | Change::Switch(SwitchChange::RebindPort { .. })
         )
     });
     let storm_ok = match (&actual.storm, ports) {
@@ -667,10 +515,10 @@ pub fn diff_with(
         _ => desired.storm.is_empty(),
     };
     if !storm_ok || (ports_change && !desired.storm.is_empty()) {
-        late.push(Change::SetStormControl {
+        late.push(Change::Storm(StormChange {
             bridge: desired.bridge.clone(),
             limits: desired.storm.clone(),
-        });
+        }));
     }
     c.extend(late);
     let (pre, post) = diff_security(desired.security.as_ref(), &actual.security, &desired.bridge);
@@ -692,35 +540,35 @@ pub fn diff_security(
     match desired {
         Some(d) => {
             match &obs.guard {
-                None => pre.push(Change::EnsureGuard {
+                None => pre.push(Change::Guard(GuardChange::Ensure {
                     spec: d.guard.clone(),
                     why: "new",
-                }),
+                })),
                 Some(listed) if !crate::guard::matches(&d.guard, listed) => {
-                    pre.push(Change::EnsureGuard {
+                    pre.push(Change::Guard(GuardChange::Ensure {
                         spec: d.guard.clone(),
                         why: "rules differ",
-                    })
+                    }))
                 }
                 Some(_) if !crate::guard::blocks_match(&d.guard, &obs.policies) => {
-                    pre.push(Change::EnsureGuard {
+                    pre.push(Change::Guard(GuardChange::Ensure {
                         spec: d.guard.clone(),
                         why: "xfrm block policies differ",
-                    })
+                    }))
                 }
                 Some(_) => {}
             }
             let wanted = d
                 .vxlan_rule
-                .map(|(port, v6)| ((port, crate::probe::port(port)), v6));
+                .map(|(port, v6)| ((port, crate::base::names::probe_port(port)), v6));
             if let Some(((port, _), v6)) = wanted {
                 if !obs.vxlan_rules.iter().any(|r| Some(*r) == wanted) {
-                    pre.push(Change::AddVxlanRule { port, v6 });
+                    pre.push(Change::Link(LinkChange::AddVxlanRule { port, v6 }));
                 }
             }
             for &(ports, v6) in &obs.vxlan_rules {
                 if wanted != Some((ports, v6)) {
-                    post.push(Change::RemoveVxlanRule { ports, v6 });
+                    post.push(Change::Link(LinkChange::RemoveVxlanRule { ports, v6 }));
                 }
             }
             // Credentials before the connections that use them; stale CAs after.
@@ -780,12 +628,12 @@ pub fn diff_security(
             let (_, unload) = crate::ipsec::diff_creds(None, obs.held_creds(), bridge);
             post.extend(unload.into_iter().map(Change::Ipsec));
             for &(ports, v6) in &obs.vxlan_rules {
-                post.push(Change::RemoveVxlanRule { ports, v6 });
+                post.push(Change::Link(LinkChange::RemoveVxlanRule { ports, v6 }));
             }
             if obs.guard.is_some() || !crate::xfrm::held_blocks(&obs.policies).is_empty() {
-                post.push(Change::RemoveGuard {
+                post.push(Change::Guard(GuardChange::Remove {
                     table: crate::guard::table_name(bridge),
-                });
+                }));
             }
         }
     }
@@ -798,17 +646,17 @@ pub fn teardown(bridge_name: &str, owner: &str, actual: &ActualState) -> Plan {
     let links = &actual.links.links;
     if let Some(b) = &actual.switch.bridge {
         if b.owner.as_deref() == Some(owner) {
-            c.push(Change::DeleteBridge {
+            c.push(Change::Switch(SwitchChange::DeleteBridge {
                 name: b.name.clone(),
-            });
+            }));
             for p in b.ports.values() {
                 if p.role == Some(PortRole::Access) {
                     if let (Some(orig), Some(l)) = (p.orig_mtu, links.get(&p.name)) {
                         if l.mtu != orig {
-                            c.push(Change::RestoreMtu {
+                            c.push(Change::Link(LinkChange::RestoreMtu {
                                 dev: p.name.clone(),
                                 to: orig,
-                            });
+                            }));
                         }
                     }
                 }
@@ -817,10 +665,10 @@ pub fn teardown(bridge_name: &str, owner: &str, actual: &ActualState) -> Plan {
     }
     for l in links.values() {
         if l.vxlan.is_some() && alias_owned_by(l.alias.as_deref(), bridge_name) {
-            c.push(Change::DeleteVxlan {
+            c.push(Change::Link(LinkChange::DeleteVxlan {
                 index: l.index,
                 name: l.name.clone(),
-            });
+            }));
         }
     }
     // Security goes last: the guard stays until no VXLAN device of ours is left.
@@ -835,8 +683,9 @@ pub fn teardown(bridge_name: &str, owner: &str, actual: &ActualState) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::kinds::{Datapath, IpsecBackend};
     use crate::config::SiteConfig;
-    use crate::model::{Facts, IpsecBackend};
+    use crate::linux::Facts;
 
     fn desired(ipsec: bool) -> DesiredState {
         let sec = if ipsec {
@@ -912,21 +761,21 @@ mod tests {
     fn the_guard_comes_first_and_ipsec_after_the_switch() {
         let p = diff(&desired(true), &actual_with_port()).unwrap();
         assert!(
-            matches!(p.changes[0], Change::EnsureGuard { .. }),
+            matches!(p.changes[0], Change::Guard(GuardChange::Ensure { .. })),
             "{:?}",
             p.changes[0]
         );
         assert!(matches!(
             p.changes[1],
-            Change::AddVxlanRule {
+            Change::Link(LinkChange::AddVxlanRule {
                 port: 4789,
                 v6: false
-            }
+            })
         ));
         let first_vxlan = p
             .changes
             .iter()
-            .position(|c| matches!(c, Change::CreateVxlan { .. }))
+            .position(|c| matches!(c, Change::Link(LinkChange::CreateVxlan { .. })))
             .unwrap();
         let first_ipsec = p
             .changes
@@ -1129,7 +978,7 @@ mod tests {
         assert!(
             p.changes
                 .iter()
-                .any(|c| matches!(c, Change::RemoveGuard { .. })),
+                .any(|c| matches!(c, Change::Guard(GuardChange::Remove { .. }))),
             "{:?}",
             p.changes
         );

@@ -1,7 +1,7 @@
 //! The kernel's IPsec policies (XFRM), read to tell whether VXLAN to a peer leaves through
 //! its SA or would be diverted around it.
 //!
-//! charon installs l2s-vnf's policies with a fixed priority ([`crate::ipsec::POLICY_PRIORITY`])
+//! charon installs l2s-vnf's policies with a fixed priority ([`crate::base::names::POLICY_PRIORITY`])
 //! that beats the automatic ones of pass ("bypass") policies — such as those of charon's
 //! stock `bypass-lan` plugin, which exempts the underlay's own subnet from IPsec. A policy
 //! that still wins over ours (a pass or drop policy with an even higher priority, or another
@@ -17,6 +17,8 @@ use std::net::IpAddr;
 
 use rtnetlink::sys::{Socket, SocketAddr};
 
+use crate::base::names::BLOCK_PRIORITY;
+
 const NETLINK_XFRM: isize = 6;
 const XFRM_MSG_NEWPOLICY: u16 = 0x13;
 const XFRM_MSG_GETPOLICY: u16 = 0x15;
@@ -27,10 +29,6 @@ const XFRM_POLICY_IN: u8 = 0;
 const XFRM_POLICY_BLOCK: u8 = 1;
 /// No limit, in `struct xfrm_lifetime_cfg`.
 const XFRM_INF: u64 = u64::MAX;
-/// The priority of l2s-vnf's block policies, which is also their ownership mark ("L2S" in
-/// ASCII): far behind the per-peer policies (`ipsec::POLICY_PRIORITY`) and charon's
-/// automatic ones, so any policy with an SA for the traffic wins over them.
-pub const BLOCK_PRIORITY: u32 = 0x004c_3253;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;

@@ -61,9 +61,9 @@ impl Charon {
         }
     }
 
-    fn client(&self) -> l2s_vnf::vici::Client {
+    fn client(&self) -> l2s_vnf::ipsec::vici::Client {
         self.rt
-            .block_on(l2s_vnf::vici::Client::connect(&self.vici))
+            .block_on(l2s_vnf::ipsec::vici::Client::connect(&self.vici))
             .unwrap()
     }
 

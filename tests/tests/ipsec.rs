@@ -70,7 +70,7 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
         .unwrap();
     let vici_a = lab.site("a").dir.join("charon.vici");
     let mut events = rt
-        .block_on(l2s_vnf::vici::subscribe(
+        .block_on(l2s_vnf::ipsec::vici::subscribe(
             &vici_a,
             &["ike-updown", "child-updown", "ike-rekey", "child-rekey"],
         ))

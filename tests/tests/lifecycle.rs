@@ -135,7 +135,7 @@ fn deltas_touch_only_what_changed_and_down_removes_only_ours() {
     ]))
     .unwrap();
     // Even in the link group `down` deletes its devices through, a foreign device stays.
-    let group = l2s_vnf::netlink::REMOVAL_GROUP.to_string();
+    let group = l2s_vnf::linux::REMOVAL_GROUP.to_string();
     sh(netns(&a_ns, "ip").args(["link", "set", "vxforeign", "group", &group])).unwrap();
     let down = lab.l2s_ok("a", &["down"]).unwrap();
     assert!(down.contains("- bridge l2s0"), "{down}");

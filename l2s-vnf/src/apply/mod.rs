@@ -17,18 +17,22 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-mod links;
-
+use crate::base::kinds::BackendChoice;
+use crate::base::kinds::IpsecBackend;
 use crate::config::AuthMethod;
-use crate::config::{BackendChoice, ConfigIssue, SiteConfig};
-use crate::discover;
+use crate::config::{ConfigIssue, SiteConfig};
+use crate::guard::GuardChange;
 use crate::guard::{self, GuardError};
+use crate::ipsec::vici::{self, ViciError};
 use crate::ipsec::{self, IpsecChange, ObservedConn};
-use crate::model::{DesiredState, Facts, IpsecBackend};
-use crate::netlink::{Netlink, NetlinkError};
-use crate::ovsdb::{replica::Replica, switch, txn, Client, OvsdbError};
+use crate::linux::discover;
+use crate::linux::Facts;
+use crate::linux::LinkChange;
+use crate::linux::{links, Netlink, NetlinkError};
+use crate::model::DesiredState;
+use crate::ovs::storm::StormChange;
+use crate::ovs::{replica::Replica, switch, txn, Client, OvsdbError, SwitchChange};
 use crate::plan::{self, ActualState, Change, Conflict, ObservedSecurity, Plan};
-use crate::vici::{self, ViciError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -106,7 +110,7 @@ impl System {
             ovsdb,
             vici,
             replica: None,
-            ofctl_target: crate::storm::target(&cfg.switch.ovsdb, &cfg.switch.bridge),
+            ofctl_target: crate::ovs::storm::target(&cfg.switch.ovsdb, &cfg.switch.bridge),
             observe_storm: AtomicBool::new(true),
         })
     }
@@ -211,7 +215,7 @@ impl System {
             if !read_storm {
                 return None;
             }
-            tokio::task::spawn_blocking(move || crate::storm::observe(&target))
+            tokio::task::spawn_blocking(move || crate::ovs::storm::observe(&target))
                 .await
                 .ok()
                 .flatten()
@@ -303,11 +307,11 @@ pub async fn charon_can_negotiate(
         .iter()
         .map(|e| e.proposal.clone())
         .collect();
-    let missing = crate::algorithms::missing(
+    let missing = crate::ipsec::algorithms::missing(
         &cfg.ipsec.ike_proposals,
         &esp,
         backend,
-        &crate::algorithms::available(&reply),
+        &crate::ipsec::algorithms::available(&reply),
     );
     if missing.is_empty() {
         return Ok(());
@@ -346,7 +350,7 @@ pub async fn prepare_with(
         }
     }
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
-    if !desired.storm.is_empty() && !crate::storm::available() {
+    if !desired.storm.is_empty() && !crate::ovs::storm::available() {
         let key = match cfg.switch.bum_limit_pps {
             Some(_) => "switch.bum_limit_pps".to_string(),
             None => cfg
@@ -413,17 +417,22 @@ pub async fn execute(
     // Phase 0: the guard and the policy rule, before any VXLAN device exists or comes up.
     for c in &plan.changes {
         match c {
-            Change::EnsureGuard { spec, .. } => {
+            Change::Guard(GuardChange::Ensure { spec, .. }) => {
                 guard::ensure(spec)?;
                 info!(table = %spec.table, backend = ?spec.backend, "fail-closed guard in place");
             }
-            Change::AddVxlanRule { port, v6 } => nl.add_vxlan_rule(*port, *v6).await?,
+            Change::Link(LinkChange::AddVxlanRule { port, v6 }) => {
+                nl.add_vxlan_rule(*port, *v6).await?
+            }
             _ => {}
         }
     }
 
     // Phase 1: netlink, with undo.
-    let mut phase1 = links::make(nl, plan, actual, &mut index, &mut undo).await;
+    let link_changes: Vec<&LinkChange> = plan.changes.iter().filter_map(Change::as_link).collect();
+    let mut phase1 = links::make(nl, &link_changes, &actual.links, &mut index, &mut undo)
+        .await
+        .map_err(ApplyError::from);
 
     debug!(
         ms = started.elapsed().as_secs_f64() * 1e3,
@@ -431,11 +440,7 @@ pub async fn execute(
     );
     // Phase 2: the OVSDB transaction(s), reverted if ovs-vswitchd does not apply them.
     if phase1.is_ok() {
-        let ovs: Vec<&Change> = plan
-            .changes
-            .iter()
-            .filter(|c| txn::is_ovs_change(c))
-            .collect();
+        let ovs: Vec<&SwitchChange> = plan.changes.iter().filter_map(Change::as_switch).collect();
         phase1 = txn::apply(&sys.ovsdb, &ovs, actual.switch.bridge.as_ref(), &index)
             .await
             .map(|reached| ovs_cfg = reached)
@@ -468,13 +473,13 @@ pub async fn execute(
         "OVSDB phase done (ovs-vswitchd applied it)"
     );
     // Phase 3: finishing steps; every one is tried.
-    let mut failures = links::finish(nl, plan).await;
+    let mut failures = links::finish(nl, &link_changes).await;
     // ovs-vswitchd reports ports it could not open.
     let added: Vec<String> = plan
         .changes
         .iter()
         .filter_map(|c| match c {
-            Change::AddPort { name, .. } => Some(name.clone()),
+            Change::Switch(SwitchChange::AddPort { name, .. }) => Some(name.clone()),
             _ => None,
         })
         .collect();
@@ -482,11 +487,12 @@ pub async fn execute(
         failures.push(format!("ovs-vswitchd cannot use port {port}: {err}"));
     }
     for c in &plan.changes {
-        if let Change::SetStormControl { limits, .. } = c {
+        if let Change::Storm(StormChange { limits, .. }) = c {
             let (target, limits) = (sys.ofctl_target.clone(), limits.clone());
-            let done = tokio::task::spawn_blocking(move || crate::storm::ensure(&target, &limits))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+            let done =
+                tokio::task::spawn_blocking(move || crate::ovs::storm::ensure(&target, &limits))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
             match done {
                 Ok(()) => info!(change = %c, "storm control in force"),
                 Err(e) => failures.push(e),
@@ -501,7 +507,9 @@ pub async fn execute(
                 Some(v) => ipsec_step(v, change).await,
                 None => Err(ApplyError::Refused("charon is not reachable".into())),
             },
-            Change::RemoveVxlanRule { ports, v6 } => remove_rules(nl, *ports, *v6).await,
+            Change::Link(LinkChange::RemoveVxlanRule { ports, v6 }) => {
+                remove_rules(nl, *ports, *v6).await
+            }
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -510,7 +518,7 @@ pub async fn execute(
         }
     }
     for c in &plan.changes {
-        if let Change::RemoveGuard { table } = c {
+        if let Change::Guard(GuardChange::Remove { table }) = c {
             if let Err(e) = guard::remove(table) {
                 failures.push(e.to_string());
             }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 pub use load::Locations;
 
-use crate::mtu::EspOverhead;
+pub use crate::base::kinds::{BackendChoice, DatapathChoice};
+
+use crate::base::mtu::EspOverhead;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/l2s-vnf/site.toml";
 pub const DEFAULT_BRIDGE: &str = "l2s0";
@@ -88,20 +90,6 @@ impl ConfigError {
             ConfigError::Read { .. } => &[],
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatapathChoice {
-    Auto,
-    System,
-    Netdev,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Kernel,
-    Libipsec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::load::Locations;
 use super::raw::{RawConfig, RawMtuAccess};
 use super::*;
-use crate::model::{vxlan_device_name, VXLAN_DEVICE_PREFIX};
-use crate::mtu;
+use crate::base::mtu;
+use crate::base::names::{vxlan_device_name, VXLAN_DEVICE_PREFIX};
 
 pub const VLAN_ID_RANGE: std::ops::RangeInclusive<i64> = 1..=4094;
 pub const VNI_RANGE: std::ops::RangeInclusive<i64> = 1..=16_777_215;
@@ -465,8 +465,12 @@ pub fn validate(
         if let Err(e) = crate::pki::Identity::parse(&site_id) {
             c.err(site_id_key, e);
         }
-        let (creds, findings) =
-            crate::pki::check(&pki_files, &site_id, site_id_key, crate::pki::now_unix());
+        let (creds, findings) = crate::pki::check(
+            &pki_files,
+            &site_id,
+            site_id_key,
+            crate::base::clock::unix_now_signed(),
+        );
         for f in findings {
             if f.warning {
                 warnings.push(c.locs.issue_at_value(&f.key, f.message));
@@ -694,11 +698,11 @@ pub fn validate(
         (mtu_access, underlay_mtu, outer_fragmentation)
     {
         let fam = family.as_ref().map(|(f, _)| *f).unwrap_or(mtu::Family::V4);
-        let max = crate::model::max_access_mtu(u, fam, enabled, backend, &esp_proposals);
+        let max = crate::base::mtu::max_access_mtu(u, fam, enabled, backend, &esp_proposals);
         if let Some(max) = max.filter(|m| want > m.access_mtu) {
             c.err(
                 "mtu.access",
-                crate::model::mtu_too_large(want, u, max.access_mtu),
+                crate::base::mtu::mtu_too_large(want, u, max.access_mtu),
             );
         }
     }

@@ -55,7 +55,7 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probe: Option<std::collections::BTreeMap<String, crate::probe::PathHealth>>,
+    pub probe: Option<std::collections::BTreeMap<String, crate::status::probe::PathHealth>>,
 }
 
 impl Reply {

@@ -15,9 +15,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
-use crate::config::{BackendChoice, SiteConfig};
+use crate::base::kinds::BackendChoice;
+use crate::base::kinds::IpsecBackend;
+use crate::config::SiteConfig;
 use crate::guard::{self, GuardSpec};
-use crate::model::IpsecBackend;
 
 /// How often the table is checked besides nftables' events.
 pub const CHECK: Duration = Duration::from_secs(2);

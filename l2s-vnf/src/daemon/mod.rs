@@ -11,12 +11,11 @@
 //!   apply the delta; an invalid config is reported and the running one kept;
 //! - **stop** (SIGTERM/SIGINT): leave the data plane and the guard in place, exit 0.
 
-pub mod authlog;
 pub mod control;
 pub mod guard_keeper;
 pub mod lock;
 pub mod metrics;
-pub mod paths;
+pub mod network_paths;
 pub mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -32,14 +31,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, ApplyError, System};
 use crate::config::SiteConfig;
-use crate::health;
 use crate::ipsec;
-use crate::ovsdb::replica::Replica;
+use crate::ovs::replica::Replica;
 use crate::plan::{ActualState, DiffOptions};
+use crate::status::health;
 use crate::status::{self, unix_now, DaemonStatus, ReconcileRecord, RepairRecord, Status};
 use control::{Job, ReloadOutcome, Reply, Request};
 use metrics::Metrics;
-use paths::Paths;
+use network_paths::NetworkPaths;
 use watch::{IpsecEvents, Trigger, Watchers};
 
 /// Events that arrive within this window are handled by one reconcile.
@@ -90,7 +89,7 @@ struct Daemon {
     /// The OVSDB copy the watcher keeps (observation reads it while it is live).
     replica: Arc<Replica>,
     /// Path probes to the peers, once the probe port is bound.
-    paths: Option<Arc<Paths>>,
+    paths: Option<Arc<NetworkPaths>>,
     probe_task: Option<tokio::task::JoinHandle<()>>,
     /// This site's VTEP address and access MTU, as the last reconcile found them.
     vtep: Option<std::net::IpAddr>,
@@ -99,7 +98,7 @@ struct Daemon {
     /// about refusals after that).
     refused_base: BTreeMap<String, u64>,
     /// charon's words about failed authentications, per peer.
-    authlog: Arc<authlog::AuthLog>,
+    authlog: Arc<crate::ipsec::authlog::AuthLog>,
     authlog_task: Option<tokio::task::JoinHandle<()>>,
     /// When each connection without an SA was last initiated (initiations are paced).
     initiations: Initiations,
@@ -298,7 +297,11 @@ impl Daemon {
 
     /// The metrics' snapshot of the system, from the reconcile's own observation (a scrape
     /// reads only this).
-    async fn refresh_metrics(&self, actual: &ActualState, vici: Option<&crate::vici::Client>) {
+    async fn refresh_metrics(
+        &self,
+        actual: &ActualState,
+        vici: Option<&crate::ipsec::vici::Client>,
+    ) {
         if self.cfg.metrics.is_none() {
             return;
         }
@@ -315,7 +318,7 @@ impl Daemon {
             return;
         };
         if self.paths.is_none() {
-            match Paths::bind(vtep, self.cfg.vxlan_port).await {
+            match NetworkPaths::bind(vtep, self.cfg.vxlan_port).await {
                 Ok(paths) => {
                     self.probe_task = Some(tokio::spawn(paths.clone().run(interval)));
                     self.paths = Some(paths);
@@ -467,7 +470,7 @@ impl Daemon {
             return;
         }
         let peers = self.cfg.peer_addresses();
-        self.authlog_task = Some(tokio::spawn(authlog::listen(
+        self.authlog_task = Some(tokio::spawn(crate::ipsec::authlog::listen(
             self.cfg.ipsec.vici.clone(),
             self.cfg.switch.bridge.clone(),
             peers,
@@ -539,7 +542,7 @@ impl Daemon {
         &self,
         actual: &ActualState,
         sas: Option<&BTreeMap<String, ipsec::SaState>>,
-        vici: Option<&crate::vici::Client>,
+        vici: Option<&crate::ipsec::vici::Client>,
         warnings: Vec<String>,
     ) -> Status {
         let mut s = status::build(&self.cfg, actual, sas);

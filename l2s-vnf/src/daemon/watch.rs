@@ -23,12 +23,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::base::names::{vxlan_device_name, ALIAS_PREFIX, VXLAN_DEVICE_PREFIX};
 use crate::config::SiteConfig;
 use crate::guard;
 use crate::ipsec;
-use crate::model::{vxlan_device_name, ALIAS_PREFIX, VXLAN_DEVICE_PREFIX};
-use crate::ovsdb::{self, replica::Replica};
-use crate::vici::{self, Item, Section};
+use crate::ipsec::vici::{self, Item, Section};
+use crate::ovs::replica::Replica;
 
 /// Something changed that may need a repair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +120,7 @@ fn summarize_update(update: &Value) -> String {
 async fn ovsdb_watch(path: PathBuf, tx: Triggers, replica: Arc<Replica>) {
     let mut lost = false;
     loop {
-        match ovsdb::Client::connect(&path).await {
+        match crate::ovs::Client::connect(&path).await {
             Ok(client) => match client.monitor("l2s-vnf-watch", Replica::request()).await {
                 Ok((initial, mut updates)) => {
                     replica.reset(&initial);

@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::IpsecBackend;
-use crate::vici::{Item, Section};
+use crate::base::kinds::IpsecBackend;
+use crate::ipsec::vici::{Item, Section};
 
 /// One algorithm a proposal needs: the `get-algorithms` section and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

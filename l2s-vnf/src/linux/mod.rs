@@ -24,13 +24,34 @@ use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
-use crate::model::VxlanSpec;
-
+pub mod change;
+pub mod discover;
 pub mod dump;
+pub mod links;
+
+pub use change::LinkChange;
+pub use discover::Facts;
 
 /// The link group VXLAN devices are moved into just before they are deleted together (an
 /// ownership mark held for one request: "L2SV").
 pub const REMOVAL_GROUP: u32 = 0x4c32_5356;
+
+/// One VXLAN device as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: IpAddr,
+    pub port: u16,
+    /// The underlay device the VTEP is bound to. `None` when the access MTU is above what a
+    /// bound VXLAN device allows (underlay MTU − headroom; only with `outer_fragmentation`):
+    /// the kernel then routes the encapsulated frames and fragments them on the way out.
+    pub underlay_index: Option<u32>,
+    pub mtu: u32,
+    pub alias: String,
+    /// How many remote MACs it may learn (the kernel refuses to learn more).
+    pub mac_limit: u32,
+}
 
 /// An address of the underlay interface, and whether it may carry the VTEP: not an IPv6
 /// temporary (privacy) or IPv4 secondary address, not tentative, deprecated or failed DAD
@@ -624,7 +645,7 @@ impl Netlink {
             m.attributes
                 .push(RuleAttribute::DestinationPortRange(RulePortRange {
                     start: port,
-                    end: crate::probe::port(port),
+                    end: crate::base::names::probe_port(port),
                 }));
             m.attributes
                 .push(RuleAttribute::Protocol(RouteProtocol::Other(

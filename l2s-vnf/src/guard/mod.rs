@@ -15,14 +15,13 @@
 //! ([`crate::xfrm::Block`]). Without charon's policies (charon stopped, a connection
 //! unloaded) or without an SA's decryption (a forged sender), they drop what the table would.
 
+use std::fmt;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::model::IpsecBackend;
+use crate::base::kinds::IpsecBackend;
+use crate::base::names::LIBIPSEC_TUN;
 use crate::xfrm;
-
-/// kernel-libipsec's TUN device.
-pub const LIBIPSEC_TUN: &str = "ipsec0";
 
 /// nftables table name for an instance (`inet` family).
 pub fn table_name(bridge: &str) -> String {
@@ -50,7 +49,7 @@ impl GuardSpec {
         let port = format!(
             "{{ {}, {} }}",
             self.vxlan_port,
-            crate::probe::port(self.vxlan_port)
+            crate::base::names::probe_port(self.vxlan_port)
         );
         let (unprotected_out, out_rule, in_rule) = match self.backend {
             IpsecBackend::Kernel => (
@@ -72,7 +71,7 @@ impl GuardSpec {
         let hex = format!(
             "{{ {:#x}, {:#x} }}",
             self.vxlan_port,
-            crate::probe::port(self.vxlan_port)
+            crate::base::names::probe_port(self.vxlan_port)
         );
         let icmp4 = format!("icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} @th,136,8 0x11 @th,240,16 {hex} {unprotected_out} counter drop comment \"ICMP error quoting VXLAN out\"");
         let icmp6 = format!("icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} @th,112,8 0x11 @th,400,16 {hex} {unprotected_out} counter drop comment \"ICMPv6 error quoting VXLAN out\"");
@@ -100,7 +99,10 @@ impl GuardSpec {
 
     /// The ports the guard keeps closed outside the SAs: VXLAN, and the probes next to it.
     fn ports(&self) -> [u16; 2] {
-        [self.vxlan_port, crate::probe::port(self.vxlan_port)]
+        [
+            self.vxlan_port,
+            crate::base::names::probe_port(self.vxlan_port),
+        ]
     }
 
     /// The second layer: xfrm block policies, on the kernel path only (with libipsec charon
@@ -240,6 +242,34 @@ pub fn remove(table: &str) -> Result<(), GuardError> {
     xfrm::remove_blocks(&ours).map_err(GuardError::Xfrm)
 }
 
+/// One change to the guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardChange {
+    /// Install or replace the fail-closed nftables guard (before any VXLAN device is up).
+    Ensure {
+        spec: GuardSpec,
+        why: &'static str,
+    },
+    Remove {
+        table: String,
+    },
+}
+
+impl fmt::Display for GuardChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuardChange::Ensure { spec, why } => write!(
+                f,
+                "{} guard: nftables table inet {} ({:?} backend; {why})",
+                if *why == "new" { '+' } else { '~' },
+                spec.table,
+                spec.backend
+            ),
+            GuardChange::Remove { table } => write!(f, "- guard: nftables table inet {table}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +291,7 @@ mod tests {
             (IpsecBackend::Libipsec, "guard-libipsec.nft"),
         ] {
             let got = spec(backend).ruleset();
-            crate::snapshot::assert_snapshot(file, &got);
+            crate::base::snapshot::assert_snapshot(file, &got);
         }
     }
 
@@ -269,7 +299,7 @@ mod tests {
     /// still the same guard, or the daemon would replace it at every reconcile.
     #[test]
     fn nfts_own_listing_matches_the_spec() {
-        let listed = include_str!("../tests/snapshots/guard-kernel.nft-listed");
+        let listed = include_str!("../../tests/snapshots/guard-kernel.nft-listed");
         assert!(matches(&spec(IpsecBackend::Kernel), listed));
         assert!(!matches(&spec(IpsecBackend::Libipsec), listed));
     }
@@ -277,7 +307,7 @@ mod tests {
     #[test]
     fn anything_else_in_the_table_is_drift() {
         let s = spec(IpsecBackend::Kernel);
-        let listed = include_str!("../tests/snapshots/guard-kernel.nft-listed");
+        let listed = include_str!("../../tests/snapshots/guard-kernel.nft-listed");
         assert!(matches(&s, listed));
         // An accept ahead of the drops lets clear text through: drift.
         let accept = listed.replacen(

@@ -12,10 +12,7 @@ use std::net::IpAddr;
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use super::ApplyError;
-use crate::model::VxlanSpec;
-use crate::netlink::{Netlink, NetlinkError, ObservedLink};
-use crate::plan::{ActualState, Change, Plan};
+use super::{LinkChange, Netlink, NetlinkError, ObservedLink, ObservedLinks, VxlanSpec};
 
 /// Netlink requests in flight at once.
 const IN_FLIGHT: usize = 64;
@@ -29,7 +26,7 @@ async fn together<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output
 }
 
 /// How to take back one phase-1 step.
-pub(super) enum Undo {
+pub enum Undo {
     /// A device this plan created.
     Delete {
         name: String,
@@ -76,7 +73,7 @@ fn settle<T>(
     results: Vec<(Result<(), NetlinkError>, T)>,
     undo: &mut Vec<Undo>,
     on_success: impl Fn(T) -> Undo,
-) -> Result<(), ApplyError> {
+) -> Result<(), NetlinkError> {
     let mut first = None;
     for (r, t) in results {
         match r {
@@ -86,31 +83,31 @@ fn settle<T>(
             }
         }
     }
-    first.map_or(Ok(()), |e| Err(e.into()))
+    first.map_or(Ok(()), Err)
 }
 
 /// Phase 1: devices, MTUs and flood entries. `index` learns the new devices' ifindexes.
 /// Every step that succeeded is in `undo`, also when a later one failed.
-pub(super) async fn make(
+pub async fn make(
     nl: &Netlink,
-    plan: &Plan,
-    actual: &ActualState,
+    changes: &[&LinkChange],
+    links: &ObservedLinks,
     index: &mut BTreeMap<String, u32>,
     undo: &mut Vec<Undo>,
-) -> Result<(), ApplyError> {
+) -> Result<(), NetlinkError> {
     // Devices whose fixed attributes changed go first, one by one (rare).
     let mut new: Vec<&VxlanSpec> = vec![];
-    for c in &plan.changes {
+    for c in changes {
         match c {
-            Change::CreateVxlan { spec } => new.push(spec),
-            Change::ReplaceVxlan {
+            LinkChange::CreateVxlan { spec } => new.push(spec),
+            LinkChange::ReplaceVxlan {
                 index: old,
                 spec,
                 why,
             } => {
                 nl.delete_link(*old, &spec.name).await?;
                 info!(dev = %spec.name, why = %why, "re-creating VXLAN device");
-                if let Some(b) = actual.links.links.get(&spec.name) {
+                if let Some(b) = links.links.get(&spec.name) {
                     if let Some(old_spec) = observed_spec(b, spec) {
                         undo.push(Undo::Recreate {
                             spec: old_spec,
@@ -145,17 +142,19 @@ pub(super) async fn make(
     }
     // MTUs and flood entries.
     let index = &*index;
-    let steps = plan.changes.iter().filter(|c| {
+    let steps = changes.iter().copied().filter(|c| {
         matches!(
             c,
-            Change::SetMtu { .. } | Change::AddFlood { .. } | Change::RemoveFlood { .. }
+            LinkChange::SetMtu { .. }
+                | LinkChange::AddFlood { .. }
+                | LinkChange::RemoveFlood { .. }
         )
     });
     let done = together(steps.map(|c| async move { (step(nl, c, index).await, c) })).await;
     let mut first = None;
     for (r, c) in done {
         match r {
-            Ok(u) => undo.push(u),
+            Ok(u) => undo.extend(u),
             Err(e) => {
                 first.get_or_insert(e);
             }
@@ -166,22 +165,26 @@ pub(super) async fn make(
 }
 
 /// One MTU or flood step; how to undo it.
-async fn step(nl: &Netlink, c: &Change, index: &BTreeMap<String, u32>) -> Result<Undo, ApplyError> {
+async fn step(
+    nl: &Netlink,
+    c: &LinkChange,
+    index: &BTreeMap<String, u32>,
+) -> Result<Option<Undo>, NetlinkError> {
     let index_of = |dev: &String| {
         index
             .get(dev)
             .copied()
             .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))
     };
-    Ok(match c {
-        Change::SetMtu { dev, from, to, .. } => {
+    Ok(Some(match c {
+        LinkChange::SetMtu { dev, from, to, .. } => {
             nl.set_mtu(dev, *to).await?;
             Undo::Mtu {
                 name: dev.clone(),
                 mtu: *from,
             }
         }
-        Change::AddFlood { dev, address, .. } => {
+        LinkChange::AddFlood { dev, address, .. } => {
             let i = index_of(dev)?;
             nl.add_flood(i, dev, *address).await?;
             Undo::RemoveFlood {
@@ -190,7 +193,7 @@ async fn step(nl: &Netlink, c: &Change, index: &BTreeMap<String, u32>) -> Result
                 dst: *address,
             }
         }
-        Change::RemoveFlood { dev, address } => {
+        LinkChange::RemoveFlood { dev, address } => {
             let i = index_of(dev)?;
             nl.remove_flood(i, dev, *address).await?;
             Undo::AddFlood {
@@ -199,31 +202,31 @@ async fn step(nl: &Netlink, c: &Change, index: &BTreeMap<String, u32>) -> Result
                 dst: *address,
             }
         }
-        other => return Err(ApplyError::Refused(format!("not a netlink step: {other}"))),
-    })
+        // Not a phase-1 step (`make` hands it none).
+        _ => return Ok(None),
+    }))
 }
 
 /// Phase 3: links up, MTUs given back, devices deleted once their ports left the bridge.
 /// Every step is tried; the failures are returned.
-pub(super) async fn finish(nl: &Netlink, plan: &Plan) -> Vec<String> {
-    let steps = plan
-        .changes
+pub async fn finish(nl: &Netlink, changes: &[&LinkChange]) -> Vec<String> {
+    let steps = changes
         .iter()
-        .filter(|c| matches!(c, Change::SetUp { .. } | Change::RestoreMtu { .. }));
+        .copied()
+        .filter(|c| matches!(c, LinkChange::SetUp { .. } | LinkChange::RestoreMtu { .. }));
     let mut results = together(steps.map(|c| async move {
         match c {
-            Change::SetUp { dev } => nl.set_up(dev).await,
-            Change::RestoreMtu { dev, to } => nl.set_mtu(dev, *to).await,
+            LinkChange::SetUp { dev } => nl.set_up(dev).await,
+            LinkChange::RestoreMtu { dev, to } => nl.set_mtu(dev, *to).await,
             _ => Ok(()),
         }
     }))
     .await;
     // Devices go together: one request for them all (see `Netlink::delete_links`).
-    let doomed: Vec<(u32, &str)> = plan
-        .changes
+    let doomed: Vec<(u32, &str)> = changes
         .iter()
         .filter_map(|c| match c {
-            Change::DeleteVxlan { index, name } => Some((*index, name.as_str())),
+            LinkChange::DeleteVxlan { index, name } => Some((*index, name.as_str())),
             _ => None,
         })
         .collect();
@@ -244,7 +247,7 @@ pub(super) async fn finish(nl: &Netlink, plan: &Plan) -> Vec<String> {
 }
 
 /// Take back phase 1, newest first; says what it did.
-pub(super) async fn rollback(nl: &Netlink, undo: Vec<Undo>) -> String {
+pub async fn rollback(nl: &Netlink, undo: Vec<Undo>) -> String {
     let steps = undo.len();
     let mut errors = vec![];
     for u in undo.into_iter().rev() {

@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 
 use std::net::IpAddr;
 
-use crate::config::{BackendChoice, SiteConfig};
-use crate::ipsec::{conn_name, SaState, POLICY_PRIORITY};
-use crate::model::vxlan_device_name;
+use crate::base::kinds::BackendChoice;
+use crate::base::names::vxlan_device_name;
+use crate::base::names::POLICY_PRIORITY;
+use crate::config::SiteConfig;
+use crate::ipsec::{conn_name, SaState};
 use crate::plan::{stale_binding, ActualState, ObservedPort};
 
 /// Why one OVS port cannot carry traffic, if it cannot.
@@ -181,7 +183,7 @@ pub fn summary(health: &BTreeMap<u16, Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Datapath;
+    use crate::base::kinds::Datapath;
     use crate::plan::{ObservedBridge, ObservedIface, ObservedLink, PortRole};
     use std::collections::BTreeSet;
 

@@ -1,4 +1,4 @@
-//! The daemon's periodic path probes ([`crate::probe`]): each peer every
+//! The daemon's periodic path probes ([`crate::status::probe`]): each peer every
 //! `[daemon] probe_interval`, the latest result per peer for `status` and the metrics, and an
 //! alarm in the log when a path stops carrying full-size frames (or carries them again).
 
@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::probe::{self, PathHealth, Prober};
+use crate::status::probe::{self, PathHealth, Prober};
 
 /// A site's prober and what it found.
-pub struct Paths {
+pub struct NetworkPaths {
     prober: Prober,
     port: u16,
     peers: Mutex<Vec<(String, IpAddr)>>,
@@ -25,12 +25,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Paths {
+impl NetworkPaths {
     /// Bind the probe port of `vxlan_port` on the VTEP address.
     pub async fn bind(vtep: IpAddr, vxlan_port: u16) -> std::io::Result<Arc<Self>> {
-        let port = probe::port(vxlan_port);
+        let port = crate::base::names::probe_port(vxlan_port);
         let prober = Prober::bind(vtep, port, Default::default()).await?;
-        Ok(Arc::new(Paths {
+        Ok(Arc::new(NetworkPaths {
             prober,
             port,
             peers: Mutex::default(),
@@ -149,7 +149,7 @@ mod tests {
     /// overflowed the daemon's arithmetic).
     #[tokio::test]
     async fn a_probe_longer_than_the_bound_is_refused() {
-        let paths = Paths::bind("127.0.0.1".parse().unwrap(), 47_890)
+        let paths = NetworkPaths::bind("127.0.0.1".parse().unwrap(), 47_890)
             .await
             .unwrap();
         paths.configure(vec![("site-b".into(), "127.0.0.2".parse().unwrap())], 1400);

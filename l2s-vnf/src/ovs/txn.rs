@@ -15,26 +15,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::change::SwitchChange;
 use super::client::{Client, OvsdbError};
 use super::switch::{rows, uuid_of, ObservedBridge, PortRole};
 use super::vswitchd;
-use crate::model::{EXT_IFINDEX, EXT_ORIG_MTU, EXT_OWNER, EXT_ROLE, EXT_VLAN};
-use crate::plan::Change;
-
-/// Whether a change is carried out through OVSDB.
-pub fn is_ovs_change(c: &Change) -> bool {
-    matches!(
-        c,
-        Change::CreateBridge { .. }
-            | Change::SetDatapath { .. }
-            | Change::DeleteBridge { .. }
-            | Change::AddPort { .. }
-            | Change::RebindPort { .. }
-            | Change::MarkPort { .. }
-            | Change::RetagPort { .. }
-            | Change::RemovePort { .. }
-    )
-}
+use crate::base::names::{EXT_IFINDEX, EXT_ORIG_MTU, EXT_OWNER, EXT_ROLE, EXT_VLAN};
 
 fn ovs_map(pairs: &[(&str, String)]) -> Value {
     json!([
@@ -205,7 +190,7 @@ impl Ops {
 /// bridge's row (None when the plan creates it); `ifindex` gives each device's index, recorded
 /// on the ports added.
 pub fn build(
-    changes: &[&Change],
+    changes: &[&SwitchChange],
     bridge_uuid: Option<&str>,
     ifindex: &BTreeMap<String, u32>,
 ) -> (Txn, Option<Txn>) {
@@ -214,7 +199,7 @@ pub fn build(
     let mut create = None;
     for c in changes {
         match c {
-            Change::CreateBridge {
+            SwitchChange::CreateBridge {
                 name,
                 datapath,
                 owner,
@@ -225,23 +210,23 @@ pub fn build(
                     "external_ids": ovs_map(&[(EXT_OWNER, owner.clone())]),
                 }));
             }
-            Change::SetDatapath { to, .. } => {
+            SwitchChange::SetDatapath { to, .. } => {
                 if let Some(u) = bridge_uuid {
                     first.ops.push(json!({"op": "update", "table": "Bridge", "where": by_uuid(u), "row": {"datapath_type": to.ovs_name()}}));
                 }
             }
-            Change::DeleteBridge { .. } => {
+            SwitchChange::DeleteBridge { .. } => {
                 if let Some(u) = bridge_uuid {
                     first.ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["bridges", "delete", ["set", [["uuid", u]]]]]}));
                 }
             }
-            Change::AddPort {
+            SwitchChange::AddPort {
                 name,
                 vlan,
                 role,
                 orig_mtu,
             } => first.add_port(name, *vlan, *role, *orig_mtu, ifindex.get(name).copied()),
-            Change::RebindPort {
+            SwitchChange::RebindPort {
                 uuid,
                 name,
                 vlan,
@@ -253,15 +238,14 @@ pub fn build(
                 first.rows += 1;
                 second.add_port(name, *vlan, *role, *orig_mtu, ifindex.get(name).copied());
             }
-            Change::MarkPort { uuid, ifindex, .. } => {
+            SwitchChange::MarkPort { uuid, ifindex, .. } => {
                 first.set_ext("Port", uuid, EXT_IFINDEX, ifindex.to_string())
             }
-            Change::RetagPort { uuid, to, .. } => first.retag(uuid, Some(*to)),
-            Change::RemovePort { uuid, .. } => {
+            SwitchChange::RetagPort { uuid, to, .. } => first.retag(uuid, Some(*to)),
+            SwitchChange::RemovePort { uuid, .. } => {
                 first.removed.push(json!(["uuid", uuid]));
                 first.rows += 1;
             }
-            _ => {}
         }
     }
     let target = match (create, bridge_uuid) {
@@ -281,7 +265,7 @@ pub fn build(
 /// The transaction that undoes `changes` once (part of) them committed: `created` holds the
 /// rows the committed transactions inserted, `observed` the bridge as it was before.
 pub fn inverse(
-    changes: &[&Change],
+    changes: &[&SwitchChange],
     observed: Option<&ObservedBridge>,
     created: &Created,
 ) -> Vec<Value> {
@@ -297,7 +281,7 @@ pub fn inverse(
     ops.removed = created.ports.iter().map(|u| json!(["uuid", u])).collect();
     for c in changes {
         match c {
-            Change::RemovePort { name, .. } | Change::RebindPort { name, .. } => {
+            SwitchChange::RemovePort { name, .. } | SwitchChange::RebindPort { name, .. } => {
                 if let Some((p, role, tag)) = bridge
                     .ports
                     .get(name)
@@ -306,8 +290,8 @@ pub fn inverse(
                     ops.add_port(name, tag, role, p.orig_mtu, p.bound_ifindex);
                 }
             }
-            Change::RetagPort { uuid, from, .. } => ops.retag(uuid, *from),
-            Change::SetDatapath { from, .. } => {
+            SwitchChange::RetagPort { uuid, from, .. } => ops.retag(uuid, *from),
+            SwitchChange::SetDatapath { from, .. } => {
                 ops.ops.push(json!({"op": "update", "table": "Bridge", "where": by_uuid(&bridge.uuid), "row": {"datapath_type": from.ovs_name()}}));
             }
             _ => {}
@@ -331,7 +315,7 @@ fn next_cfg(results: &[Value]) -> Result<i64, OvsdbError> {
 /// committed is reverted and the error says whether that worked.
 pub async fn apply(
     client: &Client,
-    changes: &[&Change],
+    changes: &[&SwitchChange],
     observed: Option<&ObservedBridge>,
     ifindex: &BTreeMap<String, u32>,
 ) -> Result<Option<i64>, OvsdbError> {
@@ -370,7 +354,7 @@ pub async fn apply(
 
 async fn revert(
     client: &Client,
-    changes: &[&Change],
+    changes: &[&SwitchChange],
     observed: Option<&ObservedBridge>,
     created: &Created,
     cause: OvsdbError,
@@ -389,8 +373,8 @@ async fn revert(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Datapath;
-    use crate::ovsdb::switch::{ObservedIface, ObservedPort};
+    use crate::base::kinds::Datapath;
+    use crate::ovs::switch::{ObservedIface, ObservedPort};
 
     fn text(ops: &[Value]) -> String {
         serde_json::to_string(ops).unwrap()
@@ -399,19 +383,19 @@ mod tests {
     #[test]
     fn new_bridge_transaction_inserts_bridge_with_ports() {
         let changes = [
-            Change::CreateBridge {
+            SwitchChange::CreateBridge {
                 name: "l2s0".into(),
                 datapath: Datapath::Netdev,
                 owner: "site-a".into(),
             },
-            Change::AddPort {
+            SwitchChange::AddPort {
                 name: "ens4".into(),
                 vlan: 101,
                 role: PortRole::Access,
                 orig_mtu: Some(1500),
             },
         ];
-        let refs: Vec<&Change> = changes.iter().collect();
+        let refs: Vec<&SwitchChange> = changes.iter().collect();
         let index = BTreeMap::from([("ens4".to_string(), 7)]);
         let (t, second) = build(&refs, None, &index);
         assert!(second.is_none());
@@ -439,12 +423,12 @@ mod tests {
 
     #[test]
     fn removal_mutates_the_bridge() {
-        let changes = [Change::RemovePort {
+        let changes = [SwitchChange::RemovePort {
             uuid: "u-1".into(),
             name: "ens5".into(),
             role: PortRole::Access,
         }];
-        let refs: Vec<&Change> = changes.iter().collect();
+        let refs: Vec<&SwitchChange> = changes.iter().collect();
         let (t, _) = build(&refs, Some("b-1"), &BTreeMap::new());
         let s = text(&t.ops);
         assert!(
@@ -455,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_rebind_removes_first_and_adds_back_in_a_second_transaction() {
-        let changes = [Change::RebindPort {
+        let changes = [SwitchChange::RebindPort {
             uuid: "u-1".into(),
             name: "l2s-vx101".into(),
             vlan: 101,
@@ -463,7 +447,7 @@ mod tests {
             orig_mtu: None,
             why: "device re-created".into(),
         }];
-        let refs: Vec<&Change> = changes.iter().collect();
+        let refs: Vec<&SwitchChange> = changes.iter().collect();
         let index = BTreeMap::from([("l2s-vx101".to_string(), 42)]);
         let (first, second) = build(&refs, Some("b-1"), &index);
         let s = text(&first.ops);
@@ -499,25 +483,25 @@ mod tests {
     #[test]
     fn the_inverse_restores_what_the_plan_started_from() {
         let changes = [
-            Change::AddPort {
+            SwitchChange::AddPort {
                 name: "ens4".into(),
                 vlan: 101,
                 role: PortRole::Access,
                 orig_mtu: Some(1500),
             },
-            Change::RemovePort {
+            SwitchChange::RemovePort {
                 uuid: "u-5".into(),
                 name: "ens5".into(),
                 role: PortRole::Access,
             },
-            Change::RetagPort {
+            SwitchChange::RetagPort {
                 uuid: "u-6".into(),
                 name: "ens6".into(),
                 from: Some(103),
                 to: 104,
             },
         ];
-        let refs: Vec<&Change> = changes.iter().collect();
+        let refs: Vec<&SwitchChange> = changes.iter().collect();
         let created = Created {
             ports: vec!["p-new".into()],
             bridge: None,

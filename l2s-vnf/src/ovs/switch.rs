@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Value};
 
 use super::client::{Client, OvsdbError};
-use crate::model::{Datapath, EXT_IFINDEX, EXT_ORIG_MTU, EXT_OWNER, EXT_ROLE};
+use crate::base::kinds::Datapath;
+use crate::base::names::{EXT_IFINDEX, EXT_ORIG_MTU, EXT_OWNER, EXT_ROLE};
 
 /// A role recorded in a port's `external_ids`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

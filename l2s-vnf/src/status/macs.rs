@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::{ApplyError, System};
 use crate::config::SiteConfig;
-use crate::netlink::dump::{self, Learned};
-use crate::ovsdb::unixctl;
+use crate::linux::dump::{self, Learned};
+use crate::ovs::unixctl;
 use crate::plan::PortRole;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::ipsec;
-use crate::vici::{self, Section};
+use crate::ipsec::vici::{self, Section};
 
 /// Lines kept per peer (the latest distinct ones since its last success).
 const LINES: usize = 6;
@@ -124,7 +124,7 @@ impl AuthLog {
             return;
         }
         let context = s.attempts.get_mut(&id).and_then(|a| a.1.take());
-        let now = crate::status::unix_now();
+        let now = crate::base::clock::unix_now();
         let entry = s.by_peer.entry(peer).or_insert_with(|| AuthFailure {
             at_unix: now,
             lines: vec![],

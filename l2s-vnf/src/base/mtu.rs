@@ -24,6 +24,8 @@
 
 use std::fmt;
 
+use super::kinds::{BackendChoice, IpsecBackend};
+
 /// Outer IP header size by family.
 pub const IPV4_HEADER: u32 = 20;
 pub const IPV6_HEADER: u32 = 40;
@@ -375,6 +377,76 @@ pub fn check_ike_proposal(proposal: &str) -> Result<(), ProposalError> {
         return Err(ProposalError::NoIntegrity);
     }
     Ok(())
+}
+
+fn esp_protection(backend: IpsecBackend, esp: &[EspOverhead]) -> Protection {
+    match backend {
+        IpsecBackend::Kernel => Protection::Esp {
+            proposals: esp.to_vec(),
+            mode: EspMode::Transport,
+            // Conservative: a NAT between sites makes charon float ESP into UDP 4500.
+            nat_t: true,
+            tun_mtu: None,
+        },
+        IpsecBackend::Libipsec => Protection::Esp {
+            proposals: esp.to_vec(),
+            mode: EspMode::Tunnel,
+            nat_t: true,
+            tun_mtu: Some(LIBIPSEC_TUN_MTU),
+        },
+    }
+}
+
+/// The MTU inputs for a config; several when the backend is not yet known (the smallest wins).
+fn mtu_inputs(
+    underlay_mtu: u32,
+    family: Family,
+    ipsec_enabled: bool,
+    backend: BackendChoice,
+    esp: &[EspOverhead],
+) -> Vec<MtuInputs> {
+    let protections = if !ipsec_enabled {
+        vec![Protection::None]
+    } else {
+        match backend {
+            BackendChoice::Kernel => vec![esp_protection(IpsecBackend::Kernel, esp)],
+            BackendChoice::Libipsec => vec![esp_protection(IpsecBackend::Libipsec, esp)],
+            BackendChoice::Auto => vec![
+                esp_protection(IpsecBackend::Kernel, esp),
+                esp_protection(IpsecBackend::Libipsec, esp),
+            ],
+        }
+    };
+    protections
+        .into_iter()
+        .map(|protection| MtuInputs {
+            underlay_mtu,
+            family,
+            protection,
+        })
+        .collect()
+}
+
+/// The largest access MTU for these inputs, with its derivation: the smallest over the
+/// candidate backends. `None` when nothing fits.
+pub fn max_access_mtu(
+    underlay_mtu: u32,
+    family: Family,
+    ipsec_enabled: bool,
+    backend: BackendChoice,
+    esp: &[EspOverhead],
+) -> Option<MtuResult> {
+    mtu_inputs(underlay_mtu, family, ipsec_enabled, backend, esp)
+        .iter()
+        .filter_map(compute)
+        .min_by_key(|r| r.access_mtu)
+}
+
+/// The error for an explicit `mtu.access` the path cannot carry.
+pub fn mtu_too_large(want: u32, underlay_mtu: u32, max: u32) -> String {
+    format!(
+        "{want} is too large for this path: with underlay MTU {underlay_mtu} the largest access MTU that does not fragment is {max}"
+    )
 }
 
 #[cfg(test)]

@@ -7,11 +7,14 @@
 //! - [`replica`]: the daemon's monitor-fed copy of the rows it observes;
 //! - [`unixctl`]: ovs-vswitchd's control socket (the MAC learning table).
 
+pub mod change;
 pub mod client;
 pub mod replica;
+pub mod storm;
 pub mod switch;
 pub mod txn;
 pub mod unixctl;
 pub mod vswitchd;
 
+pub use change::SwitchChange;
 pub use client::{Client, OvsdbError};

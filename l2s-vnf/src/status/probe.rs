@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
-use crate::mtu::{Family, UDP_HEADER, VXLAN_OVERHEAD};
+use crate::base::mtu::{Family, UDP_HEADER, VXLAN_OVERHEAD};
 
 const MAGIC: &[u8; 4] = b"L2SP";
 const REQUEST: u8 = 1;
@@ -40,11 +40,6 @@ pub const SMALL_PROBES: usize = 5;
 pub const MAX_PROBE_SECS: u64 = 600;
 const SPACING: Duration = Duration::from_millis(100);
 const SMALL_SIZE: usize = 64;
-
-/// The probe port for a VXLAN port.
-pub fn port(vxlan_port: u16) -> u16 {
-    vxlan_port.saturating_add(1)
-}
 
 /// The UDP payload of a probe whose IP packet is as large as a VXLAN packet carrying a frame
 /// of `access_mtu` bytes (both have the same IP header).
@@ -219,7 +214,7 @@ impl Prober {
             })),
             loss_pct: 100.0 * (count - rtts.len()) as f64 / count as f64,
             mtu_size: self.ip_size(full_payload),
-            at_unix: crate::status::unix_now(),
+            at_unix: crate::base::clock::unix_now(),
             ..Default::default()
         };
         if rtts.is_empty() {
@@ -312,7 +307,7 @@ mod tests {
         // Access MTU 1408 over IPv4: the VXLAN packet is 20 + 8 + 8 + 14 + 1408 = 1458.
         let payload = full_payload(1408);
         assert_eq!(payload as u32 + UDP_HEADER + 20, 1458);
-        assert_eq!(port(4789), 4790);
+        assert_eq!(crate::base::names::probe_port(4789), 4790);
     }
 
     #[tokio::test]

@@ -5,9 +5,20 @@ use std::net::IpAddr;
 
 use rtnetlink::sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
+use crate::base::kinds::IpsecBackend;
 use crate::config::SiteConfig;
-use crate::model::Facts;
-use crate::netlink::{Netlink, NetlinkError, UnderlayAddress};
+use crate::linux::{Netlink, NetlinkError, UnderlayAddress};
+
+/// Facts about this machine that the desired state depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub underlay_index: u32,
+    pub vtep_ip: IpAddr,
+    pub underlay_mtu: u32,
+    pub kernel_has_ovs_datapath: bool,
+    /// `None` while charon has not been asked (backend `auto`).
+    pub ipsec_backend: Option<IpsecBackend>,
+}
 
 /// Discover the facts for a config. Fails clearly when the underlay interface is missing,
 /// has no usable address, or does not hold the configured VTEP address.

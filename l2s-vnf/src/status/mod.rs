@@ -5,16 +5,20 @@
 //! The JSON form is a stable schema (`schema` = 1): fields are only ever added. The README's
 //! "Status schema" section documents every field.
 
+pub mod health;
+pub mod macs;
+pub mod probe;
+
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
+use crate::base::names::{alias_owned_by, EXT_OWNER};
 use crate::config::SiteConfig;
 use crate::ipsec::{conn_name, SaState};
-use crate::model::{alias_owned_by, EXT_OWNER};
-use crate::netlink::LinkStats;
+use crate::linux::LinkStats;
 use crate::plan::{ActualState, PortRole};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,7 +157,7 @@ pub struct PeerStatus {
     pub sa: Option<SaState>,
     /// The daemon's latest path probe (RTT, jitter, loss, full-size frames), when it probes.
     #[serde(default)]
-    pub path: Option<crate::probe::PathHealth>,
+    pub path: Option<crate::status::probe::PathHealth>,
     /// `psk` or `pubkey`.
     #[serde(default)]
     pub auth: Option<String>,
@@ -403,7 +407,7 @@ pub fn build(
         v.counters = sum;
     }
     let access_mtu = vlans.values().filter_map(|v| v.vtep_mtu).min();
-    for (id, why) in crate::health::vlans(cfg, actual, sas) {
+    for (id, why) in crate::status::health::vlans(cfg, actual, sas) {
         let v = vlans.entry(id).or_insert_with(|| entry(id));
         v.up = why.is_empty();
         if !why.is_empty() {
@@ -466,7 +470,7 @@ pub fn build(
         }
     }
     let certificate = crate::ipsec::DesiredCreds::from_config(cfg)
-        .map(|d| CertStatus::of(&d.creds.cert, crate::pki::now_unix()));
+        .map(|d| CertStatus::of(&d.creds.cert, crate::base::clock::unix_now_signed()));
     if let Some(w) = certificate.as_ref().and_then(|c| c.warning("this site's")) {
         warnings.push(w);
     }
@@ -529,7 +533,7 @@ impl Status {
         certs: &BTreeMap<String, crate::pki::CertInfo>,
         problems: &BTreeMap<String, String>,
     ) {
-        let now = crate::pki::now_unix();
+        let now = crate::base::clock::unix_now_signed();
         for p in &mut self.peers {
             p.certificate = certs.get(&p.name).map(|c| CertStatus::of(c, now));
             if let Some(w) = p
@@ -550,7 +554,7 @@ impl Status {
 
     /// The daemon's path probes, per peer, with an alarm for a path that stopped carrying
     /// full-size frames.
-    pub fn add_paths(&mut self, paths: &BTreeMap<String, crate::probe::PathHealth>) {
+    pub fn add_paths(&mut self, paths: &BTreeMap<String, crate::status::probe::PathHealth>) {
         for p in &mut self.peers {
             p.path = paths.get(&p.name).cloned();
             if let Some(h) = &p.path {
@@ -862,7 +866,7 @@ fn opt_duration(secs: Option<u64>) -> String {
 }
 
 /// One line for a path probe: `rtt 0.4 ms (0.3–0.6), jitter 0.1 ms, loss 0%, full-size ok`.
-pub fn path_text(h: &crate::probe::PathHealth) -> String {
+pub fn path_text(h: &crate::status::probe::PathHealth) -> String {
     let ms = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
     let mut s = format!(
         "rtt {} ms ({}–{}), jitter {} ms, loss {:.0}%, ",

@@ -20,22 +20,22 @@
 //! initiates instead, and only when a connection has no IKE_SA at all: the initiator at once,
 //! the responder only after the initiator had time to (see `daemon::Initiations`).
 
+pub mod algorithms;
+pub mod authlog;
+pub mod vici;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::base::kinds::IpsecBackend;
+use crate::base::names::POLICY_PRIORITY;
 use crate::config::{AuthMethod, SiteConfig};
-use crate::model::IpsecBackend;
+use crate::ipsec::vici::Section;
 use crate::pki::Credentials;
-use crate::vici::Section;
 
 pub const CONN_PREFIX: &str = "l2s-vnf:";
-/// The fixed priority of our IPsec policies (lower wins). charon's automatic priorities are
-/// above 68 000 — pass policies (e.g. the stock `bypass-lan` plugin's for the underlay's own
-/// subnet) above 100 000 — so VXLAN between the VTEPs enters our SA whatever else charon
-/// installs for the same addresses.
-pub const POLICY_PRIORITY: u32 = 1000;
 pub const CHILD_PREFIX: &str = "vxlan-";
 
 /// IKE SA lifetimes: rekey (not reauthenticate) so traffic is never dropped.
@@ -420,7 +420,7 @@ pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
         };
         if let Some(children) = ike.sub("child-sas") {
             for (_, item) in &children.items {
-                if let crate::vici::Item::Section(c) = item {
+                if let crate::ipsec::vici::Item::Section(c) = item {
                     let cs = c.str("state");
                     if st.child_state.as_deref() != Some("INSTALLED") {
                         st.child_rekey_in_secs = c.str("rekey-time").and_then(|v| v.parse().ok());
@@ -694,7 +694,7 @@ mod tests {
         ] {
             let c = conn(backend, local, remote);
             let got = Section::new().section(&c.name, c.message()).to_string();
-            crate::snapshot::assert_snapshot(file, &got);
+            crate::base::snapshot::assert_snapshot(file, &got);
         }
     }
 
@@ -706,7 +706,7 @@ mod tests {
         c.auth = AuthMethod::Pubkey;
         c.remote_id = "CN=site-b, O=Operator B".into();
         let got = Section::new().section(&c.name, c.message()).to_string();
-        crate::snapshot::assert_snapshot("load-conn-pubkey-initiator.txt", &got);
+        crate::base::snapshot::assert_snapshot("load-conn-pubkey-initiator.txt", &got);
         assert_ne!(
             c.fingerprint(),
             conn(IpsecBackend::Kernel, "192.0.2.1", "192.0.2.2").fingerprint(),
@@ -717,7 +717,7 @@ mod tests {
     /// Snapshot of the credential messages (placeholder data: the real ones carry DER/PEM).
     #[test]
     fn credential_message_snapshots() {
-        use crate::vici::messages;
+        use crate::ipsec::vici::messages;
         let got = [
             (
                 "load-authority",
@@ -734,7 +734,7 @@ mod tests {
         .map(|(cmd, m)| format!("{cmd}:\n{m}"))
         .collect::<Vec<_>>()
         .join("\n");
-        crate::snapshot::assert_snapshot("load-credentials.txt", &got);
+        crate::base::snapshot::assert_snapshot("load-credentials.txt", &got);
     }
 
     #[test]

@@ -13,10 +13,11 @@
 //! Unknown unicast is not limited: NORMAL decides it is unknown only after the meter.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::ovsdb::switch::ObservedPort;
+use crate::ovs::switch::ObservedPort;
 
 /// Our flows' cookie ("L2S" in the top 24 bits), and the mask that selects them.
 pub const COOKIE: u64 = 0x4c32_5300_0000_0000;
@@ -309,6 +310,31 @@ fn parse_meters(config: &str, stats: &str) -> BTreeMap<u32, Meter> {
     meters
 }
 
+/// Replace storm control in ovs-vswitchd with exactly these limits (none: remove ours).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StormChange {
+    pub bridge: String,
+    pub limits: Vec<StormLimit>,
+}
+
+impl fmt::Display for StormChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let StormChange { bridge, limits } = self;
+        if limits.is_empty() {
+            return write!(f, "- storm control on {bridge}");
+        }
+        write!(
+            f,
+            "~ storm control on {bridge}: {}",
+            limits
+                .iter()
+                .map(|l| format!("{} {} pps", l.port, l.pps))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,7 +364,7 @@ meter:2 flow_count:1 packet_in_count:90 byte_in_count:0 duration:0.044s bands:
             role: None,
             orig_mtu: None,
             bound_ifindex: None,
-            iface: crate::ovsdb::switch::ObservedIface {
+            iface: crate::ovs::switch::ObservedIface {
                 ofport: Some(ofport),
                 error: None,
             },
