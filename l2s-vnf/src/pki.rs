@@ -111,13 +111,6 @@ pub enum Validity {
     Expired,
 }
 
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn unix_of(t: &Asn1TimeRef) -> i64 {
     match Asn1Time::from_unix(0).and_then(|epoch| epoch.diff(t)) {
         Ok(d) => i64::from(d.days) * 86_400 + i64::from(d.secs),
@@ -905,7 +898,7 @@ mod tests {
         b.set_subject_name(&name).unwrap();
         b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
             .unwrap();
-        let now = now_unix();
+        let now = crate::base::clock::unix_now_signed();
         b.set_not_before(&Asn1Time::from_unix(now + days.0 * 86400).unwrap())
             .unwrap();
         b.set_not_after(&Asn1Time::from_unix(now + days.1 * 86400).unwrap())
@@ -979,7 +972,12 @@ mod tests {
     #[test]
     fn a_good_set_passes_and_the_key_is_never_shown() {
         let fx = fixture((-1, 365));
-        let (creds, findings) = check(&fx.files, "site-a", "site.name", now_unix());
+        let (creds, findings) = check(
+            &fx.files,
+            "site-a",
+            "site.name",
+            crate::base::clock::unix_now_signed(),
+        );
         assert!(findings.is_empty(), "{findings:?}");
         let creds = creds.unwrap();
         assert_eq!(creds.cert.subject, "O=Operator, CN=site-a");
@@ -987,7 +985,12 @@ mod tests {
         assert_eq!(creds.key_id.len(), 40);
         assert!(!format!("{creds:?}").contains("PRIVATE"));
         // The DN works as an identity too.
-        let (_, f) = check(&fx.files, "O=Operator, CN=site-a", "site.id", now_unix());
+        let (_, f) = check(
+            &fx.files,
+            "O=Operator, CN=site-a",
+            "site.id",
+            crate::base::clock::unix_now_signed(),
+        );
         assert!(f.is_empty(), "{f:?}");
     }
 
@@ -1002,7 +1005,12 @@ mod tests {
             &other.private_key_to_pem_pkcs8().unwrap(),
             0o644,
         );
-        let (creds, f) = check(&files, "site-b", "site.name", now_unix());
+        let (creds, f) = check(
+            &files,
+            "site-b",
+            "site.name",
+            crate::base::clock::unix_now_signed(),
+        );
         assert!(creds.is_none());
         let e = errors(&f).join("\n");
         assert!(
@@ -1016,11 +1024,21 @@ mod tests {
     #[test]
     fn untrusted_expired_and_wrong_files_are_errors() {
         let fx = fixture((-30, -1));
-        let (_, f) = check(&fx.files, "site-a", "site.name", now_unix());
+        let (_, f) = check(
+            &fx.files,
+            "site-a",
+            "site.name",
+            crate::base::clock::unix_now_signed(),
+        );
         assert!(errors(&f).join("\n").contains("expired on"), "{f:?}");
 
         let fx = fixture((-1, 10));
-        let (creds, f) = check(&fx.files, "site-a", "site.name", now_unix());
+        let (creds, f) = check(
+            &fx.files,
+            "site-a",
+            "site.name",
+            crate::base::clock::unix_now_signed(),
+        );
         assert!(creds.is_some());
         assert!(
             f.iter()
@@ -1038,7 +1056,12 @@ mod tests {
             &other_ca.to_pem().unwrap(),
             0o644,
         )];
-        let (_, f) = check(&files, "site-a", "site.name", now_unix());
+        let (_, f) = check(
+            &files,
+            "site-a",
+            "site.name",
+            crate::base::clock::unix_now_signed(),
+        );
         assert!(
             errors(&f).join("\n").contains("not signed by a CA"),
             "{f:?}"
@@ -1052,7 +1075,12 @@ mod tests {
         files.cacerts = vec![write(fx.dir.path(), "k.crt", &with_key, 0o644)];
         files.key = fx.files.cert.clone();
         files.crls = vec![fx.files.cert.clone()];
-        let (_, f) = check(&files, "site-a", "site.name", now_unix());
+        let (_, f) = check(
+            &files,
+            "site-a",
+            "site.name",
+            crate::base::clock::unix_now_signed(),
+        );
         let e = errors(&f).join("\n");
         assert!(
             e.contains("ipsec.cacerts[0]: CA certificate file")

@@ -3,75 +3,26 @@
 //! [`diff`] is pure: it takes a [`DesiredState`] and an [`ActualState`] and returns a [`Plan`]
 //! (or the conflicts that forbid one). `plan` prints the value, `apply` executes it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::base::names::alias_owned_by;
 use crate::guard::GuardChange;
-use crate::ipsec::{IpsecChange, ObservedConn};
+use crate::ipsec::{IpsecChange, ObservedIpsec};
 use crate::linux::{LinkChange, VxlanSpec};
-pub use crate::linux::{ObservedLink, ObservedLinks, VxlanAttrs};
+use crate::linux::{ObservedLink, ObservedLinks};
 use crate::model::{DesiredSecurity, DesiredState};
 use crate::ovs::storm::{ObservedStorm, StormChange};
-pub use crate::ovs::switch::{
-    ObservedBridge, ObservedIface, ObservedPort, ObservedSwitch, PortRole,
-};
+use crate::ovs::switch::{ObservedPort, ObservedSwitch, PortRole};
 use crate::ovs::SwitchChange;
-
-/// The guard, the policy rule and charon's connections as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObservedSecurity {
-    /// What charon could not be asked, and why (each left unknown, as `None` below).
-    pub charon_unknown: Vec<String>,
-    /// `nft list table` output of our guard table, if it exists.
-    pub guard: Option<String>,
-    /// Destination port ranges of our policy rules, per family (false = IPv4).
-    pub vxlan_rules: Vec<((u16, u16), bool)>,
-    /// Our connections in charon; `None` when charon was not reachable.
-    pub conns: Option<Vec<ObservedConn>>,
-    /// Connections with an IKE_SA (any state), with the state of their SAs.
-    pub sas: BTreeMap<String, crate::ipsec::SaState>,
-    /// The kernel's IPsec policies (to tell whether VXLAN would bypass our SAs).
-    pub policies: Vec<crate::xfrm::Policy>,
-    /// Ids of the pre-shared keys charon holds (`None`: not known).
-    pub keys: Option<Vec<String>>,
-    /// Our certification authorities in charon (`None`: not known).
-    pub authorities: Option<Vec<String>>,
-    /// Ids of the private keys loaded over VICI (`None`: not known).
-    pub key_ids: Option<Vec<String>>,
-    /// The certificates charon holds for this site's identity, DER (`None`: not known).
-    pub own_certs: Option<Vec<Vec<u8>>>,
-    /// The revocation lists charon holds, DER (`None`: not known).
-    pub crls: Option<Vec<Vec<u8>>>,
-    /// Peers whose certificate (as charon verified it) one of our CRLs revokes, with why.
-    pub revoked: BTreeMap<String, String>,
-    /// The certificate charon verified for each certificate peer, when observation read them
-    /// (only with CRLs configured; status reads them itself otherwise).
-    pub peer_certs: Option<BTreeMap<String, crate::pki::CertInfo>>,
-}
-
-impl ObservedSecurity {
-    /// What charon holds of this site's credentials.
-    pub fn held_creds(&self) -> crate::ipsec::HeldCreds<'_> {
-        crate::ipsec::HeldCreds {
-            authorities: self.authorities.as_deref(),
-            key_ids: self.key_ids.as_deref(),
-            own_certs: self.own_certs.as_deref(),
-            crls: self.crls.as_deref(),
-        }
-    }
-
-    /// The SA states, or `None` when charon was not reachable.
-    pub fn reachable_sas(&self) -> Option<&BTreeMap<String, crate::ipsec::SaState>> {
-        self.conns.is_some().then_some(&self.sas)
-    }
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualState {
     pub switch: ObservedSwitch,
     pub links: ObservedLinks,
-    pub security: ObservedSecurity,
+    /// `nft list table` output of our guard table, if it exists.
+    pub guard: Option<String>,
+    pub ipsec: ObservedIpsec,
     /// Storm control in ovs-vswitchd; `None` when it could not be asked.
     pub storm: Option<ObservedStorm>,
 }
@@ -521,7 +472,7 @@ pub fn diff_with(
         }));
     }
     c.extend(late);
-    let (pre, post) = diff_security(desired.security.as_ref(), &actual.security, &desired.bridge);
+    let (pre, post) = diff_security(desired.security.as_ref(), actual, &desired.bridge);
     let mut changes = pre;
     changes.extend(c);
     changes.extend(post);
@@ -532,112 +483,40 @@ pub fn diff_with(
 /// the policy rule), `post` after the switch is wired (IPsec connections, removals).
 pub fn diff_security(
     desired: Option<&DesiredSecurity>,
-    obs: &ObservedSecurity,
+    actual: &ActualState,
     bridge: &str,
 ) -> (Vec<Change>, Vec<Change>) {
-    let mut pre = vec![];
-    let mut post = vec![];
+    let obs = &actual.ipsec;
+    let guard = crate::guard::diff(
+        desired.map(|d| &d.guard),
+        actual.guard.as_deref(),
+        &obs.policies,
+        bridge,
+    )
+    .map(Change::Guard);
+    let (add_rule, remove_rules) = crate::linux::diff_vxlan_rules(
+        desired.and_then(|d| d.vxlan_rule),
+        &actual.links.vxlan_rules,
+    );
+    let ipsec = crate::ipsec::diff_site(
+        desired.map(|d| (d.conns.as_slice(), d.creds.as_ref())),
+        obs,
+        bridge,
+    )
+    .into_iter()
+    .map(Change::Ipsec);
+    let remove_rules = remove_rules.into_iter().map(Change::Link);
     match desired {
-        Some(d) => {
-            match &obs.guard {
-                None => pre.push(Change::Guard(GuardChange::Ensure {
-                    spec: d.guard.clone(),
-                    why: "new",
-                })),
-                Some(listed) if !crate::guard::matches(&d.guard, listed) => {
-                    pre.push(Change::Guard(GuardChange::Ensure {
-                        spec: d.guard.clone(),
-                        why: "rules differ",
-                    }))
-                }
-                Some(_) if !crate::guard::blocks_match(&d.guard, &obs.policies) => {
-                    pre.push(Change::Guard(GuardChange::Ensure {
-                        spec: d.guard.clone(),
-                        why: "xfrm block policies differ",
-                    }))
-                }
-                Some(_) => {}
-            }
-            let wanted = d
-                .vxlan_rule
-                .map(|(port, v6)| ((port, crate::base::names::probe_port(port)), v6));
-            if let Some(((port, _), v6)) = wanted {
-                if !obs.vxlan_rules.iter().any(|r| Some(*r) == wanted) {
-                    pre.push(Change::Link(LinkChange::AddVxlanRule { port, v6 }));
-                }
-            }
-            for &(ports, v6) in &obs.vxlan_rules {
-                if wanted != Some((ports, v6)) {
-                    post.push(Change::Link(LinkChange::RemoveVxlanRule { ports, v6 }));
-                }
-            }
-            // Credentials before the connections that use them; stale CAs after.
-            let (load, unload) =
-                crate::ipsec::diff_creds(d.creds.as_ref(), obs.held_creds(), bridge);
-            post.extend(load.into_iter().map(Change::Ipsec));
-            let observed = obs.conns.as_deref().unwrap_or(&[]);
-            let with_sa: Vec<String> = obs.sas.keys().cloned().collect();
-            post.extend(
-                crate::ipsec::diff(&d.conns, observed, &with_sa, obs.keys.as_deref(), bridge)
-                    .into_iter()
-                    .map(Change::Ipsec),
-            );
-            // A revoked peer's IKE_SA ends now: its CRL matters to charon only at the next
-            // authentication.
-            for (peer, why) in &obs.revoked {
-                let name = crate::ipsec::conn_name(bridge, peer);
-                if obs.sas.contains_key(&name) {
-                    post.push(Change::Ipsec(crate::ipsec::IpsecChange::TerminateRevoked {
-                        name,
-                        why: why.clone(),
-                    }));
-                }
-            }
-            // This site's key was replaced (a rotation): the IKE_SAs it authenticated are
-            // authenticated again once the old key has left charon — with both keys held,
-            // charon may well sign with the old one and present the old certificate.
-            let rotated = unload
-                .iter()
-                .any(|c| matches!(c, crate::ipsec::IpsecChange::UnloadKey { .. }));
-            post.extend(unload.into_iter().map(Change::Ipsec));
-            if rotated {
-                for c in d
-                    .conns
-                    .iter()
-                    .filter(|c| c.auth == crate::config::AuthMethod::Pubkey)
-                {
-                    if obs.sas.contains_key(&c.name) {
-                        post.push(Change::Ipsec(crate::ipsec::IpsecChange::Reauthenticate {
-                            name: c.name.clone(),
-                            why: "this site's key changed",
-                            how: crate::ipsec::Reauth::InPlace,
-                        }));
-                    }
-                }
-            }
-        }
-        None => {
-            // Insecure lab mode: nothing of ours may stay in the way of clear-text VXLAN.
-            if let Some(observed) = &obs.conns {
-                post.extend(
-                    crate::ipsec::diff(&[], observed, &[], None, bridge)
-                        .into_iter()
-                        .map(Change::Ipsec),
-                );
-            }
-            let (_, unload) = crate::ipsec::diff_creds(None, obs.held_creds(), bridge);
-            post.extend(unload.into_iter().map(Change::Ipsec));
-            for &(ports, v6) in &obs.vxlan_rules {
-                post.push(Change::Link(LinkChange::RemoveVxlanRule { ports, v6 }));
-            }
-            if obs.guard.is_some() || !crate::xfrm::held_blocks(&obs.policies).is_empty() {
-                post.push(Change::Guard(GuardChange::Remove {
-                    table: crate::guard::table_name(bridge),
-                }));
-            }
-        }
+        Some(_) => (
+            guard
+                .into_iter()
+                .chain(add_rule.map(Change::Link))
+                .collect(),
+            remove_rules.chain(ipsec).collect(),
+        ),
+        // Insecure lab mode: nothing of ours may stay in the way of clear-text VXLAN.
+        None => (vec![], ipsec.chain(remove_rules).chain(guard).collect()),
     }
-    (pre, post)
 }
 
 /// The plan that removes everything this instance owns (for `down`).
@@ -672,7 +551,7 @@ pub fn teardown(bridge_name: &str, owner: &str, actual: &ActualState) -> Plan {
         }
     }
     // Security goes last: the guard stays until no VXLAN device of ours is left.
-    let (_, post) = diff_security(None, &actual.security, bridge_name);
+    let (_, post) = diff_security(None, actual, bridge_name);
     c.extend(post);
     Plan {
         changes: c,
@@ -685,7 +564,11 @@ mod tests {
     use super::*;
     use crate::base::kinds::{Datapath, IpsecBackend};
     use crate::config::SiteConfig;
+    use crate::ipsec::ObservedConn;
     use crate::linux::Facts;
+    use crate::linux::VxlanAttrs;
+    use crate::ovs::switch::{ObservedBridge, ObservedIface};
+    use std::collections::BTreeMap;
 
     fn desired(ipsec: bool) -> DesiredState {
         let sec = if ipsec {
@@ -943,9 +826,9 @@ mod tests {
             owner: Some("a".into()),
             ports: BTreeMap::new(),
         });
-        a.security = ObservedSecurity {
-            guard: Some("table inet l2s_vnf_l2s0 {}".into()),
-            vxlan_rules: vec![((4789, 4789), false)],
+        a.guard = Some("table inet l2s_vnf_l2s0 {}".into());
+        a.links.vxlan_rules = vec![((4789, 4789), false)];
+        a.ipsec = ObservedIpsec {
             conns: Some(vec![
                 ObservedConn {
                     name: "l2s-vnf:l2s0:b".into(),
@@ -969,8 +852,8 @@ mod tests {
             "{text:?}"
         );
         // The xfrm layer alone (the table flushed) still goes with `down`.
-        a.security.guard = None;
-        a.security.policies = crate::xfrm::blocks(&[4789])
+        a.guard = None;
+        a.ipsec.policies = crate::xfrm::blocks(&[4789])
             .iter()
             .map(crate::xfrm::listed)
             .collect();

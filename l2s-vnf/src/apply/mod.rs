@@ -19,12 +19,12 @@ use tracing::{debug, info, warn};
 
 use crate::base::kinds::BackendChoice;
 use crate::base::kinds::IpsecBackend;
-use crate::config::AuthMethod;
 use crate::config::{ConfigIssue, SiteConfig};
 use crate::guard::GuardChange;
 use crate::guard::{self, GuardError};
+use crate::ipsec::credentials::{known, peer_certs, revoked_peers};
 use crate::ipsec::vici::{self, ViciError};
-use crate::ipsec::{self, IpsecChange, ObservedConn};
+use crate::ipsec::{self, IpsecError, ObservedConn, ObservedIpsec};
 use crate::linux::discover;
 use crate::linux::Facts;
 use crate::linux::LinkChange;
@@ -32,7 +32,7 @@ use crate::linux::{links, Netlink, NetlinkError};
 use crate::model::DesiredState;
 use crate::ovs::storm::StormChange;
 use crate::ovs::{replica::Replica, switch, txn, Client, OvsdbError, SwitchChange};
-use crate::plan::{self, ActualState, Change, Conflict, ObservedSecurity, Plan};
+use crate::plan::{self, ActualState, Change, Conflict, Plan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -48,8 +48,15 @@ pub enum ApplyError {
     Vici(#[from] ViciError),
     #[error(transparent)]
     Guard(#[from] GuardError),
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Ipsec(#[from] IpsecError),
+    #[error(transparent)]
+    Storm(#[from] crate::ovs::storm::StormError),
+    #[error("charon is not reachable")]
+    CharonUnreachable,
+    /// The daemon lost its connections to the system (it makes them again).
+    #[error("no system connection")]
+    NotConnected,
     #[error("applying failed: {cause}; rolled back: {rollback}")]
     RolledBack { cause: String, rollback: String },
     #[error("the switch is wired but {} finishing step(s) failed:{}", .0.len(), .0.iter().map(|e| format!("\n  {e}")).collect::<String>())]
@@ -245,11 +252,10 @@ impl System {
             .as_ref()
             .map(|c| revoked_peers(cfg, c))
             .unwrap_or_default();
-        let (links, rules) = links_and_rules?;
-        let security = ObservedSecurity {
+        let (mut links, rules) = links_and_rules?;
+        links.vxlan_rules = rules;
+        let ipsec = ObservedIpsec {
             charon_unknown: unknown,
-            guard: guard_listing,
-            vxlan_rules: rules,
             conns,
             sas,
             policies,
@@ -264,7 +270,8 @@ impl System {
         Ok(ActualState {
             switch: switch?,
             links,
-            security,
+            guard: guard_listing,
+            ipsec,
             storm,
         })
     }
@@ -491,11 +498,11 @@ pub async fn execute(
             let (target, limits) = (sys.ofctl_target.clone(), limits.clone());
             let done =
                 tokio::task::spawn_blocking(move || crate::ovs::storm::ensure(&target, &limits))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                    .await;
             match done {
-                Ok(()) => info!(change = %c, "storm control in force"),
-                Err(e) => failures.push(e),
+                Ok(Ok(())) => info!(change = %c, "storm control in force"),
+                Ok(Err(e)) => failures.push(e.to_string()),
+                Err(e) => failures.push(e.to_string()),
             }
         }
     }
@@ -504,8 +511,8 @@ pub async fn execute(
     for c in &plan.changes {
         let r: Result<(), ApplyError> = match c {
             Change::Ipsec(change) => match &sys.vici {
-                Some(v) => ipsec_step(v, change).await,
-                None => Err(ApplyError::Refused("charon is not reachable".into())),
+                Some(v) => ipsec::execute(v, change).await.map_err(ApplyError::from),
+                None => Err(ApplyError::CharonUnreachable),
             },
             Change::Link(LinkChange::RemoveVxlanRule { ports, v6 }) => {
                 remove_rules(nl, *ports, *v6).await
@@ -538,192 +545,6 @@ async fn remove_rules(nl: &Netlink, ports: (u16, u16), v6: bool) -> Result<(), A
     for (p, rule) in nl.owned_vxlan_rules(v6).await? {
         if p == ports {
             nl.remove_rule(rule).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Read a PSK file; the content goes to charon only (and is wiped from memory after).
-fn read_psk(path: &std::path::Path) -> Result<crate::pki::Secret, ApplyError> {
-    let raw = crate::pki::Secret::new(std::fs::read(path).map_err(|e| {
-        ApplyError::Refused(format!("cannot read PSK file {}: {e}", path.display()))
-    })?);
-    let trimmed = raw.expose().trim_ascii_end();
-    if trimmed.is_empty() {
-        return Err(ApplyError::Refused(format!(
-            "PSK file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(crate::pki::Secret::new(trimmed.to_vec()))
-}
-
-/// Hand charon this site's CAs, CRLs, certificate and key (the CAs first: what follows is
-/// checked against them). A certificate or key rotated in its file, a CA added beside the old
-/// one or a newer CRL is taken into use at the next IKE authentication; established SAs are
-/// not touched. Returns charon's id of the key.
-pub async fn load_creds(
-    v: &vici::Client,
-    creds: &ipsec::DesiredCreds,
-) -> Result<String, ApplyError> {
-    for (name, ca) in creds.authorities() {
-        v.load_authority(&name, &ca.der).await.map_err(|e| {
-            ApplyError::Refused(format!("charon refused CA {}: {e}", ca.path.display()))
-        })?;
-    }
-    for crl in &creds.creds.crls {
-        v.load_cert("X509_CRL", &crl.der).await.map_err(|e| {
-            ApplyError::Refused(format!("charon refused CRL {}: {e}", crl.path.display()))
-        })?;
-    }
-    v.load_cert("X509", &creds.creds.cert_der)
-        .await
-        .map_err(|e| ApplyError::Refused(format!("charon refused this site's certificate: {e}")))?;
-    let key = &creds.creds.key_pem;
-    let id = v
-        .load_key(creds.creds.key_type, key.expose())
-        .await
-        .map_err(|e| ApplyError::Refused(format!("charon refused this site's private key: {e}")))?;
-    Ok(id)
-}
-
-/// The certificate charon verified for each peer that authenticates with one: the newest
-/// (by start of validity) charon holds for the peer's identity, which is the one its next
-/// authentication uses. Peers charon holds none for are left out.
-/// The answer, or `None` with what could not be asked noted for status.
-fn known<T>(unknown: &mut Vec<String>, what: &str, r: Result<T, vici::ViciError>) -> Option<T> {
-    r.map_err(|e| unknown.push(format!("{what}: {e}"))).ok()
-}
-
-pub async fn peer_certs(
-    v: &vici::Client,
-    cfg: &crate::config::SiteConfig,
-    unknown: &mut Vec<String>,
-) -> std::collections::BTreeMap<String, crate::pki::CertInfo> {
-    let mut out = std::collections::BTreeMap::new();
-    for p in cfg.peers.iter().filter(|p| p.auth == AuthMethod::Pubkey) {
-        // The config's identities parse (validation checked them).
-        let Ok(id) = crate::pki::Identity::parse(&p.id) else {
-            continue;
-        };
-        let ders = match v.certs_of(&p.id).await {
-            Ok(d) => d,
-            Err(e) => {
-                unknown.push(format!("peer {}'s certificates: {e}", p.name));
-                continue;
-            }
-        };
-        let newest = ders
-            .iter()
-            .filter_map(|d| crate::pki::info_of_der(d))
-            .filter(|(_, c)| id.carried_by(c))
-            .map(|(i, _)| i)
-            .max_by_key(|i| i.not_before_unix);
-        if let Some(c) = newest {
-            out.insert(p.name.clone(), c);
-        }
-    }
-    out
-}
-
-/// Peers whose certificate one of our CRLs revokes, with the reason for status.
-pub fn revoked_peers(
-    cfg: &crate::config::SiteConfig,
-    certs: &std::collections::BTreeMap<String, crate::pki::CertInfo>,
-) -> std::collections::BTreeMap<String, String> {
-    let Some(pki) = &cfg.ipsec.pki else {
-        return Default::default();
-    };
-    certs
-        .iter()
-        .filter_map(|(peer, c)| {
-            pki.creds.revocation_of(c).map(|crl| {
-                (
-                    peer.clone(),
-                    format!(
-                        "certificate {} is revoked by CRL {}",
-                        c.describe(),
-                        crl.path.display()
-                    ),
-                )
-            })
-        })
-        .collect()
-}
-
-/// Hand charon the connection's PSK, read from its file (the only place a secret goes).
-async fn load_psk(v: &vici::Client, conn: &ipsec::DesiredConn) -> Result<(), ApplyError> {
-    let psk = read_psk(&conn.psk_file)?;
-    v.load_shared(
-        &conn.shared_key_id(),
-        psk.expose(),
-        &[&conn.local_id, &conn.remote_id],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn ipsec_step(v: &vici::Client, change: &IpsecChange) -> Result<(), ApplyError> {
-    match change {
-        IpsecChange::Load { conn, why } => {
-            if conn.auth == AuthMethod::Psk {
-                load_psk(v, conn).await?;
-            }
-            v.load_conn(&conn.name, conn.message()).await?;
-            info!(conn = %conn.name, peer = %conn.peer, role = ?conn.role, why = %why, "IPsec connection loaded");
-        }
-        IpsecChange::Initiate { name, child } => {
-            v.initiate_async(name, child).await?;
-            info!(conn = %name, "initiating IKE_SA");
-        }
-        IpsecChange::LoadKey { conn } => {
-            load_psk(v, conn).await?;
-            info!(conn = %conn.name, "pre-shared key handed to charon again");
-        }
-        IpsecChange::LoadCreds { creds, why } => {
-            load_creds(v, creds).await?;
-            info!(certificate = %creds.creds.cert.subject, serial = %creds.creds.cert.serial, why = %why, "certificate, key, CAs and CRLs handed to charon");
-        }
-        IpsecChange::UnloadAuthority { name } => {
-            v.unload_authority(name).await?;
-            info!(authority = %name, "CA no longer trusted");
-        }
-        IpsecChange::UnloadKey { id } => {
-            v.unload_key(id).await?;
-            info!(key = %id, "the replaced private key is no longer in charon");
-        }
-        IpsecChange::TerminateRevoked { name, why } => {
-            v.terminate_ike(name).await?;
-            warn!(conn = %name, "{why}: its SAs are torn down");
-        }
-        IpsecChange::Unload { name } => {
-            v.terminate_ike(name).await?;
-            v.unload_conn(name).await?;
-            // Its keys, whatever their digest; an already missing key is fine: the goal is
-            // "not there".
-            let prefix = format!("{name}#");
-            for id in v.shared_keys().await.unwrap_or_default() {
-                if id == *name || id.starts_with(&prefix) {
-                    let _ = v.unload_shared(&id).await;
-                }
-            }
-            info!(conn = %name, "IPsec connection unloaded");
-        }
-        IpsecChange::UnloadSharedKey { id } => {
-            v.unload_shared(id).await?;
-            info!(key = %id.split('#').next().unwrap_or(id), "an earlier pre-shared key is no longer in charon");
-        }
-        IpsecChange::Reauthenticate { name, why, how } => {
-            match how {
-                ipsec::Reauth::InPlace => v.reauthenticate(name).await?,
-                ipsec::Reauth::EndFirst { initiate } => {
-                    v.terminate_ike(name).await?;
-                    if let Some(child) = initiate {
-                        v.initiate_async(name, child).await?;
-                    }
-                }
-            }
-            info!(conn = %name, why, "re-authenticating");
         }
     }
     Ok(())

@@ -30,6 +30,10 @@ pub enum CliError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Macs(#[from] crate::status::macs::MacsError),
     #[error("cannot encode{what}: {source}")]
     Encode {
         what: &'static str,

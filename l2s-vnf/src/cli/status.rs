@@ -53,7 +53,7 @@ pub async fn exec(cfg: &SiteConfig, json: bool) -> Result<ExitCode, CliError> {
     }
     let sys = System::connect_lenient(cfg).await?;
     let actual = sys.observe(cfg).await?;
-    let mut s = status::build(cfg, &actual, actual.security.reachable_sas());
+    let mut s = status::build(cfg, &actual, actual.ipsec.reachable_sas());
     s.warn_refused_frames(None);
     print_status(&s, json)?;
     Ok(ExitCode::SUCCESS)

@@ -201,7 +201,7 @@ impl Daemon {
             self.sys = Some(sys);
         }
         let Some(sys) = &self.sys else {
-            return Err(ApplyError::Refused("no system connection".into()));
+            return Err(ApplyError::NotConnected);
         };
         let opts = DiffOptions {
             wait_for_missing_ports: true,
@@ -219,7 +219,7 @@ impl Daemon {
             .collect();
         self.initiations.pace(
             &mut p.plan.changes,
-            &p.actual.security.sas,
+            &p.actual.ipsec.sas,
             &responders,
             Instant::now(),
         );
@@ -306,7 +306,7 @@ impl Daemon {
             return;
         }
         let s = self
-            .status_of(actual, actual.security.reachable_sas(), vici, vec![])
+            .status_of(actual, actual.ipsec.reachable_sas(), vici, vec![])
             .await;
         self.metrics.observe(&s, &self.events);
     }
@@ -336,7 +336,7 @@ impl Daemon {
 
     /// Judge each VLAN's data path from an observation; log when that judgement changes.
     fn judge(&mut self, actual: &ActualState) {
-        let health = health::vlans(&self.cfg, actual, actual.security.reachable_sas());
+        let health = health::vlans(&self.cfg, actual, actual.ipsec.reachable_sas());
         for (id, why) in &health {
             let before = self.health.get(id);
             if before == Some(why) {
@@ -513,7 +513,7 @@ impl Daemon {
         let (actual, sas) = match sys {
             Some(sys) => match sys.observe(&self.cfg).await {
                 Ok(a) => {
-                    let sas = a.security.reachable_sas().cloned();
+                    let sas = a.ipsec.reachable_sas().cloned();
                     (a, sas)
                 }
                 Err(e) => {
@@ -550,11 +550,12 @@ impl Daemon {
         if let Some(v) = vici {
             if self.cfg.ipsec.enabled {
                 // Observation read them already when CRLs are configured: not twice.
-                let certs = match &actual.security.peer_certs {
+                let certs = match &actual.ipsec.peer_certs {
                     Some(c) => c.clone(),
                     None => {
                         let mut unknown = vec![];
-                        let c = apply::peer_certs(v, &self.cfg, &mut unknown).await;
+                        let c =
+                            crate::ipsec::credentials::peer_certs(v, &self.cfg, &mut unknown).await;
                         s.warnings.extend(
                             unknown
                                 .into_iter()
@@ -578,7 +579,7 @@ impl Daemon {
                         )
                     })
                     .collect();
-                problems.extend(actual.security.revoked.clone());
+                problems.extend(actual.ipsec.revoked.clone());
                 s.add_peer_auth(&certs, &problems);
             }
         }
@@ -740,12 +741,23 @@ fn describe(triggers: &[Trigger]) -> String {
     s
 }
 
-fn fatal(what: &str, e: impl std::fmt::Display) -> ApplyError {
-    ApplyError::Refused(format!("{what}: {e}"))
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct DaemonError {
+    what: String,
+    reason: String,
+}
+
+fn fatal(what: &str, e: impl std::fmt::Display) -> DaemonError {
+    DaemonError {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
-pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), ApplyError> {
+pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonError> {
     limit_arenas();
     let lock_file = lock::lock_path(&cfg.daemon.control_socket);
     let _lock = lock::InstanceLock::acquire(&lock_file).map_err(|e| fatal("cannot start", e))?;

@@ -242,6 +242,33 @@ pub fn remove(table: &str) -> Result<(), GuardError> {
     xfrm::remove_blocks(&ours).map_err(GuardError::Xfrm)
 }
 
+/// The guard's change, if any: `want` is the guard wanted (`None`: none may stay), `listed`
+/// our table as nft lists it, `policies` the kernel's (for the xfrm block layer).
+pub fn diff(
+    want: Option<&GuardSpec>,
+    listed: Option<&str>,
+    policies: &[xfrm::Policy],
+    bridge: &str,
+) -> Option<GuardChange> {
+    let Some(spec) = want else {
+        return (listed.is_some() || !xfrm::held_blocks(policies).is_empty()).then(|| {
+            GuardChange::Remove {
+                table: table_name(bridge),
+            }
+        });
+    };
+    let why = match listed {
+        None => "new",
+        Some(listed) if !matches(spec, listed) => "rules differ",
+        Some(_) if !blocks_match(spec, policies) => "xfrm block policies differ",
+        Some(_) => return None,
+    };
+    Some(GuardChange::Ensure {
+        spec: spec.clone(),
+        why,
+    })
+}
+
 /// One change to the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuardChange {

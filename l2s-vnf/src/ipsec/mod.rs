@@ -22,7 +22,14 @@
 
 pub mod algorithms;
 pub mod authlog;
+pub mod credentials;
+pub mod execute;
+pub mod observed;
 pub mod vici;
+
+pub use credentials::IpsecError;
+pub use execute::execute;
+pub use observed::ObservedIpsec;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -644,6 +651,60 @@ pub fn diff(
             out.push(IpsecChange::Unload {
                 name: o.name.clone(),
             });
+        }
+    }
+    out
+}
+
+/// Every IPsec change for this site: `desired` is the connections and credentials wanted
+/// (`None`: insecure lab mode, nothing of ours may stay). Credentials come before the
+/// connections that use them, stale CAs and keys after.
+pub fn diff_site(
+    desired: Option<(&[DesiredConn], Option<&DesiredCreds>)>,
+    obs: &ObservedIpsec,
+    bridge: &str,
+) -> Vec<IpsecChange> {
+    let mut out = vec![];
+    let Some((conns, creds)) = desired else {
+        if let Some(observed) = &obs.conns {
+            out.extend(diff(&[], observed, &[], None, bridge));
+        }
+        let (_, unload) = diff_creds(None, obs.held_creds(), bridge);
+        out.extend(unload);
+        return out;
+    };
+    let (load, unload) = diff_creds(creds, obs.held_creds(), bridge);
+    out.extend(load);
+    let observed = obs.conns.as_deref().unwrap_or(&[]);
+    let with_sa: Vec<String> = obs.sas.keys().cloned().collect();
+    out.extend(diff(conns, observed, &with_sa, obs.keys.as_deref(), bridge));
+    // A revoked peer's IKE_SA ends now: its CRL matters to charon only at the next
+    // authentication.
+    for (peer, why) in &obs.revoked {
+        let name = conn_name(bridge, peer);
+        if obs.sas.contains_key(&name) {
+            out.push(IpsecChange::TerminateRevoked {
+                name,
+                why: why.clone(),
+            });
+        }
+    }
+    // This site's key was replaced (a rotation): the IKE_SAs it authenticated are
+    // authenticated again once the old key has left charon — with both keys held,
+    // charon may well sign with the old one and present the old certificate.
+    let rotated = unload
+        .iter()
+        .any(|c| matches!(c, IpsecChange::UnloadKey { .. }));
+    out.extend(unload);
+    if rotated {
+        for c in conns.iter().filter(|c| c.auth == AuthMethod::Pubkey) {
+            if obs.sas.contains_key(&c.name) {
+                out.push(IpsecChange::Reauthenticate {
+                    name: c.name.clone(),
+                    why: "this site's key changed",
+                    how: Reauth::InPlace,
+                });
+            }
         }
     }
     out

@@ -149,6 +149,26 @@ impl LinkStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedLinks {
     pub links: BTreeMap<String, ObservedLink>,
+    /// Destination port ranges of our policy rules (libipsec), per family (false = IPv4).
+    pub vxlan_rules: Vec<((u16, u16), bool)>,
+}
+
+/// The libipsec policy rule's changes: the one to add (before any VXLAN device comes up) and
+/// those to remove. `want` is (VXLAN port, IPv6); the rule covers the probe port too.
+pub fn diff_vxlan_rules(
+    want: Option<(u16, bool)>,
+    observed: &[((u16, u16), bool)],
+) -> (Option<LinkChange>, Vec<LinkChange>) {
+    let wanted = want.map(|(port, v6)| ((port, crate::base::names::probe_port(port)), v6));
+    let add = wanted
+        .filter(|w| !observed.contains(w))
+        .map(|((port, _), v6)| LinkChange::AddVxlanRule { port, v6 });
+    let remove = observed
+        .iter()
+        .filter(|&&r| wanted != Some(r))
+        .map(|&(ports, v6)| LinkChange::RemoveVxlanRule { ports, v6 })
+        .collect();
+    (add, remove)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +241,10 @@ impl Netlink {
                 l.learned_macs = f.learned;
             }
         }
-        Ok(ObservedLinks { links })
+        Ok(ObservedLinks {
+            links,
+            vxlan_rules: vec![],
+        })
     }
 
     /// The index, MTU and addresses of one link.

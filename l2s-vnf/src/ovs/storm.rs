@@ -117,7 +117,26 @@ pub fn available() -> bool {
 /// How long one ovs-ofctl call may take (`--timeout`).
 const OFCTL_TIMEOUT: &str = "--timeout=3";
 
-fn ofctl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+/// Why storm control could not be read or put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum StormError {
+    #[error("cannot run ovs-ofctl (package openvswitch-common): {0}")]
+    Run(std::io::Error),
+    #[error("ovs-ofctl {verb}: {source}")]
+    Io {
+        verb: String,
+        source: std::io::Error,
+    },
+    #[error("ovs-ofctl {verb} failed: {stderr}")]
+    Failed { verb: String, stderr: String },
+    #[error("storm control on {port}: {source}")]
+    Port {
+        port: String,
+        source: Box<StormError>,
+    },
+}
+
+fn ofctl(args: &[&str], stdin: Option<&str>) -> Result<String, StormError> {
     let mut cmd = Command::new("ovs-ofctl");
     // A stopped or wedged ovs-vswitchd accepts the connection and never answers: bounded, so
     // a reconcile notices it instead of hanging on it.
@@ -129,23 +148,24 @@ fn ofctl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run ovs-ofctl (package openvswitch-common): {e}"))?;
+    let mut child = cmd.spawn().map_err(StormError::Run)?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use std::io::Write;
         pipe.write_all(text.as_bytes())
-            .map_err(|e| format!("ovs-ofctl {}: {e}", args[0]))?;
+            .map_err(|source| StormError::Io {
+                verb: args[0].to_string(),
+                source,
+            })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("ovs-ofctl {}: {e}", args[0]))?;
+    let out = child.wait_with_output().map_err(|source| StormError::Io {
+        verb: args[0].to_string(),
+        source,
+    })?;
     if !out.status.success() {
-        return Err(format!(
-            "ovs-ofctl {} failed: {}",
-            args[0],
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(StormError::Failed {
+            verb: args[0].to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -182,7 +202,7 @@ pub fn observe(target: &str) -> Option<ObservedStorm> {
 /// and only then are flows of ports no longer limited, and meters no longer used, deleted.
 /// (Deleting everything and adding it back left every port unlimited for as long as the
 /// ovs-ofctl calls took, and each reconcile that found drift did it again.)
-pub fn ensure(target: &str, want: &[StormLimit]) -> Result<(), String> {
+pub fn ensure(target: &str, want: &[StormLimit]) -> Result<(), StormError> {
     // The meters' rates only: flows are rewritten whatever they were, and drop counts do
     // not matter here.
     let meters = parse_meters(&ofctl(&["dump-meters", target], None)?, "");
@@ -198,8 +218,10 @@ pub fn ensure(target: &str, want: &[StormLimit]) -> Result<(), String> {
             w.pps,
             burst(w.pps)
         );
-        ofctl(&[verb, target, &meter], None)
-            .map_err(|e| format!("storm control on {}: {e}", w.port))?;
+        ofctl(&[verb, target, &meter], None).map_err(|e| StormError::Port {
+            port: w.port.clone(),
+            source: Box::new(e),
+        })?;
     }
     if !want.is_empty() {
         let flows: String = want

@@ -15,7 +15,8 @@ use crate::base::names::vxlan_device_name;
 use crate::base::names::POLICY_PRIORITY;
 use crate::config::SiteConfig;
 use crate::ipsec::{conn_name, SaState};
-use crate::plan::{stale_binding, ActualState, ObservedPort};
+use crate::ovs::switch::ObservedPort;
+use crate::plan::{stale_binding, ActualState};
 
 /// Why one OVS port cannot carry traffic, if it cannot.
 fn port_problem(
@@ -126,13 +127,13 @@ pub fn vlans(
                 // by our own policies being there.
                 let kernel = cfg.ipsec.backend == BackendChoice::Kernel
                     || actual
-                        .security
+                        .ipsec
                         .policies
                         .iter()
                         .any(|p| p.esp && p.dst == peer.address);
                 if kernel {
                     if let Some(b) = bypass_reason(
-                        &actual.security.policies,
+                        &actual.ipsec.policies,
                         local,
                         underlay,
                         &peer.name,
@@ -184,7 +185,8 @@ pub fn summary(health: &BTreeMap<u16, Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::base::kinds::Datapath;
-    use crate::plan::{ObservedBridge, ObservedIface, ObservedLink, PortRole};
+    use crate::linux::ObservedLink;
+    use crate::ovs::switch::{ObservedBridge, ObservedIface, PortRole};
     use std::collections::BTreeSet;
 
     fn cfg(ipsec: bool) -> SiteConfig {

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::apply::{ApplyError, System};
 use crate::config::SiteConfig;
 use crate::linux::dump::{self, Learned};
+use crate::ovs::switch::{ObservedPort, PortRole};
 use crate::ovs::unixctl;
-use crate::plan::PortRole;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MacEntry {
@@ -34,23 +34,36 @@ fn mac_text(m: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// Why the MAC table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MacsError {
+    #[error("VLAN {vlan} is not configured at this site; configured: {configured}")]
+    UnknownVlan { vlan: u16, configured: String },
+    #[error("cannot list learned MACs: {0}")]
+    Learned(std::io::Error),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Ovsdb(#[from] crate::ovs::OvsdbError),
+}
+
 /// The table, optionally for one VLAN (which must be configured).
 pub async fn table(
     cfg: &SiteConfig,
     sys: &System,
     vlan: Option<u16>,
-) -> Result<Vec<MacEntry>, ApplyError> {
+) -> Result<Vec<MacEntry>, MacsError> {
     if let Some(v) = vlan {
         if !cfg.vlans.iter().any(|x| x.id == v) {
             let known: Vec<String> = cfg.vlans.iter().map(|x| x.id.to_string()).collect();
-            return Err(ApplyError::Refused(format!(
-                "VLAN {v} is not configured at this site; configured: {}",
-                if known.is_empty() {
+            return Err(MacsError::UnknownVlan {
+                vlan: v,
+                configured: if known.is_empty() {
                     "none".into()
                 } else {
                     known.join(", ")
-                }
-            )));
+                },
+            });
         }
     }
     let actual = sys.observe(cfg).await?;
@@ -59,14 +72,12 @@ pub async fn table(
     };
     let socket = unixctl::socket(&cfg.switch.ovsdb)?;
     let text = unixctl::call(&socket, "fdb/show", &[&bridge.name]).await?;
-    let learned: Vec<Learned> = dump::learned()
-        .await
-        .map_err(|e| ApplyError::Refused(format!("cannot list learned MACs: {e}")))?;
+    let learned: Vec<Learned> = dump::learned().await.map_err(MacsError::Learned)?;
     let remote: HashMap<(u32, String), IpAddr> = learned
         .into_iter()
         .map(|l| ((l.ifindex, mac_text(&l.mac)), l.dst))
         .collect();
-    let by_ofport: HashMap<i64, &crate::plan::ObservedPort> = bridge
+    let by_ofport: HashMap<i64, &ObservedPort> = bridge
         .ports
         .values()
         .filter_map(|p| Some((p.iface.ofport?, p)))

@@ -19,7 +19,8 @@ use crate::base::names::{alias_owned_by, EXT_OWNER};
 use crate::config::SiteConfig;
 use crate::ipsec::{conn_name, SaState};
 use crate::linux::LinkStats;
-use crate::plan::{ActualState, PortRole};
+use crate::ovs::switch::PortRole;
+use crate::plan::ActualState;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -416,7 +417,7 @@ pub fn build(
         v.degraded = why;
     }
     let loaded: Vec<&str> = actual
-        .security
+        .ipsec
         .conns
         .iter()
         .flatten()
@@ -444,7 +445,7 @@ pub fn build(
         })
         .collect();
     if cfg.ipsec.enabled {
-        if actual.security.guard.is_none() {
+        if actual.guard.is_none() {
             warnings.push(
                 "IPsec is enabled but the fail-closed guard is not installed (run apply)".into(),
             );
@@ -457,7 +458,7 @@ pub fn build(
         }
         warnings.extend(
             actual
-                .security
+                .ipsec
                 .charon_unknown
                 .iter()
                 .map(|u| format!("charon cannot tell {u}")),
@@ -477,7 +478,7 @@ pub fn build(
     Status {
         ipsec: IpsecStatus {
             enabled: cfg.ipsec.enabled,
-            guard: actual.security.guard.is_some(),
+            guard: actual.guard.is_some(),
             charon: sas.is_some(),
             certificate,
         },
