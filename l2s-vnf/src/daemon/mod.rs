@@ -30,12 +30,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, ApplyError, System};
+use crate::base::clock::unix_now;
 use crate::config::SiteConfig;
 use crate::ipsec;
 use crate::ovs::replica::Replica;
 use crate::plan::{ActualState, DiffOptions};
 use crate::status::health;
-use crate::status::{self, unix_now, DaemonStatus, ReconcileRecord, RepairRecord, Status};
+use crate::status::{self, DaemonStatus, ReconcileRecord, RepairRecord, Status};
 use control::{Job, ReloadOutcome, Reply, Request};
 use metrics::Metrics;
 use network_paths::NetworkPaths;

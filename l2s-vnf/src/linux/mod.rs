@@ -10,48 +10,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use futures::{StreamExt, TryStreamExt};
-use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
-};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
-use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::{Handle, LinkUnspec};
 
 pub mod change;
 pub mod discover;
 pub mod dump;
 pub mod links;
+pub mod rule;
+pub mod vxlan;
 
 pub use change::LinkChange;
 pub use discover::Facts;
+pub use rule::diff_vxlan_rules;
+pub use vxlan::{fdb_limit, mac_limit_of, VxlanSpec};
 
 /// The link group VXLAN devices are moved into just before they are deleted together (an
 /// ownership mark held for one request: "L2SV").
 pub const REMOVAL_GROUP: u32 = 0x4c32_5356;
-
-/// One VXLAN device as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub vni: u32,
-    pub local: IpAddr,
-    pub port: u16,
-    /// The underlay device the VTEP is bound to. `None` when the access MTU is above what a
-    /// bound VXLAN device allows (underlay MTU − headroom; only with `outer_fragmentation`):
-    /// the kernel then routes the encapsulated frames and fragments them on the way out.
-    pub underlay_index: Option<u32>,
-    pub mtu: u32,
-    pub alias: String,
-    /// How many remote MACs it may learn (the kernel refuses to learn more).
-    pub mac_limit: u32,
-}
 
 /// An address of the underlay interface, and whether it may carry the VTEP: not an IPv6
 /// temporary (privacy) or IPv4 secondary address, not tentative, deprecated or failed DAD
@@ -75,18 +56,6 @@ pub struct VxlanAttrs {
     pub learning: bool,
     /// How many remote MACs the device may learn (`None`: the kernel sets no limit).
     pub mac_limit: Option<u32>,
-}
-
-/// The kernel's limit on a VXLAN device's FDB (`IFLA_VXLAN_LIMIT`) counts every entry,
-/// the one all-zero flood entry (whatever its number of destinations) included: a device
-/// that may learn `mac_limit` MACs holds one entry more.
-pub fn fdb_limit(mac_limit: u32) -> u32 {
-    mac_limit.saturating_add(1)
-}
-
-/// The MAC limit a device's FDB limit leaves (0: no limit).
-pub fn mac_limit_of(fdb_limit: u32) -> Option<u32> {
-    (fdb_limit > 0).then(|| fdb_limit - 1)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,24 +122,6 @@ pub struct ObservedLinks {
     pub vxlan_rules: Vec<((u16, u16), bool)>,
 }
 
-/// The libipsec policy rule's changes: the one to add (before any VXLAN device comes up) and
-/// those to remove. `want` is (VXLAN port, IPv6); the rule covers the probe port too.
-pub fn diff_vxlan_rules(
-    want: Option<(u16, bool)>,
-    observed: &[((u16, u16), bool)],
-) -> (Option<LinkChange>, Vec<LinkChange>) {
-    let wanted = want.map(|(port, v6)| ((port, crate::base::names::probe_port(port)), v6));
-    let add = wanted
-        .filter(|w| !observed.contains(w))
-        .map(|((port, _), v6)| LinkChange::AddVxlanRule { port, v6 });
-    let remove = observed
-        .iter()
-        .filter(|&&r| wanted != Some(r))
-        .map(|&(ports, v6)| LinkChange::RemoveVxlanRule { ports, v6 })
-        .collect();
-    (add, remove)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("cannot open a netlink socket: {0}")]
@@ -195,12 +146,12 @@ pub enum NetlinkError {
     Batch(String),
 }
 
-fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+pub(crate) fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError::Request { what, source }
 }
 
-const ZERO_MAC: [u8; 6] = [0; 6];
+pub(crate) const ZERO_MAC: [u8; 6] = [0; 6];
 
 pub struct Netlink {
     handle: Handle,
@@ -311,42 +262,6 @@ impl Netlink {
             })
             .collect();
         Ok((l.index, l.mtu, addrs))
-    }
-
-    /// Create a VXLAN device, up (the guard is in place before any is made, and a device
-    /// that is up before OVS takes it spares ovs-vswitchd a reconfiguration per device),
-    /// then mark it as ours with its alias. A device that cannot be marked is removed again.
-    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), NetlinkError> {
-        let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .port(spec.port)
-            .learning(true)
-            .limit(fdb_limit(spec.mac_limit));
-        if let Some(dev) = spec.underlay_index {
-            b = b.dev(dev);
-        }
-        b = match spec.local {
-            IpAddr::V4(a) => b.local(a),
-            IpAddr::V6(a) => b.local6(a),
-        };
-        let msg = b.mtu(spec.mtu).up().build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(req(format!(
-                "create VXLAN device {} (vni {})",
-                spec.name, spec.vni
-            )))?;
-        let alias = LinkUnspec::new_with_name(&spec.name)
-            .alias(spec.alias.clone())
-            .build();
-        if let Err(e) = self.handle.link().set(alias).execute().await {
-            // Never leave an unmarked device behind.
-            let _ = self.delete_named(&spec.name).await;
-            return Err(req(format!("mark {} as owned (alias)", spec.name))(e));
-        }
-        Ok(())
     }
 
     /// The ifindex of a link, by name.
@@ -468,24 +383,7 @@ impl Netlink {
             .map_err(req(format!("set {name} up")))
     }
 
-    fn fdb_message(index: u32, dst: IpAddr) -> NeighbourMessage {
-        let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Bridge;
-        m.header.ifindex = index;
-        m.header.state = NeighbourState::Permanent;
-        m.header.flags = NeighbourFlags::Own;
-        m.header.kind = RouteType::Unspec;
-        m.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(ZERO_MAC.to_vec()));
-        m.attributes
-            .push(NeighbourAttribute::Destination(match dst {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
-        m
-    }
-
-    async fn send(
+    pub(crate) async fn send(
         &self,
         msg: RouteNetlinkMessage,
         flags: u16,
@@ -504,32 +402,6 @@ impl Netlink {
             }
         }
         Ok(())
-    }
-
-    /// `bridge fdb append 00:00:00:00:00:00 dev DEV dst PEER`: flood BUM traffic to PEER.
-    pub async fn add_flood(&self, index: u32, dev: &str, dst: IpAddr) -> Result<(), NetlinkError> {
-        let msg = RouteNetlinkMessage::NewNeighbour(Self::fdb_message(index, dst));
-        self.send(
-            msg,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
-            format!("add flood entry {dev} -> {dst}"),
-        )
-        .await
-    }
-
-    pub async fn remove_flood(
-        &self,
-        index: u32,
-        dev: &str,
-        dst: IpAddr,
-    ) -> Result<(), NetlinkError> {
-        let msg = RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, dst));
-        self.send(
-            msg,
-            NLM_F_REQUEST | NLM_F_ACK,
-            format!("remove flood entry {dev} -> {dst}"),
-        )
-        .await
     }
 }
 
@@ -599,100 +471,4 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
         }
     }
     v
-}
-
-/// The policy-routing rule l2s-vnf owns with the libipsec backend: everything that is *not*
-/// VXLAN looks up `main` first, so only VXLAN falls through to charon's table 220 and its TUN.
-pub const VXLAN_RULE_PRIORITY: u32 = 100;
-/// `FRA_PROTOCOL` value that marks the rule as ours.
-pub const VXLAN_RULE_PROTOCOL: u8 = 0x4c;
-const MAIN_TABLE: u32 = 254;
-
-use rtnetlink::packet_route::route::RouteProtocol;
-use rtnetlink::packet_route::rule::{
-    RuleAction, RuleAttribute, RuleFlags, RuleMessage, RulePortRange,
-};
-use rtnetlink::packet_route::IpProtocol;
-
-impl Netlink {
-    async fn rules(&self, v6: bool) -> Result<Vec<RuleMessage>, NetlinkError> {
-        let ver = if v6 {
-            rtnetlink::IpVersion::V6
-        } else {
-            rtnetlink::IpVersion::V4
-        };
-        self.handle
-            .rule()
-            .get(ver)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(req("list policy rules"))
-    }
-
-    /// Our rules (marked with our protocol), each with the destination ports it covers.
-    pub async fn owned_vxlan_rules(
-        &self,
-        v6: bool,
-    ) -> Result<Vec<((u16, u16), RuleMessage)>, NetlinkError> {
-        let ours = RuleAttribute::Protocol(RouteProtocol::Other(VXLAN_RULE_PROTOCOL));
-        Ok(self
-            .rules(v6)
-            .await?
-            .into_iter()
-            .filter(|r| r.attributes.contains(&ours))
-            .filter_map(|r| {
-                let ports = r.attributes.iter().find_map(|a| match a {
-                    RuleAttribute::DestinationPortRange(p) => Some((p.start, p.end)),
-                    _ => None,
-                })?;
-                Some((ports, r))
-            })
-            .collect())
-    }
-
-    /// `ip rule add pref 100 not ipproto udp dport PORT-PORT+1 lookup main proto 0x4c`: VXLAN
-    /// and the path probes (the next port) go to charon's table, nothing else.
-    pub async fn add_vxlan_rule(&self, port: u16, v6: bool) -> Result<(), NetlinkError> {
-        let add = self
-            .handle
-            .rule()
-            .add()
-            .priority(VXLAN_RULE_PRIORITY)
-            .table_id(MAIN_TABLE)
-            .action(RuleAction::ToTable);
-        let mark = |m: &mut RuleMessage| {
-            m.header.flags |= RuleFlags::Invert;
-            m.attributes
-                .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
-            m.attributes
-                .push(RuleAttribute::DestinationPortRange(RulePortRange {
-                    start: port,
-                    end: crate::base::names::probe_port(port),
-                }));
-            m.attributes
-                .push(RuleAttribute::Protocol(RouteProtocol::Other(
-                    VXLAN_RULE_PROTOCOL,
-                )));
-        };
-        let what = format!("add policy rule for VXLAN port {port}");
-        if v6 {
-            let mut add = add.v6().replace();
-            mark(add.message_mut());
-            add.execute().await.map_err(req(what))
-        } else {
-            let mut add = add.v4().replace();
-            mark(add.message_mut());
-            add.execute().await.map_err(req(what))
-        }
-    }
-
-    pub async fn remove_rule(&self, rule: RuleMessage) -> Result<(), NetlinkError> {
-        self.handle
-            .rule()
-            .del(rule)
-            .execute()
-            .await
-            .map_err(req("remove policy rule"))
-    }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
+use crate::base::clock::unix_now;
 use crate::base::names::{alias_owned_by, EXT_OWNER};
 use crate::config::SiteConfig;
 use crate::ipsec::{conn_name, SaState};
@@ -843,13 +844,6 @@ pub fn refused_frames(actual: &ActualState) -> BTreeMap<String, u64> {
             Some((p.name.clone(), Counters::from_link(s).rx_dropped))
         })
         .collect()
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `3h02m`, `4m10s`, `12s`.
