@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::vici::{self, ViciError};
-use super::{DesiredConn, DesiredCreds};
+use super::{owned_conn, DesiredConn, IpsecChange, CONN_PREFIX};
 use crate::config::{AuthMethod, SiteConfig};
-use crate::pki::{info_of_der, CertInfo, Identity, Secret};
+use crate::pki::{info_of_der, CertInfo, Credentials, Identity, Secret};
 
 /// Why the IPsec backend could not do a step.
 #[derive(Debug, thiserror::Error)]
@@ -151,4 +151,116 @@ pub(super) async fn load_psk(v: &vici::Client, conn: &DesiredConn) -> Result<(),
     )
     .await?;
     Ok(())
+}
+
+/// This site's certificate credentials as they should be in charon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredCreds {
+    pub bridge: String,
+    pub creds: Credentials,
+}
+
+impl DesiredCreds {
+    pub fn from_config(cfg: &SiteConfig) -> Option<Self> {
+        let pki = cfg.ipsec.pki.as_ref()?;
+        cfg.peers
+            .iter()
+            .any(|p| p.auth == AuthMethod::Pubkey)
+            .then(|| DesiredCreds {
+                bridge: cfg.switch.bridge.clone(),
+                creds: pki.creds.clone(),
+            })
+    }
+
+    /// The charon authority of each trusted CA, named after its content (a CA added or
+    /// removed is an authority loaded or unloaded; the others stay as they are).
+    pub fn authorities(&self) -> Vec<(String, &crate::pki::CaCert)> {
+        self.creds
+            .cas
+            .iter()
+            .map(|ca| (authority_name(&self.bridge, &ca.digest), ca))
+            .collect()
+    }
+}
+
+pub fn authority_name(bridge: &str, digest: &str) -> String {
+    format!("{CONN_PREFIX}{bridge}:ca-{digest}")
+}
+
+/// What charon holds of this site's credentials (each `None`: not known).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeldCreds<'a> {
+    /// Our certification authorities.
+    pub authorities: Option<&'a [String]>,
+    /// Ids of the private keys loaded over VICI.
+    pub key_ids: Option<&'a [String]>,
+    /// The certificates charon holds for this site's identity (DER): ours now, and earlier
+    /// ones (charon cannot forget a certificate).
+    pub own_certs: Option<&'a [Vec<u8>]>,
+    /// The revocation lists charon holds (DER).
+    pub crls: Option<&'a [Vec<u8>]>,
+}
+
+/// Credential changes, from what charon holds: everything is (re)loaded when charon lacks our
+/// key, one of our CAs, our certificate (a rotation or renewal) or one of our CRLs (a newer
+/// list); authorities no longer configured are unloaded, and so are the keys of this site's
+/// earlier certificates (a retired key must not authenticate us).
+pub fn diff_creds(
+    desired: Option<&DesiredCreds>,
+    held: HeldCreds<'_>,
+    bridge: &str,
+) -> (Vec<IpsecChange>, Vec<IpsecChange>) {
+    let (mut load, mut unload) = (vec![], vec![]);
+    let authorities = held.authorities.unwrap_or(&[]);
+    if let Some(d) = desired {
+        let wanted = d.authorities();
+        let missing_key = held.key_ids.is_some_and(|k| !k.contains(&d.creds.key_id));
+        let missing_ca = wanted.iter().any(|(n, _)| !authorities.contains(n));
+        let missing_cert = held
+            .own_certs
+            .is_some_and(|c| !c.contains(&d.creds.cert_der));
+        let missing_crl = held.crls.is_some_and(|held| {
+            d.creds
+                .crls
+                .iter()
+                .any(|ours| !held.iter().any(|h| crate::pki::crl_covers(h, ours)))
+        });
+        let why = if missing_key {
+            Some("private key not in charon")
+        } else if missing_ca {
+            Some("CA not in charon")
+        } else if missing_cert {
+            Some("certificate not in charon")
+        } else if missing_crl {
+            Some("CRL not in charon")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            load.push(IpsecChange::LoadCreds {
+                creds: Box::new(d.clone()),
+                why,
+            });
+        }
+    }
+    let wanted: Vec<String> = desired
+        .map(|d| d.authorities().into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    for a in authorities {
+        if owned_conn(a, bridge) && !wanted.contains(a) {
+            unload.push(IpsecChange::UnloadAuthority { name: a.clone() });
+        }
+    }
+    if let (Some(keys), Some(certs)) = (held.key_ids, held.own_certs) {
+        let ours = desired.map(|d| d.creds.key_id.as_str());
+        let mut retired: Vec<String> = certs
+            .iter()
+            .filter_map(|c| crate::pki::key_id_of_cert(c))
+            .filter(|id| Some(id.as_str()) != ours && keys.contains(id))
+            .collect();
+        retired.sort();
+        retired.dedup();
+        unload.extend(retired.into_iter().map(|id| IpsecChange::UnloadKey { id }));
+    }
+    (load, unload)
 }

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{HeldCreds, ObservedConn, SaState};
+use super::vici::Section;
+use super::HeldCreds;
 use crate::pki::CertInfo;
 use crate::xfrm::Policy;
 
@@ -50,4 +51,84 @@ impl ObservedIpsec {
     pub fn reachable_sas(&self) -> Option<&BTreeMap<String, SaState>> {
         self.conns.is_some().then_some(&self.sas)
     }
+}
+
+/// A connection as charon reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedConn {
+    pub name: String,
+    pub children: Vec<String>,
+}
+
+/// State of a peer's SAs, from `list-sas`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SaState {
+    pub ike_state: Option<String>,
+    pub child_state: Option<String>,
+    pub established_secs: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Seconds until charon rekeys the IKE_SA.
+    pub ike_rekey_in_secs: Option<u64>,
+    /// Seconds until charon rekeys the installed CHILD_SA.
+    pub child_rekey_in_secs: Option<u64>,
+}
+
+impl SaState {
+    pub fn up(&self) -> bool {
+        self.ike_state.as_deref() == Some("ESTABLISHED")
+            && self.child_state.as_deref() == Some("INSTALLED")
+    }
+}
+
+/// Summaries of `list-sas` events per connection name: the state of the best IKE_SA (and its
+/// best child), the traffic of all of them.
+pub fn sa_states(sas: &[(String, Section)]) -> BTreeMap<String, SaState> {
+    let mut out: BTreeMap<String, SaState> = BTreeMap::new();
+    for (conn, ike) in sas {
+        let num = |s: &Section, k: &str| s.str(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let mut st = SaState {
+            ike_state: ike.str("state"),
+            established_secs: ike.str("established").and_then(|v| v.parse().ok()),
+            ike_rekey_in_secs: ike.str("rekey-time").and_then(|v| v.parse().ok()),
+            ..Default::default()
+        };
+        if let Some(children) = ike.sub("child-sas") {
+            for (_, item) in &children.items {
+                if let crate::ipsec::vici::Item::Section(c) = item {
+                    let cs = c.str("state");
+                    if st.child_state.as_deref() != Some("INSTALLED") {
+                        st.child_rekey_in_secs = c.str("rekey-time").and_then(|v| v.parse().ok());
+                        st.child_state = cs;
+                    }
+                    st.bytes_in += num(c, "bytes-in");
+                    st.bytes_out += num(c, "bytes-out");
+                    st.packets_in += num(c, "packets-in");
+                    st.packets_out += num(c, "packets-out");
+                }
+            }
+        }
+        // Two IKE_SAs may briefly serve one peer (a make-before-break reauthentication, both
+        // ends initiating at once): the state is the best one's, the traffic is everything
+        // the peer's SAs carried.
+        let entry = out.entry(conn.clone()).or_default();
+        let carried = (
+            entry.bytes_in + st.bytes_in,
+            entry.bytes_out + st.bytes_out,
+            entry.packets_in + st.packets_in,
+            entry.packets_out + st.packets_out,
+        );
+        if !entry.up() {
+            *entry = st;
+        }
+        (
+            entry.bytes_in,
+            entry.bytes_out,
+            entry.packets_in,
+            entry.packets_out,
+        ) = carried;
+    }
+    out
 }
