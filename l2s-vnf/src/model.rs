@@ -1,5 +1,7 @@
 //! The desired state: what the config plus the discovered facts of this machine say should
-//! exist. Also the naming and ownership conventions of everything l2s-vnf creates.
+//! exist, assembled from every backend's part (VXLAN specs for `linux`, ports and storm
+//! limits for `ovs`, connections and credentials for `ipsec`, the guard's spec). The names
+//! and ownership marks it uses are in `base::names`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -1,5 +1,9 @@
 //! The observed state of the system and the typed diff between it and the desired state.
 //!
+//! Each backend owns its observed types, its change and its diff; the plan composes them in
+//! one order ([`Change`] has one variant per backend): the guard and the policy rule first,
+//! then links and the switch, storm control, then IPsec and removals.
+//!
 //! [`diff`] is pure: it takes a [`DesiredState`] and an [`ActualState`] and returns a [`Plan`]
 //! (or the conflicts that forbid one). `plan` prints the value, `apply` executes it.
 

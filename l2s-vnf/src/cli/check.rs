@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tracing::warn;
 
 use crate::apply::{self, ApplyError};
-use crate::cli::{offline_backend, CliError};
+use crate::cli::{offline_backend, print_json, CliError};
 use crate::config::SiteConfig;
 use crate::linux::{discover, Facts, Netlink};
 use crate::model::DesiredState;
@@ -66,15 +66,7 @@ pub async fn exec(
     let desired = DesiredState::build(cfg, &facts).map_err(ApplyError::Config)?;
     if json {
         let doc = check_json(path, cfg, &facts, &desired, offline);
-        match serde_json::to_string_pretty(&doc) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                return Err(CliError::Encode {
-                    what: "",
-                    source: e,
-                })
-            }
-        }
+        print_json(&doc, "")?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}: valid", path.display());

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::apply::System;
-use crate::cli::CliError;
+use crate::cli::{print_json, CliError};
 use crate::config::SiteConfig;
 
 pub async fn exec(cfg: &SiteConfig, vlan: Option<u16>, json: bool) -> Result<ExitCode, CliError> {
@@ -11,15 +11,7 @@ pub async fn exec(cfg: &SiteConfig, vlan: Option<u16>, json: bool) -> Result<Exi
     let entries = crate::status::macs::table(cfg, &sys, vlan).await?;
     if json {
         let doc = serde_json::json!({"schema": 1, "macs": entries});
-        match serde_json::to_string_pretty(&doc) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                return Err(CliError::Encode {
-                    what: "",
-                    source: e,
-                })
-            }
-        }
+        print_json(&doc, "")?;
     } else {
         print!("{}", crate::status::macs::render(&entries));
     }

@@ -53,6 +53,14 @@ pub enum CliError {
     Probe(String),
 }
 
+/// Print a document as pretty JSON (`what` names it in the error: "" or " status").
+pub(crate) fn print_json(doc: &impl serde::Serialize, what: &'static str) -> Result<(), CliError> {
+    let text =
+        serde_json::to_string_pretty(doc).map_err(|source| CliError::Encode { what, source })?;
+    println!("{text}");
+    Ok(())
+}
+
 impl From<crate::linux::NetlinkError> for CliError {
     fn from(e: crate::linux::NetlinkError) -> Self {
         CliError::Apply(e.into())

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::apply::{self, ApplyError};
-use crate::cli::{offline_backend, CliError};
+use crate::cli::{offline_backend, print_json, CliError};
 use crate::config::SiteConfig;
 use crate::daemon::{self, control};
 use crate::linux::{discover, Netlink};
@@ -48,15 +48,7 @@ pub async fn exec(
     };
     if json {
         let doc = serde_json::json!({"schema": 1, "paths": results});
-        match serde_json::to_string_pretty(&doc) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                return Err(CliError::Encode {
-                    what: "",
-                    source: e,
-                })
-            }
-        }
+        print_json(&doc, "")?;
     } else {
         for (name, h) in &results {
             println!("{name:<16} {}", status::path_text(h));

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::apply::System;
-use crate::cli::CliError;
+use crate::cli::{print_json, CliError};
 use crate::config::SiteConfig;
 use crate::daemon::control;
 use crate::status;
@@ -32,15 +32,7 @@ pub async fn from_daemon(socket: &Path, json: bool) -> Result<Option<ExitCode>, 
 
 fn print_status(s: &status::Status, json: bool) -> Result<(), CliError> {
     if json {
-        match serde_json::to_string_pretty(s) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                return Err(CliError::Encode {
-                    what: " status",
-                    source: e,
-                })
-            }
-        }
+        print_json(s, " status")?;
     } else {
         print!("{s}");
     }
