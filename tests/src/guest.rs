@@ -333,6 +333,8 @@ impl Underlay {
 /// A running guest. Killed, and its disks and run directory removed, when dropped.
 pub struct Guest {
     child: Child,
+    /// QEMU's command line, to power the same machine (same disk) on again.
+    argv: Vec<std::ffi::OsString>,
     pub dir: PathBuf,
     port: u16,
     key: PathBuf,
@@ -493,14 +495,14 @@ impl Guest {
                 .arg("-device")
                 .arg(format!("virtio-net-pci,netdev=ul,mac={mac}"));
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.err"))?)
-            .spawn()
-            .context("starting qemu-system-x86_64")?;
+        let argv: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(ToOwned::to_owned)
+            .collect();
+        let child = spawn_qemu(&argv, &dir)?;
         let guest = Guest {
             child,
+            argv,
             dir,
             port,
             key: image.key(),
@@ -511,6 +513,54 @@ impl Guest {
             Accel::Tcg => Duration::from_secs(420),
         })?;
         Ok(guest)
+    }
+
+    /// Reboot the guest the way an operator does (`systemctl reboot`: units stop in order),
+    /// and wait until it answers ssh again; the same disk boots (QEMU runs with
+    /// `-no-reboot`, so the machine is powered on again with the same command line). Returns
+    /// how long it took.
+    pub fn reboot(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        // The connection drops as the guest goes down: the command's own status says nothing.
+        let _ = self.run("systemctl reboot");
+        while pid_alive(self.child.id() as i32) && t.elapsed() < Duration::from_secs(180) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if self.child.try_wait()?.is_none() {
+            bail!(
+                "the guest did not go down within 180 s of `systemctl reboot`:\n{}",
+                tail(&self.console(), 40)
+            );
+        }
+        self.close_master();
+        let _ = std::fs::rename(
+            self.dir.join("console.log"),
+            self.dir.join("console-before-reboot.log"),
+        );
+        self.child = spawn_qemu(&self.argv, &self.dir)?;
+        self.wait_for_ssh(match self.accel {
+            Accel::Kvm => Duration::from_secs(120),
+            Accel::Tcg => Duration::from_secs(420),
+        })?;
+        Ok(t.elapsed())
+    }
+
+    /// End the shared ssh connection (the guest went away, or the test is over).
+    fn close_master(&self) {
+        let _ = Command::new("ssh")
+            .args(["-O", "exit", "-o"])
+            .arg(format!(
+                "ControlPath={}",
+                self.dir.join("ssh.ctl").display()
+            ))
+            .arg("root@127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(self.dir.join("ssh.ctl"));
     }
 
     fn wait_for_ssh(&self, within: Duration) -> Result<()> {
@@ -655,18 +705,28 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ssh")
-            .args(["-O", "exit", "-o"])
-            .arg(format!(
-                "ControlPath={}",
-                self.dir.join("ssh.ctl").display()
-            ))
-            .arg("root@127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.close_master();
         if std::env::var_os("L2S_LAB_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Start QEMU from its command line (output to the guest's run directory).
+fn spawn_qemu(argv: &[std::ffi::OsString], dir: &Path) -> Result<Child> {
+    let Some((program, args)) = argv.split_first() else {
+        bail!("no QEMU command line");
+    };
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("qemu.err"))?,
+        )
+        .spawn()
+        .context("starting qemu-system-x86_64")
 }

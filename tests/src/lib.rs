@@ -1316,16 +1316,26 @@ impl Lab {
     /// `peer` only, or with every peer: a measurement of IPsec must see them grow.
     pub fn sa_bytes(&self, site: &str, peer: Option<&str>) -> Result<u64> {
         let st = self.status_json(site)?;
-        Ok(st["peers"]
+        let peers: Vec<&serde_json::Value> = st["peers"]
             .as_array()
             .context("no peers in status")?
             .iter()
             .filter(|p| peer.is_none_or(|name| p["name"] == name))
-            .map(|p| {
-                p["sa"]["bytes_in"].as_u64().unwrap_or(0)
-                    + p["sa"]["bytes_out"].as_u64().unwrap_or(0)
-            })
-            .sum())
+            .collect();
+        if peers.is_empty() {
+            bail!("{site}'s status has no peer {peer:?}: {st}");
+        }
+        // A peer without an SA has counted nothing; an SA without its counters is an error,
+        // never a zero that a `>=` could pass.
+        let mut sum = 0;
+        for p in peers.into_iter().filter(|p| !p["sa"].is_null()) {
+            for field in ["bytes_in", "bytes_out"] {
+                sum += p["sa"][field].as_u64().with_context(|| {
+                    format!("{site}: peer {} has no SA {field}: {p}", p["name"])
+                })?;
+            }
+        }
+        Ok(sum)
     }
 
     /// Whether `site` reports VLAN `vlan` as up (its data path, not only its objects).
@@ -1700,59 +1710,100 @@ impl Lab {
     }
 }
 
-/// The faults of the faults-under-load test and the soak benchmark, each alone.
+/// The faults of the faults-under-load test and the soak benchmark, each alone. Most strike
+/// one site, and each of those at site A (the initiator of both its connections) and at site
+/// C (the responder of both); B is the initiator towards C and the responder towards A.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Site C's underlay link down for 5 s, then up.
-    UnderlayDown,
+    /// A site's underlay link down for 5 s, then up.
+    UnderlayDown(&'static str),
     /// 5 % loss on the underlay for 10 s with forced IKE rekeys from site A.
     LossWithRekeys,
-    /// Site B's ovs-vswitchd killed alone, started again after 1 s.
-    VswitchdKilled,
-    /// Site B's ovsdb-server killed alone, started again after 1 s.
-    OvsdbKilled,
-    /// Site C's charon killed right after it started an IKE rekey, started again after 1 s.
-    CharonKilledMidRekey,
-    /// Site C's L2S VM rebooted (see [`Lab::reboot_site`]).
-    SiteRebooted,
+    /// A site's ovs-vswitchd killed alone, started again after 1 s.
+    VswitchdKilled(&'static str),
+    /// A site's ovsdb-server killed alone, started again after 1 s.
+    OvsdbKilled(&'static str),
+    /// A site's charon killed while an IKE rekey it started is in flight (the peer's answer
+    /// held back on the underlay, and charon's log read to prove it), started again after 1 s.
+    CharonKilledMidRekey(&'static str),
+    /// A site's L2S VM rebooted (see [`Lab::reboot_site`]).
+    SiteRebooted(&'static str),
+}
+
+/// How a site of the paper lab stands in IKE (the lower VTEP address initiates).
+fn ike_role(site: &str) -> &'static str {
+    match site {
+        "a" => "the initiator of both its connections",
+        "b" => "initiator towards C, responder towards A",
+        _ => "the responder of both its connections",
+    }
 }
 
 impl Fault {
-    pub const ALL: [Fault; 6] = [
-        Fault::UnderlayDown,
+    pub const ALL: [Fault; 13] = [
+        Fault::UnderlayDown("c"),
+        Fault::UnderlayDown("a"),
         Fault::LossWithRekeys,
-        Fault::VswitchdKilled,
-        Fault::OvsdbKilled,
-        Fault::CharonKilledMidRekey,
-        Fault::SiteRebooted,
+        Fault::VswitchdKilled("b"),
+        Fault::VswitchdKilled("a"),
+        Fault::VswitchdKilled("c"),
+        Fault::OvsdbKilled("b"),
+        Fault::OvsdbKilled("a"),
+        Fault::OvsdbKilled("c"),
+        Fault::CharonKilledMidRekey("c"),
+        Fault::CharonKilledMidRekey("a"),
+        Fault::SiteRebooted("c"),
+        Fault::SiteRebooted("a"),
     ];
 
-    pub fn describe(self) -> &'static str {
+    pub fn describe(self) -> String {
+        let at = |s: &str| format!("site {} ({})", s.to_uppercase(), ike_role(s));
         match self {
-            Fault::UnderlayDown => "underlay of site C down for 5 s",
-            Fault::LossWithRekeys => "5 % loss on the underlay for 10 s, with forced IKE rekeys",
-            Fault::VswitchdKilled => "ovs-vswitchd of site B killed alone, restarted after 1 s",
-            Fault::OvsdbKilled => "ovsdb-server of site B killed alone, restarted after 1 s",
-            Fault::CharonKilledMidRekey => "charon of site C killed in the middle of an IKE rekey",
-            Fault::SiteRebooted => "site C rebooted (daemon, charon, OVS and kernel state gone)",
+            Fault::UnderlayDown(s) => format!("underlay of {} down for 5 s", at(s)),
+            Fault::LossWithRekeys => {
+                "5 % loss on the underlay for 10 s, with forced IKE rekeys".into()
+            }
+            Fault::VswitchdKilled(s) => {
+                format!(
+                    "ovs-vswitchd of {} killed alone, restarted after 1 s",
+                    at(s)
+                )
+            }
+            Fault::OvsdbKilled(s) => {
+                format!(
+                    "ovsdb-server of {} killed alone, restarted after 1 s",
+                    at(s)
+                )
+            }
+            Fault::CharonKilledMidRekey(s) => {
+                format!("charon of {} killed in the middle of an IKE rekey", at(s))
+            }
+            Fault::SiteRebooted(s) => format!(
+                "{} rebooted (daemon, charon, OVS and kernel state gone)",
+                at(s)
+            ),
         }
     }
 
     /// The site it strikes (the loss strikes the underlay, seen from site A and B's pair).
     pub fn site(self) -> &'static str {
         match self {
-            Fault::UnderlayDown | Fault::CharonKilledMidRekey | Fault::SiteRebooted => "c",
-            Fault::VswitchdKilled | Fault::OvsdbKilled | Fault::LossWithRekeys => "b",
+            Fault::UnderlayDown(s)
+            | Fault::VswitchdKilled(s)
+            | Fault::OvsdbKilled(s)
+            | Fault::CharonKilledMidRekey(s)
+            | Fault::SiteRebooted(s) => s,
+            Fault::LossWithRekeys => "b",
         }
     }
 
     /// Roughly how long it lasts, in seconds.
     pub fn secs(self) -> u32 {
         match self {
-            Fault::UnderlayDown | Fault::SiteRebooted => 5,
+            Fault::UnderlayDown(_) | Fault::SiteRebooted(_) => 5,
             Fault::LossWithRekeys => 10,
-            Fault::CharonKilledMidRekey => 3,
-            Fault::VswitchdKilled | Fault::OvsdbKilled => 2,
+            Fault::CharonKilledMidRekey(_) => 3,
+            Fault::VswitchdKilled(_) | Fault::OvsdbKilled(_) => 2,
         }
     }
 
@@ -1760,10 +1811,10 @@ impl Fault {
     pub fn inflict(self, lab: &mut Lab) -> Result<()> {
         let pause = |s: f64| std::thread::sleep(Duration::from_secs_f64(s));
         match self {
-            Fault::UnderlayDown => {
-                lab.set_underlay("c", false)?;
+            Fault::UnderlayDown(s) => {
+                lab.set_underlay(s, false)?;
                 pause(5.0);
-                lab.set_underlay("c", true)?;
+                lab.set_underlay(s, true)?;
             }
             Fault::LossWithRekeys => {
                 lab.set_underlay_loss(Some(5))?;
@@ -1774,24 +1825,79 @@ impl Fault {
                 }
                 lab.set_underlay_loss(None)?;
             }
-            Fault::VswitchdKilled | Fault::OvsdbKilled => {
-                let which = if self == Fault::VswitchdKilled {
+            Fault::VswitchdKilled(s) | Fault::OvsdbKilled(s) => {
+                let which = if matches!(self, Fault::VswitchdKilled(_)) {
                     OVS_VSWITCHD
                 } else {
                     OVSDB_SERVER
                 };
-                lab.kill_ovs_daemon("b", which);
+                lab.kill_ovs_daemon(s, which);
                 pause(1.0);
-                lab.start_ovs_daemon("b", which)?;
+                lab.start_ovs_daemon(s, which)?;
             }
-            Fault::CharonKilledMidRekey => {
-                lab.rekey_ike("c", "site-a")?;
-                pause(0.005);
-                lab.kill_charon("c");
+            Fault::CharonKilledMidRekey(s) => {
+                let peer = if s == "c" { "a" } else { "c" };
+                lab.kill_charon_mid_rekey(s, peer)?;
                 pause(1.0);
-                lab.start_charon("c")?;
+                lab.start_charon(s)?;
             }
-            Fault::SiteRebooted => lab.reboot_site("c")?,
+            Fault::SiteRebooted(s) => lab.reboot_site(s)?,
+        }
+        Ok(())
+    }
+}
+
+impl Lab {
+    /// Kill charon at `site` while an IKE rekey with `peer` (a site letter) that it started
+    /// is in flight: the peer's IKE messages to it are held back on the underlay (ESP passes),
+    /// the rekey is asked for, and once charon's log shows the CREATE_CHILD_SA request sent
+    /// and no rekey completed, charon is killed; then the hold is lifted. Fails when the log
+    /// does not prove the rekey was in flight.
+    pub fn kill_charon_mid_rekey(&mut self, site: &str, peer: &str) -> Result<()> {
+        let log = self.site(site).dir.join("charon.log");
+        let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
+        let since = || {
+            std::fs::read(&log)
+                .map(|b| String::from_utf8_lossy(b.get(from..).unwrap_or_default()).into_owned())
+                .unwrap_or_default()
+        };
+        self.hold_ike(peer, site, true)?;
+        let killed = (|| -> Result<String> {
+            self.rekey_ike(site, &format!("site-{peer}"))?;
+            let t = Instant::now();
+            while !since().contains("generating CREATE_CHILD_SA request") {
+                if t.elapsed() > Duration::from_secs(5) {
+                    bail!(
+                        "charon at {site} never sent the rekey request:\n{}",
+                        since()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.kill_charon(site);
+            Ok(since())
+        })();
+        self.hold_ike(peer, site, false)?;
+        let text = killed?;
+        if text.contains("rekeyed between") {
+            bail!("the rekey completed before charon at {site} was killed:\n{text}");
+        }
+        Ok(())
+    }
+
+    /// Drop (or stop dropping) IKE messages from site `from` to site `to` on the underlay
+    /// bridge: UDP 500, and UDP 4500 with the non-ESP marker (ESP in UDP passes).
+    pub fn hold_ike(&self, from: &str, to: &str, hold: bool) -> Result<()> {
+        let table = format!("l2slab_hold_{from}{to}");
+        let _ = run(netns(&self.underlay_ns, "nft").args(["delete", "table", "bridge", &table]));
+        if hold {
+            let (src, dst) = (&self.site(from).underlay_ip, &self.site(to).underlay_ip);
+            let rules = format!(
+                "table bridge {table} {{\n  chain forward {{\n    type filter hook forward priority -1;\n    ip saddr {src} ip daddr {dst} udp sport 500 drop\n    ip saddr {src} ip daddr {dst} udp sport 4500 @th,64,32 0 drop\n  }}\n}}\n"
+            );
+            let file = self.dir.join(format!("{table}.nft"));
+            std::fs::write(&file, rules)?;
+            sh(netns(&self.underlay_ns, "nft").arg("-f").arg(&file))?;
         }
         Ok(())
     }
@@ -1801,8 +1907,9 @@ impl PaperLab {
     /// The pair of VNFs a fault cuts off, and one it must leave alone (if any).
     pub fn pairs_for(&self, f: Fault) -> ((&Vnf, &Vnf), Option<(&Vnf, &Vnf)>) {
         match f.site() {
-            "c" => ((&self.a101, &self.c101), Some((&self.a102, &self.b102))),
             _ if f == Fault::LossWithRekeys => ((&self.a101, &self.b101), None),
+            "c" => ((&self.a101, &self.c101), Some((&self.a102, &self.b102))),
+            "a" => ((&self.a101, &self.b101), Some((&self.c101, &self.b101))),
             _ => ((&self.a102, &self.b102), Some((&self.a101, &self.c101))),
         }
     }

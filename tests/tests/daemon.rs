@@ -93,17 +93,22 @@ impl Charon {
     }
 }
 
-/// One kind of drift: what is done at site A, how its repair shows, and which VLAN's traffic
-/// must flow again (as (from, to) VNF pairs).
+/// One kind of drift: what is done at which site, how its repair shows, and which VLAN's
+/// traffic must flow again (as (from, to) VNF pairs).
 struct Drift<'a> {
     what: &'static str,
+    site: &'static str,
+    /// Whose daemon repairs it (a deleted SA is restarted by its initiator).
+    repairer: &'static str,
     cause: Box<dyn Fn() + 'a>,
     repaired: Box<dyn Fn() -> bool + 'a>,
     vlan: u16,
     traffic: Vec<(&'a Vnf, &'a Vnf)>,
 }
 
-/// Every kind of drift the daemon repairs, each applied alone at site A of the IPsec lab:
+/// Every kind of drift the daemon repairs, each applied alone at site A of the IPsec lab (the
+/// initiator of both its connections), and charon's drifts at site C too (the responder of
+/// both):
 /// the daemon repairs it within 2 s (the object is back *and* status says the VLAN is up),
 /// and within 2 s of that repair the VLAN carries a ping and a TCP transfer across sites,
 /// with neighbour caches flushed so that broadcasts must cross too — before the next drift is
@@ -122,6 +127,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
     let access_mtu = t.lab.mtu(&a_ns, "l2s-vx101").unwrap();
     t.lab.set_vnf_mtu(&t.vnfs(), access_mtu).unwrap();
     let charon = Charon::at(&t.lab, "a");
+    let charon_c = Charon::at(&t.lab, "c");
     let (lab, a101, b101, c101, a102, b102) = (&t.lab, &t.a101, &t.b101, &t.c101, &t.a102, &t.b102);
     let vs = |args: &[&str]| {
         lab.vsctl("a", args).unwrap();
@@ -162,6 +168,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
 
     let drifts: Vec<Drift> = vec![
         Drift {
+            site: "a",
+            repairer: "a",
             what: "VXLAN device deleted",
             cause: Box::new(|| a("ip", &["link", "del", "l2s-vx101"])),
             repaired: Box::new(|| {
@@ -172,6 +180,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, b101), (a101, c101)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "flood entry deleted",
             cause: Box::new(|| {
                 a(
@@ -192,6 +202,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, c101)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "VTEP MTU changed",
             cause: Box::new(|| a("ip", &["link", "set", "l2s-vx101", "mtu", "1280"])),
             repaired: Box::new(|| lab.mtu(&a_ns, "l2s-vx101") == Some(access_mtu)),
@@ -199,6 +211,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, b101)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "access port deleted from the bridge",
             cause: Box::new(|| vs(&["del-port", "l2s0", "acc101"])),
             repaired: Box::new(|| tag("acc101") == "101"),
@@ -206,6 +220,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, b101)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "access port retagged",
             cause: Box::new(|| vs(&["set", "port", "acc102", "tag=999"])),
             repaired: Box::new(|| tag("acc102") == "102"),
@@ -213,6 +229,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a102, b102)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "bridge deleted",
             cause: Box::new(|| vs(&["del-br", "l2s0"])),
             repaired: Box::new(|| {
@@ -224,6 +242,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, b101), (a102, b102)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "nftables guard deleted",
             cause: Box::new(|| a("nft", &["delete", "table", "inet", "l2s_vnf_l2s0"])),
             repaired: Box::new(|| {
@@ -235,6 +255,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, c101)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "policy rule deleted",
             cause: Box::new(|| a("ip", &["rule", "del", "pref", "100"])),
             repaired: Box::new(|| {
@@ -246,6 +268,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, b101)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "charon connection unloaded",
             cause: Box::new(|| charon.unload("l2s-vnf:l2s0:site-b")),
             repaired: Box::new(|| {
@@ -255,6 +279,8 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, b101), (a102, b102)],
         },
         Drift {
+            site: "a",
+            repairer: "a",
             what: "SA deleted in charon",
             cause: Box::new(|| {
                 charon.terminate("l2s-vnf:l2s0:site-c");
@@ -266,6 +292,31 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             traffic: vec![(a101, c101)],
         },
         Drift {
+            site: "c",
+            repairer: "c",
+            what: "charon connection unloaded at the responder",
+            cause: Box::new(|| charon_c.unload("l2s-vnf:l2s0:site-a")),
+            repaired: Box::new(|| {
+                charon_c.loaded("l2s-vnf:l2s0:site-a") && charon_c.sa_up("l2s-vnf:l2s0:site-a")
+            }),
+            vlan: 101,
+            traffic: vec![(c101, a101)],
+        },
+        Drift {
+            site: "c",
+            repairer: "b",
+            what: "SA deleted in charon at the responder",
+            cause: Box::new(|| {
+                charon_c.terminate("l2s-vnf:l2s0:site-b");
+                std::thread::sleep(Duration::from_millis(200));
+            }),
+            repaired: Box::new(|| charon_c.sa_up("l2s-vnf:l2s0:site-b")),
+            vlan: 101,
+            traffic: vec![(c101, b101)],
+        },
+        Drift {
+            site: "a",
+            repairer: "a",
             // A VNF re-plugged: an access interface of the same name, a new device.
             what: "access interface re-created",
             cause: Box::new(|| {
@@ -281,10 +332,10 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
         },
     ];
 
-    let mut figures: Vec<(&str, Duration, Duration)> = vec![];
+    let mut figures: Vec<(String, Duration, Duration)> = vec![];
     for d in &drifts {
         let repairs = || {
-            lab.status_json("a").unwrap()["daemon"]["repairs_total"]
+            lab.status_json(d.repairer).unwrap()["daemon"]["repairs_total"]
                 .as_u64()
                 .unwrap()
         };
@@ -294,7 +345,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
         let repair = within(
             REPAIR_LIMIT,
             &format!("{}: repaired and VLAN {} up", d.what, d.vlan),
-            || (d.repaired)() && lab.vlan_up("a", d.vlan),
+            || (d.repaired)() && lab.vlan_up(d.site, d.vlan),
         );
         let mut slowest = Duration::ZERO;
         for (from, to) in &d.traffic {
@@ -319,7 +370,7 @@ fn every_drift_alone_is_repaired_and_the_vlan_carries_traffic_again() {
             "{}: no ESP on the underlay while the service was judged",
             d.what
         );
-        figures.push((d.what, repair, slowest));
+        figures.push((format!("{} (site {})", d.what, d.site), repair, slowest));
     }
     for (what, repair, service) in &figures {
         eprintln!(
@@ -408,6 +459,26 @@ fn daemon_survives_crashes_and_restarts() {
         last["changes"].as_array().unwrap().len(),
         0,
         "restart was not a no-op: {st:#}"
+    );
+
+    // The same at site C, the responder of both its connections.
+    let stream = PingStream::start(&t.c101, &t.a101, 80, 50).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(t.lab.stop_daemon("c", libc::SIGKILL).unwrap(), None);
+    std::thread::sleep(Duration::from_millis(500));
+    t.lab.start_daemon("c").unwrap();
+    let (sent, received) = stream.finish().unwrap();
+    assert_eq!(
+        received, sent,
+        "packets lost across kill -9 and restart at C"
+    );
+    let st = t.lab.status_json("c").unwrap();
+    let last = &st["daemon"]["last_reconcile"];
+    assert_eq!(last["trigger"], "start", "{st:#}");
+    assert_eq!(
+        last["changes"].as_array().unwrap().len(),
+        0,
+        "restart at C was not a no-op: {st:#}"
     );
 
     // charon killed and restarted: full service within 10 s of its return.

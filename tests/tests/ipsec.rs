@@ -122,8 +122,36 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
 
     let (a101, b101, c101) = (&t.a101, &t.b101, &t.c101);
     let lab = &mut t.lab;
-    let bps = lab.tcp_transfer(b101, a101, "10M").unwrap();
-    lab.tcp_transfer(c101, b101, "5M").unwrap();
+    // Each transfer through its own SA: A -> B and B -> C. The sender's SA with that peer
+    // counts every byte received, and the capture sees as many ESP bytes between the two
+    // VTEPs in the same interval.
+    let through = |server: &l2s_lab::Vnf, client: &l2s_lab::Vnf, from: &str, to: &str, n: &str| {
+        let (src, dst) = (
+            lab.site(from).underlay_ip.clone(),
+            lab.site(to).underlay_ip.clone(),
+        );
+        let peer = format!("site-{to}");
+        let (sa0, esp0) = (
+            lab.sa_bytes(from, Some(&peer)).unwrap(),
+            cap.esp_bytes(&src, &dst),
+        );
+        let (bps, got) = lab.tcp_transfer_received(server, client, n).unwrap();
+        assert!(got > 0, "{from} -> {to}: the transfer delivered nothing");
+        let (mut sa, mut esp) = (0, 0);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) && (sa < got || esp < got) {
+            std::thread::sleep(Duration::from_millis(250));
+            sa = lab.sa_bytes(from, Some(&peer)).unwrap().saturating_sub(sa0);
+            esp = cap.esp_bytes(&src, &dst).saturating_sub(esp0);
+        }
+        assert!(
+            sa >= got && esp >= got,
+            "{from} -> {to}: {got} bytes received, the SA counted {sa}, the underlay carried {esp} ESP bytes"
+        );
+        bps
+    };
+    let bps = through(b101, a101, "a", "b", "10M");
+    through(c101, b101, "b", "c", "5M");
     eprintln!("TCP A->B over IPsec: {:.0} Mbit/s", bps / 1e6);
 
     // `down` removes every object it owns: connections in charon, guard, rule, devices.
@@ -156,7 +184,7 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
         .contains("nothing to remove"));
 
     cap.stop();
-    let clear = cap.count("udp port 4789");
+    let clear = cap.clear_text_vxlan();
     let esp = cap.count("udp port 4500");
     let frags = cap.count("ip[6:2] & 0x3fff != 0");
     eprintln!("underlay capture: {esp} ESP-in-UDP packets, {clear} clear-text VXLAN, {frags} IP fragments");
@@ -355,9 +383,26 @@ fn wrong_psk_fails_that_peer_only() {
         !t.lab.ping(&t.a101, &t.c101.ip, 3),
         "A-C must not work without an SA"
     );
+    // The positive control of the interval: A-B carries TCP inside ESP meanwhile.
+    let (a_ip, b_ip) = (
+        t.lab.site("a").underlay_ip.clone(),
+        t.lab.site("b").underlay_ip.clone(),
+    );
+    let esp0 = cap.esp_bytes(&a_ip, &b_ip);
+    let got = t.lab.tcp_received(&t.b101, &t.a101, "1M").unwrap();
+    let mut esp = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) && (got == 0 || esp < got) {
+        std::thread::sleep(Duration::from_millis(250));
+        esp = cap.esp_bytes(&a_ip, &b_ip).saturating_sub(esp0);
+    }
+    assert!(
+        got > 0 && esp >= got,
+        "A -> B: {got} bytes received, {esp} ESP bytes on the underlay"
+    );
     cap.stop();
     assert_eq!(
-        cap.count("udp port 4789"),
+        cap.clear_text_vxlan(),
         0,
         "clear-text VXLAN leaked while an SA failed"
     );
@@ -562,10 +607,28 @@ fn kernel_backend_transport_mode_negotiates_ike_and_stays_closed() {
     assert!(la.contains("mode = TRANSPORT"), "transport mode expected");
     // Without ESP in this kernel no CHILD_SA can be installed: VXLAN must not leave in clear.
     lab.set_vnf_mtu(&[&a, &b], 1350).unwrap();
+    // The positive control: the pings' ARP requests did become VXLAN frames at A's VTEP
+    // (sent, or refused by the xfrm layer), and none of them reached the underlay in clear.
+    let a_ns = lab.site("a").ns.clone();
+    let vxlan_out = || {
+        ["tx_packets", "tx_errors", "tx_dropped"]
+            .iter()
+            .map(|c| {
+                lab.link_attr(&a_ns, "l2s-vx101", &format!("statistics/{c}"))
+                    .unwrap_or_else(|| panic!("no {c} counter on l2s-vx101"))
+            })
+            .sum::<u64>()
+    };
+    let out0 = vxlan_out();
     assert!(!lab.ping(&a, &b.ip, 3));
+    let produced = vxlan_out() - out0;
     cap.stop();
+    assert!(
+        produced >= 2,
+        "the pings produced {produced} VXLAN frames at A: nothing was tried"
+    );
     assert_eq!(
-        cap.count("udp port 4789"),
+        cap.clear_text_vxlan(),
         0,
         "clear-text VXLAN with the kernel backend and no SA"
     );

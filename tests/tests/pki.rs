@@ -136,29 +136,60 @@ fn all_up(lab: &Lab, after: &str) {
 /// The service as the VNFs see it: every pair pings on both VLANs, TCP crosses, the SAs'
 /// byte counters grow, no clear-text VXLAN on the underlay, every VLAN reported up.
 fn judge(t: &PaperLab, cap: &Capture, event: &str) {
-    let before = t.lab.sa_bytes("a", None).unwrap();
+    // One transfer per peer of A, each through its own SA: A -> C on VLAN 101, A -> B on
+    // VLAN 102. Each SA must count every byte its receiver got, and the capture must see as
+    // many ESP bytes from A's VTEP to that peer's, in this same interval (a VLAN bypassing its
+    // SA fails here even when the other one's counters grew).
+    let a_ip = t.lab.site("a").underlay_ip.clone();
+    let paths = [
+        ("site-c", "c", &t.c101, &t.a101),
+        ("site-b", "b", &t.b102, &t.a102),
+    ];
+    let before: Vec<(u64, u64)> = paths
+        .iter()
+        .map(|(peer, site, _, _)| {
+            let ip = &t.lab.site(site).underlay_ip;
+            (
+                t.lab.sa_bytes("a", Some(peer)).unwrap(),
+                cap.esp_bytes(&a_ip, ip),
+            )
+        })
+        .collect();
     let failed = t.ping_mesh();
     assert!(failed.is_empty(), "after {event}: no ping on {failed:?}");
-    // What the receivers got (iperf3 -n may end before all the client wrote has crossed):
-    // every byte of it crossed A's SAs, each ESP packet carrying more than its payload.
-    let got = t.lab.tcp_received(&t.c101, &t.a101, "2M").unwrap()
-        + t.lab.tcp_received(&t.b102, &t.a102, "2M").unwrap();
-    // charon's libipsec counters lag the traffic by a moment.
-    let t0 = std::time::Instant::now();
-    let mut grew = 0;
-    while t0.elapsed() < Duration::from_secs(10) {
-        grew = t.lab.sa_bytes("a", None).unwrap().saturating_sub(before);
-        if grew >= got {
-            break;
+    // What the receivers got (iperf3 -n may end before all the client wrote has crossed).
+    let got: Vec<u64> = paths
+        .iter()
+        .map(|(_, _, server, client)| t.lab.tcp_received(server, client, "2M").unwrap())
+        .collect();
+    for (((peer, site, _, _), (sa0, esp0)), got) in paths.iter().zip(&before).zip(&got) {
+        assert!(
+            *got > 0,
+            "after {event}: the transfer to {peer} delivered nothing"
+        );
+        let ip = &t.lab.site(site).underlay_ip;
+        // charon's libipsec counters and the capture's file lag the traffic by a moment.
+        let (mut sa, mut esp) = (0, 0);
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            sa = t
+                .lab
+                .sa_bytes("a", Some(peer))
+                .unwrap()
+                .saturating_sub(*sa0);
+            esp = cap.esp_bytes(&a_ip, ip).saturating_sub(*esp0);
+            if sa >= *got && esp >= *got {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
-        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            sa >= *got && esp >= *got,
+            "after {event}: for {got} bytes received by {peer}, A's SA with it counted {sa} and the underlay carried {esp} ESP bytes (clear text?)\n{}\n{}",
+            t.lab.l2s_ok("a", &["status"]).unwrap_or_default(),
+            swanctl(&t.lab, "a", &["--list-sas"])
+        );
     }
-    assert!(
-        got > 0 && grew >= got,
-        "after {event}: A's SA counters grew by {grew} bytes for {got} bytes received (clear text?)\n{}\n{}",
-        t.lab.l2s_ok("a", &["status"]).unwrap_or_default(),
-        swanctl(&t.lab, "a", &["--list-sas"])
-    );
     assert_eq!(
         cap.clear_text_vxlan(),
         0,

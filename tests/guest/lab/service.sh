@@ -12,6 +12,6 @@ until ip netns exec "$1" ping -c1 -W1 "$3" >/dev/null 2>&1; do
   [ $i -lt 10 ] || { echo "ping $1 -> $3 failed"; exit 1; }
 done
 ip netns exec "$2" iperf3 -s -1 -D -B "$3" >/dev/null 2>&1
-sleep 0.3
+/root/lab/listening.sh "$2" 5201 || exit 1
 ip netns exec "$1" iperf3 -c "$3" -n 256K --connect-timeout 3000 >/dev/null 2>&1 \
   || { echo "TCP $1 -> $3 failed"; exit 1; }

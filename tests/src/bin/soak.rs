@@ -115,7 +115,7 @@ fn main() -> Result<()> {
                 back.as_secs_f64(),
                 sent - got
             );
-            if f == Fault::SiteRebooted {
+            if matches!(f, Fault::SiteRebooted(_)) {
                 // Its daemon is a new process: footprints restart there.
                 samples.retain(|(s, _, _)| *s != "c");
             }
