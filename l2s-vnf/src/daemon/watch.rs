@@ -1,5 +1,7 @@
 //! Event sources that wake the daemon: OVSDB `monitor`, rtnetlink (links, flood entries,
-//! policy rules, addresses), nftables (our table) and charon (IKE/CHILD up, down, rekey).
+//! policy rules, addresses), nftables (our table) and charon (IKE/CHILD up, down, rekey; and,
+//! as charon sends no event for it, a connection of ours unloaded, read every
+//! [`CONNS_CHECK`]).
 //!
 //! Each watcher only says *that* something it cares about happened (a [`Trigger`]); the
 //! daemon then reconciles the whole state, so an event can never be half-handled. Every
@@ -87,6 +89,11 @@ impl Watchers {
             )),
         ];
         if cfg.ipsec.enabled {
+            tasks.push(tokio::spawn(conns_watch(
+                cfg.ipsec.vici.clone(),
+                cfg.switch.bridge.clone(),
+                tx.clone(),
+            )));
             tasks.push(tokio::spawn(vici_watch(
                 cfg.ipsec.vici.clone(),
                 cfg.switch.bridge.clone(),
@@ -334,6 +341,55 @@ fn event_conns(msg: &Section, bridge: &str) -> Vec<String> {
         .collect()
 }
 
+/// How often charon's connections are read: an unloaded connection is no event in charon,
+/// and at a responder its IKE_SA stays up, so nothing else would show it before the periodic
+/// reconcile (a new IKE_SA from the peer would be refused meanwhile).
+pub const CONNS_CHECK: Duration = Duration::from_secs(1);
+
+/// The connections of ours that were listed before and are not now.
+fn unloaded(before: &BTreeSet<String>, now: &BTreeSet<String>) -> Vec<String> {
+    before.difference(now).cloned().collect()
+}
+
+async fn conns_watch(path: PathBuf, bridge: String, tx: Triggers) {
+    let mut before: Option<BTreeSet<String>> = None;
+    let mut client: Option<vici::Client> = None;
+    loop {
+        tokio::time::sleep(CONNS_CHECK).await;
+        if client.is_none() {
+            client = vici::Client::connect(&path).await.ok();
+        }
+        let Some(c) = &client else {
+            // charon's absence is vici_watch's to report.
+            before = None;
+            continue;
+        };
+        let now: BTreeSet<String> = match c.list_conns().await {
+            Ok(list) => list
+                .into_iter()
+                .map(|(name, _)| name)
+                .filter(|name| ipsec::owned_conn(name, &bridge))
+                .collect(),
+            Err(e) => {
+                debug!(error = %e, "cannot list charon's connections; reconnecting");
+                client = None;
+                before = None;
+                continue;
+            }
+        };
+        if let Some(gone) = before.as_ref().map(|b| unloaded(b, &now)) {
+            if !gone.is_empty() {
+                fire(
+                    &tx,
+                    "charon",
+                    format!("connection unloaded: {}", gone.join(", ")),
+                );
+            }
+        }
+        before = Some(now);
+    }
+}
+
 pub const VICI_EVENTS: &[&str] = &["ike-updown", "child-updown", "ike-rekey", "child-rekey"];
 
 async fn vici_watch(path: PathBuf, bridge: String, tx: Triggers, events: Arc<IpsecEvents>) {
@@ -490,6 +546,21 @@ mod tests {
     fn monitor_updates_are_summarized() {
         let u = serde_json::json!({"Port": {"u1": {}, "u2": {}}, "Bridge": {"u3": {}}});
         assert_eq!(summarize_update(&u), "Bridge: 1 row(s), Port: 2 row(s)");
+    }
+
+    #[test]
+    fn only_a_connection_listed_before_and_gone_now_is_unloaded() {
+        let set = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let before = set(&["l2s-vnf:l2s0:a", "l2s-vnf:l2s0:b"]);
+        assert_eq!(
+            unloaded(&before, &set(&["l2s-vnf:l2s0:b"])),
+            vec!["l2s-vnf:l2s0:a"]
+        );
+        assert!(unloaded(
+            &before,
+            &set(&["l2s-vnf:l2s0:a", "l2s-vnf:l2s0:b", "l2s-vnf:l2s0:c"])
+        )
+        .is_empty());
     }
 
     #[test]
