@@ -123,8 +123,10 @@ fn faults_under_load_leave_a_working_service_and_never_leak() {
             .collect()
     };
     let mut report = vec![];
+    let esp = |cap: &Capture| cap.count("esp or udp port 4500");
     for f in Fault::ALL {
         let heard = own_vlan(&leaks);
+        let esp_before = esp(&underlay);
         report.push(under_load(&mut t, f));
         // The service on both VLANs after the fault, which every listener must hear.
         let failed = t.ping_mesh();
@@ -147,6 +149,12 @@ fn faults_under_load_leave_a_working_service_and_never_leak() {
             "{}: clear-text VXLAN on the underlay",
             f.describe()
         );
+        // The capture saw this fault's traffic, as ESP (a dead capture sees nothing).
+        assert!(
+            esp(&underlay) > esp_before,
+            "{}: no ESP on the underlay while the service was judged",
+            f.describe()
+        );
         let wrong = wrong_vlan(&leaks);
         assert!(
             wrong.is_empty(),
@@ -157,7 +165,7 @@ fn faults_under_load_leave_a_working_service_and_never_leak() {
 
     underlay.stop();
     let clear = underlay.clear_text_vxlan();
-    let esp = underlay.count("esp or udp port 4500");
+    let esp = esp(&underlay);
     for (_, _, cap) in &mut leaks {
         cap.stop();
     }

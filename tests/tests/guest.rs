@@ -784,6 +784,14 @@ fn the_paper_sites_on_the_production_stack() {
     eprintln!("guest: rebooted in {:.0} s", took.as_secs_f64());
     s.sh("mv /root/underlay.pcap /root/underlay-before-reboot.pcap 2>/dev/null || true");
     s.sh("systemd-run --quiet --unit=l2s-lab-capture --collect ip netns exec ul tcpdump -i ul0 -n -U -s 128 -w /root/underlay.pcap; sleep 2");
+    // ssh answers before systemd has finished starting everything: the unit is judged once
+    // it has left `activating` (Type=notify: READY after its first converge).
+    s.g.wait_until(
+        "l2s-vnf started at boot",
+        Duration::from_secs(120),
+        "test \"$(systemctl show -P ActiveState l2s-vnf)\" != activating",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let unit = s.sh("systemctl show -p ActiveState,SubState,NRestarts l2s-vnf");
     assert!(
         unit.contains("ActiveState=active")
