@@ -1358,6 +1358,66 @@ impl Lab {
 pub const OVSDB_SERVER: &str = "ovsdb-server";
 pub const OVS_VSWITCHD: &str = "ovs-vswitchd";
 
+/// What crossed in one [`Lab::encrypted_transfer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Encrypted {
+    /// The receiver's bits/s.
+    pub bps: f64,
+    /// The bytes the receiver got.
+    pub got: u64,
+    /// How much the sender's SA with the peer counted meanwhile.
+    pub sa: u64,
+    /// ESP bytes from the sender's VTEP to the peer's in the capture meanwhile.
+    pub esp: u64,
+}
+
+impl Lab {
+    /// A TCP transfer of `bytes` from `client` (a VNF at `site`) to `server` (at site `peer`,
+    /// a letter), proven to have crossed encrypted: within `within`, `site`'s SA with the peer
+    /// counts at least every byte the receiver got, and the capture sees at least as many ESP
+    /// bytes from `site`'s VTEP to the peer's in this same interval (each ESP packet carries
+    /// more than its payload; charon's counters and the capture's file are read a moment
+    /// late). iperf3 -n may end before all the client wrote has crossed: what counts is what
+    /// the receiver got.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encrypted_transfer(
+        &self,
+        cap: &Capture,
+        server: &Vnf,
+        client: &Vnf,
+        site: &str,
+        peer: &str,
+        bytes: &str,
+        within: Duration,
+    ) -> Result<Encrypted> {
+        let (src, dst) = (
+            self.site(site).underlay_ip.clone(),
+            self.site(peer).underlay_ip.clone(),
+        );
+        let name = format!("site-{peer}");
+        let (sa0, esp0) = (self.sa_bytes(site, Some(&name))?, cap.esp_bytes(&src, &dst));
+        let (bps, got) = self.tcp_transfer_received(server, client, bytes)?;
+        if got == 0 {
+            bail!("{site} -> {peer}: the transfer delivered nothing");
+        }
+        let t0 = Instant::now();
+        loop {
+            let sa = self.sa_bytes(site, Some(&name))?.saturating_sub(sa0);
+            let esp = cap.esp_bytes(&src, &dst).saturating_sub(esp0);
+            if sa >= got && esp >= got {
+                return Ok(Encrypted { bps, got, sa, esp });
+            }
+            if t0.elapsed() > within {
+                bail!(
+                    "{site} -> {peer}: {got} bytes received, {site}'s SA with it counted {sa}, the underlay carried {esp} ESP bytes {src} -> {dst} (clear text?) ({})",
+                    cap.file.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 /// A capture of the underlay bridge, running until stopped or dropped.
 pub struct Capture {
     child: Child,

@@ -44,33 +44,21 @@ fn judge_transfer(t: &PaperLab, cap: &Capture, from: &Vnf, to: &Vnf, site: &str,
         t.lab.site(site).underlay_ip.clone(),
         t.lab.site(&peer.replace("site-", "")).underlay_ip.clone(),
     );
-    let esp0 = cap.esp_bytes(&src, &dst);
-    let sa0 = t.lab.sa_bytes(site, Some(peer)).unwrap();
-    let got = t.lab.tcp_received(to, from, "2M").unwrap();
-    assert!(got > 0, "{src} -> {dst}: the transfer delivered nothing");
-    // Every byte received crossed inside ESP: as many ESP bytes on the underlay from one VTEP
-    // to the other, and as many counted by the SAs (each ESP packet carries more than its
-    // TCP payload). Both are read a moment late (the capture's file, charon's counters).
-    let (mut esp, mut sa) = (0, 0);
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_secs(5) && (esp < got || sa < got) {
-        std::thread::sleep(Duration::from_millis(200));
-        esp = cap.esp_bytes(&src, &dst).saturating_sub(esp0);
-        sa = t
-            .lab
-            .sa_bytes(site, Some(peer))
-            .unwrap()
-            .saturating_sub(sa0);
-    }
-    eprintln!("{src} -> {dst}: {got} bytes received, {esp} ESP bytes on the underlay, {sa} counted by {site}'s SAs with {peer}");
-    assert!(
-        esp >= got,
-        "{src} -> {dst}: {esp} ESP bytes on the underlay for {got} bytes received ({})",
-        cap.file.display()
-    );
-    assert!(
-        sa >= got,
-        "{site}'s SAs with {peer} counted {sa} bytes for {got} bytes received"
+    let e = t
+        .lab
+        .encrypted_transfer(
+            cap,
+            to,
+            from,
+            site,
+            &peer.replace("site-", ""),
+            "2M",
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "{src} -> {dst}: {} bytes received, {} ESP bytes on the underlay, {} counted by {site}'s SAs with {peer}",
+        e.got, e.esp, e.sa
     );
     assert_eq!(
         cap.count(&format!("({CLEAR_TEXT_VXLAN}) and not host {ROGUE}")),

@@ -126,29 +126,9 @@ fn ipsec_between_three_sites_never_leaks_clear_text() {
     // counts every byte received, and the capture sees as many ESP bytes between the two
     // VTEPs in the same interval.
     let through = |server: &l2s_lab::Vnf, client: &l2s_lab::Vnf, from: &str, to: &str, n: &str| {
-        let (src, dst) = (
-            lab.site(from).underlay_ip.clone(),
-            lab.site(to).underlay_ip.clone(),
-        );
-        let peer = format!("site-{to}");
-        let (sa0, esp0) = (
-            lab.sa_bytes(from, Some(&peer)).unwrap(),
-            cap.esp_bytes(&src, &dst),
-        );
-        let (bps, got) = lab.tcp_transfer_received(server, client, n).unwrap();
-        assert!(got > 0, "{from} -> {to}: the transfer delivered nothing");
-        let (mut sa, mut esp) = (0, 0);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) && (sa < got || esp < got) {
-            std::thread::sleep(Duration::from_millis(250));
-            sa = lab.sa_bytes(from, Some(&peer)).unwrap().saturating_sub(sa0);
-            esp = cap.esp_bytes(&src, &dst).saturating_sub(esp0);
-        }
-        assert!(
-            sa >= got && esp >= got,
-            "{from} -> {to}: {got} bytes received, the SA counted {sa}, the underlay carried {esp} ESP bytes"
-        );
-        bps
+        lab.encrypted_transfer(&cap, server, client, from, to, n, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .bps
     };
     let bps = through(b101, a101, "a", "b", "10M");
     through(c101, b101, "b", "c", "5M");
@@ -384,22 +364,17 @@ fn wrong_psk_fails_that_peer_only() {
         "A-C must not work without an SA"
     );
     // The positive control of the interval: A-B carries TCP inside ESP meanwhile.
-    let (a_ip, b_ip) = (
-        t.lab.site("a").underlay_ip.clone(),
-        t.lab.site("b").underlay_ip.clone(),
-    );
-    let esp0 = cap.esp_bytes(&a_ip, &b_ip);
-    let got = t.lab.tcp_received(&t.b101, &t.a101, "1M").unwrap();
-    let mut esp = 0;
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) && (got == 0 || esp < got) {
-        std::thread::sleep(Duration::from_millis(250));
-        esp = cap.esp_bytes(&a_ip, &b_ip).saturating_sub(esp0);
-    }
-    assert!(
-        got > 0 && esp >= got,
-        "A -> B: {got} bytes received, {esp} ESP bytes on the underlay"
-    );
+    t.lab
+        .encrypted_transfer(
+            &cap,
+            &t.b101,
+            &t.a101,
+            "a",
+            "b",
+            "1M",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
     cap.stop();
     assert_eq!(
         cap.clear_text_vxlan(),
