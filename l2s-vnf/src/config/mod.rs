@@ -3,6 +3,7 @@
 //! An invalid file yields a [`ConfigError`] listing every problem with file, line, column and
 //! key path; nothing on the system is touched before a config is valid.
 
+pub mod evpn;
 mod load;
 mod raw;
 mod validate;
@@ -12,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use evpn::{Evpn, EvpnRole};
 pub use load::Locations;
 
 pub use crate::base::kinds::{BackendChoice, DatapathChoice};
@@ -244,6 +246,8 @@ pub struct SiteConfig {
     pub vlans: Vec<Vlan>,
     pub daemon: Daemon,
     pub metrics: Option<SocketAddr>,
+    /// `[evpn]` when enabled: peers found through BGP EVPN.
+    pub evpn: Option<Evpn>,
     /// Where each key is in the file, for errors found later (e.g. MTU vs. the real underlay).
     pub locations: Locations,
     /// What is valid but needs the operator's attention soon (a certificate expiring).

@@ -24,6 +24,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
     pub metrics: Option<RawMetrics>,
+    pub evpn: Option<RawEvpn>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,4 +122,15 @@ pub struct RawDaemon {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvpn {
+    pub enabled: Option<bool>,
+    pub role: Option<String>,
+    pub asn: Option<i64>,
+    pub reflectors: Option<Vec<String>>,
+    pub listen_range: Option<String>,
+    pub hold_time: Option<String>,
 }

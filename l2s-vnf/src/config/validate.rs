@@ -458,9 +458,10 @@ pub fn validate(
     }
     // Certificates: read and checked when some peer authenticates with them.
     let mut warnings = vec![];
+    let evpn_on = raw.evpn.as_ref().and_then(|e| e.enabled).unwrap_or(false);
     let pki = if enabled
         && (peers.iter().any(|p| p.auth == AuthMethod::Pubkey)
-            || (peers.is_empty() && auth == AuthMethod::Pubkey))
+            || ((peers.is_empty() || evpn_on) && auth == AuthMethod::Pubkey))
     {
         if let Err(e) = crate::pki::Identity::parse(&site_id) {
             c.err(site_id_key, e);
@@ -603,6 +604,21 @@ pub fn validate(
             );
         }
     }
+
+    // [evpn]
+    let evpn = raw.evpn.and_then(|re| {
+        evpn_section(
+            &mut c,
+            re,
+            EvpnContext {
+                ipsec: enabled,
+                auth,
+                vtep_ip,
+                vlans: vlans.len(),
+                peers: peers.len(),
+            },
+        )
+    });
 
     // [daemon]
     let control_socket = PathBuf::from(
@@ -762,8 +778,154 @@ pub fn validate(
             probe_interval,
         },
         metrics,
+        evpn,
         locations: locs.clone(),
         warnings,
+    })
+}
+
+/// What `[evpn]` is checked against from the rest of the config.
+struct EvpnContext {
+    ipsec: bool,
+    auth: AuthMethod,
+    vtep_ip: Option<IpAddr>,
+    vlans: usize,
+    peers: usize,
+}
+
+fn evpn_section(c: &mut Checker, re: super::raw::RawEvpn, cx: EvpnContext) -> Option<Evpn> {
+    use super::evpn::{Prefix, DEFAULT_ASN, DEFAULT_HOLD_TIME, HOLD_TIME_RANGE};
+    let role = match re.role.as_deref().unwrap_or("site") {
+        "site" => EvpnRole::Site,
+        "reflector" => EvpnRole::Reflector,
+        other => {
+            c.err(
+                "evpn.role",
+                format!("unknown role `{other}`; allowed: site, reflector"),
+            );
+            EvpnRole::Site
+        }
+    };
+    let asn = match re.asn {
+        None => DEFAULT_ASN,
+        Some(a) if (1..=4_294_967_294).contains(&a) => a as u32,
+        Some(a) => {
+            c.err(
+                "evpn.asn",
+                format!("AS number {a} is out of range; allowed: 1..=4294967294"),
+            );
+            DEFAULT_ASN
+        }
+    };
+    let hold_time = match re.hold_time.as_deref() {
+        None => DEFAULT_HOLD_TIME,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if HOLD_TIME_RANGE.contains(&d) && d.subsec_nanos() == 0 => d,
+            Ok(_) => {
+                c.err(
+                    "evpn.hold_time",
+                    format!("`{s}` is out of range; allowed: whole seconds, 3s..=65535s (BGP's hold time)"),
+                );
+                DEFAULT_HOLD_TIME
+            }
+            Err(e) => {
+                c.err(
+                    "evpn.hold_time",
+                    format!("`{s}` is not a duration ({e}); write e.g. \"9s\""),
+                );
+                DEFAULT_HOLD_TIME
+            }
+        },
+    };
+    let mut reflectors = vec![];
+    for (i, r) in re.reflectors.iter().flatten().enumerate() {
+        let key = format!("evpn.reflectors[{i}]");
+        match r.parse::<IpAddr>() {
+            Ok(ip) if ip.is_unspecified() || ip.is_multicast() => {
+                c.err(&key, format!("`{r}` cannot be a reflector's address"));
+            }
+            Ok(ip) if Some(ip) == cx.vtep_ip => {
+                c.err(&key, format!("`{r}` is this site's own VTEP address"));
+            }
+            Ok(ip) if reflectors.contains(&ip) => {
+                c.err(&key, format!("`{r}` is listed twice"));
+            }
+            Ok(ip) => reflectors.push(ip),
+            Err(_) => c.err(&key, format!("`{r}` is not an IPv4 or IPv6 address")),
+        }
+    }
+    let listen_range = re
+        .listen_range
+        .as_deref()
+        .and_then(|s| match s.parse::<Prefix>() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.err("evpn.listen_range", e);
+                None
+            }
+        });
+    if !re.enabled.unwrap_or(false) {
+        return None;
+    }
+    if !cx.ipsec {
+        c.err(
+            "evpn.enabled",
+            "EVPN needs IPsec (`[ipsec] enabled = true`): BGP to the reflectors and VXLAN to the sites it finds must never cross the underlay in clear text",
+        );
+    } else if cx.auth != AuthMethod::Pubkey {
+        c.err(
+            "evpn.enabled",
+            "EVPN needs `[ipsec] auth = \"pubkey\"`: a site found through EVPN was configured by nobody, so a pre-shared key cannot vouch for it; only a certificate from the federation's CA (`cacerts`) carrying the site's VTEP address as an IP subjectAltName can",
+        );
+    }
+    match role {
+        EvpnRole::Site => {
+            if reflectors.is_empty() && re.reflectors.as_ref().is_none_or(|r| r.is_empty()) {
+                c.err(
+                    "evpn.enabled",
+                    "a site needs at least one route reflector: `reflectors = [\"198.51.100.10\"]`",
+                );
+            }
+            if re.listen_range.is_some() {
+                c.err(
+                    "evpn.listen_range",
+                    "`listen_range` is a reflector's setting; a site connects to its `reflectors`",
+                );
+            }
+        }
+        EvpnRole::Reflector => {
+            if re.listen_range.is_none() {
+                c.err(
+                    "evpn.role",
+                    "a reflector needs `listen_range`: the prefix sites may connect from, e.g. \"198.51.100.0/24\"",
+                );
+            }
+            if re.reflectors.is_some() {
+                c.err(
+                    "evpn.reflectors",
+                    "a reflector names no reflectors (redundant reflectors are each named by the sites)",
+                );
+            }
+            if cx.vlans > 0 {
+                c.err(
+                    "evpn.role",
+                    "a reflector has no bridge and no VLANs: remove the [[vlan]] tables (or make this a site)",
+                );
+            }
+            if cx.peers > 0 {
+                c.err(
+                    "evpn.role",
+                    "a reflector names no site: remove the [[peer]] tables; any site its CA vouches for inside `listen_range` may connect",
+                );
+            }
+        }
+    }
+    Some(Evpn {
+        role,
+        asn,
+        reflectors,
+        listen_range,
+        hold_time,
     })
 }
 
