@@ -4,6 +4,8 @@ set -euo pipefail
 pkgs=(openvswitch-switch iproute2 nftables iperf3 ethtool iputils-ping tcpdump python3 procps
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
       libstrongswan-standard-plugins strongswan-pki libssl-dev pkg-config systemd cloud-init
+      # the EVPN control plane: FRR's zebra, bgpd and vtysh (the system's FRR service stays off)
+      frr
       # the guest lab: Debian guests under QEMU, built with mmdebstrap
       qemu-system-x86 qemu-utils mmdebstrap e2fsprogs genisoimage openssh-client)
 missing_pkgs() {

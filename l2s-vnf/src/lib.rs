@@ -15,7 +15,9 @@
 //!     libipsec rule, underlay facts;
 //!   - [`ovs`]: the OVSDB client, the bridge and its ports, storm control;
 //!   - [`ipsec`]: connections, charon's credentials, SA states, VICI, algorithms, charon's log;
-//!   - [`guard`]: the fail-closed nftables guard and its xfrm block policies.
+//!   - [`guard`]: the fail-closed nftables guard and its xfrm block policies;
+//!   - [`evpn`]: the EVPN control plane (FRR's config, the routes and sessions bgpd learned,
+//!     the control namespace's shadow devices).
 //! - [`model`]: the desired state, assembled from every backend's part.
 //! - [`plan`]: the observed state and the typed diff (one [`plan::Change`] variant per backend).
 //! - [`apply`]: connect and observe, diff, execute in phases with rollback.
@@ -29,6 +31,7 @@ pub mod xfrm;
 
 pub mod config;
 
+pub mod evpn;
 pub mod guard;
 pub mod ipsec;
 pub mod linux;

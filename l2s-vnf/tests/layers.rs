@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["pki", "xfrm"],
     &["config"],
     // One folder per backend.
-    &["linux", "ovs", "ipsec", "guard"],
+    &["linux", "ovs", "ipsec", "guard", "evpn"],
     // The desired state, assembled from every backend's part.
     &["model"],
     // The plan: observed state of all backends, and their diffs composed.
