@@ -920,6 +920,12 @@ fn evpn_section(c: &mut Checker, re: super::raw::RawEvpn, cx: EvpnContext) -> Op
             }
         }
     }
+    // Until the daemon runs the control plane, a config that asks for it is refused rather
+    // than silently served with listed peers only.
+    c.err(
+        "evpn.enabled",
+        "this build validates [evpn] but does not run the EVPN control plane yet: set `enabled = false` and list the peer sites in [[peer]]",
+    );
     Some(Evpn {
         role,
         asn,
