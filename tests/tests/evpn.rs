@@ -1,8 +1,8 @@
-//! The EVPN control plane's foundation on real FRR (Debian's `frr` 8.4): the configs
-//! `l2s_vnf::evpn::frr_config` generates, run by real zebra and bgpd in namespaces laid out as
-//! the product's design says (zebra in a control namespace over shadow bridges and VXLAN
-//! devices, bgpd in the site's namespace, a reflector that names no site), and the parsers
-//! that read what bgpd learned.
+//! The EVPN control plane's foundation on real FRR (Debian's `frr` 8.4), through the
+//! product's own code: `evpn::ControlNs` makes each site's control namespace and shadow
+//! devices, `evpn::Frr` writes the configs `evpn::frr_config` generates and supervises real
+//! zebra and bgpd (zebra in the control namespace, bgpd in the site's namespace, a reflector
+//! with bgpd alone that names no site), and `evpn::routes` reads what bgpd learned.
 //!
 //! What this does not prove yet (issue 21 stays open): the daemon running FRR itself, BGP
 //! inside IPsec (here BGP crosses the lab's underlay in clear text), SAs and flood entries
@@ -12,17 +12,15 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use l2s_lab::{netns, require_lab, run, sh};
 use l2s_vnf::config::evpn::Prefix;
 use l2s_vnf::config::{Evpn, EvpnRole};
-use l2s_vnf::evpn::{frr_config, routes, shadow};
+use l2s_vnf::evpn::{frr_config, routes, ControlNs, Frr};
 
-const ZEBRA: &str = "/usr/lib/frr/zebra";
-const BGPD: &str = "/usr/lib/frr/bgpd";
 const ASN: u32 = 65000;
 const HOLD: Duration = Duration::from_secs(9);
 
@@ -31,15 +29,13 @@ struct FrrLab {
     id: String,
     dir: PathBuf,
     namespaces: Vec<String>,
-    children: Vec<Child>,
+    frr: Vec<Frr>,
 }
 
 impl Drop for FrrLab {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // FRR's daemons first (dropping an `Frr` ends its children).
+        self.frr.clear();
         for ns in self.namespaces.iter().rev() {
             let _ = run(Command::new("ip").args(["netns", "del", ns]));
         }
@@ -60,7 +56,7 @@ impl FrrLab {
             id,
             dir,
             namespaces: vec![],
-            children: vec![],
+            frr: vec![],
         };
         let ul = lab.ns("ul");
         ip(&ul, &["link", "add", "ul0", "type", "bridge"]);
@@ -97,74 +93,14 @@ impl FrrLab {
         format!("ev{}{name}", std::process::id() % 100_000)
     }
 
-    /// A directory FRR (user `frr`) may write its sockets, pid files and logs into.
-    fn frr_dir(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        sh(Command::new("chown").args(["frr:frr", d.to_str().unwrap()])).unwrap();
-        sh(Command::new("chmod").args(["755", self.dir.to_str().unwrap()])).unwrap();
-        d
-    }
-
-    fn spawn(&mut self, ns: &str, prog: &str, args: &[&str], dir: &Path) {
-        let log =
-            std::fs::File::create(dir.join(format!("{}.out", prog.rsplit('/').next().unwrap())))
-                .unwrap();
-        let child = netns(ns, prog)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-    }
-
-    /// A site: its namespace on the underlay, a control namespace with the shadow devices of
-    /// `vnis`, zebra there and bgpd in the site's namespace, both with generated configs.
+    /// A site: its namespace on the underlay, its control namespace and FRR, all made by the
+    /// product's code running inside the site's namespace.
     fn site(&mut self, name: &str, vtep: &str, vnis: &[u32], reflectors: &[&str]) -> Site {
         let ns = self.host(name, vtep);
-        let ctl = self.ns(&format!("{name}-ctl"));
-        let (up0, up1) = shadow::UPLINK;
-        ip(
-            &ctl,
-            &["link", "add", up0, "type", "veth", "peer", "name", up1],
-        );
-        for d in [up0, up1] {
-            ip(&ctl, &["link", "set", d, "addrgenmode", "none"]);
-            ip(&ctl, &["link", "set", d, "up"]);
-        }
-        ip(&ctl, &["addr", "add", &format!("{vtep}/32"), "dev", up0]);
-        ip(&ctl, &["route", "add", "default", "dev", up0]);
-        for vni in vnis {
-            let (br, vx) = (shadow::bridge_name(*vni), shadow::vxlan_name(*vni));
-            let v = vni.to_string();
-            ip(&ctl, &["link", "add", &br, "type", "bridge"]);
-            ip(
-                &ctl,
-                &[
-                    "link",
-                    "add",
-                    &vx,
-                    "type",
-                    "vxlan",
-                    "id",
-                    &v,
-                    "local",
-                    vtep,
-                    "dstport",
-                    "4789",
-                    "nolearning",
-                ],
-            );
-            for d in [&br, &vx] {
-                ip(&ctl, &["link", "set", d, "addrgenmode", "none"]);
-            }
-            ip(&ctl, &["link", "set", &vx, "master", &br]);
-            ip(&ctl, &["link", "set", &vx, "up"]);
-            ip(&ctl, &["link", "set", &br, "up"]);
-        }
-        let dir = self.frr_dir(name);
+        let ctl = ControlNs {
+            name: format!("{}-{name}-ctl", self.id),
+        };
+        self.namespaces.push(ctl.name.clone());
         let evpn = Evpn {
             role: EvpnRole::Site,
             asn: ASN,
@@ -173,68 +109,34 @@ impl FrrLab {
             hold_time: HOLD,
         };
         let vtep_ip: IpAddr = vtep.parse().unwrap();
-        std::fs::write(dir.join("zebra.conf"), frr_config::zebra(name)).unwrap();
-        std::fs::write(
-            dir.join("bgpd.conf"),
-            frr_config::bgpd(&evpn, name, vtep_ip, vtep_ip),
-        )
-        .unwrap();
-        let d = dir.to_str().unwrap();
-        let zserv = format!("{d}/zserv.api");
-        self.spawn(
-            &ctl,
-            ZEBRA,
-            &[
-                "-u",
-                "frr",
-                "-g",
-                "frr",
-                "-f",
-                &format!("{d}/zebra.conf"),
-                "-i",
-                &format!("{d}/zebra.pid"),
-                "-z",
-                &zserv,
-                "--vty_socket",
-                d,
-                "-P",
-                "0",
-            ],
-            &dir,
-        );
-        self.spawn(
-            &ns,
-            BGPD,
-            &[
-                "-u",
-                "frr",
-                "-g",
-                "frr",
-                "-f",
-                &format!("{d}/bgpd.conf"),
-                "-i",
-                &format!("{d}/bgpd.pid"),
-                "-z",
-                &zserv,
-                "--vty_socket",
-                d,
-                "-P",
-                "0",
-                "-l",
-                vtep,
-            ],
-            &dir,
-        );
+        let vnis: BTreeSet<u32> = vnis.iter().copied().collect();
+        let mut frr = Frr::new(self.dir.join(format!("{name}.frr")), Some(ctl.name.clone()));
+        let (c, f) = in_ns(&ns, || {
+            let added = ctl.ensure(vtep_ip, &vnis).unwrap();
+            // Ensuring again changes nothing.
+            assert_eq!(ctl.ensure(vtep_ip, &vnis).unwrap(), (0, 0));
+            frr.ensure(
+                &frr_config::bgpd(&evpn, name, vtep_ip, vtep_ip),
+                &frr_config::zebra(name),
+                vtep_ip,
+            )
+            .unwrap();
+            (added, frr)
+        });
+        assert_eq!(c, (vnis.len(), 0));
+        self.frr.push(f);
         Site {
+            ns,
             ctl,
             vtep: vtep_ip,
-            dir,
+            frr: self.frr.len() - 1,
+            evpn,
         }
     }
 
-    fn reflector(&mut self, name: &str, addr: &str, range: &str) -> PathBuf {
+    /// A reflector; returns its index in `frr`.
+    fn reflector(&mut self, name: &str, addr: &str, range: &str) -> usize {
         let ns = self.host(name, addr);
-        let dir = self.frr_dir(name);
         let evpn = Evpn {
             role: EvpnRole::Reflector,
             asn: ASN,
@@ -243,65 +145,58 @@ impl FrrLab {
             hold_time: HOLD,
         };
         let a: IpAddr = addr.parse().unwrap();
-        std::fs::write(dir.join("bgpd.conf"), frr_config::bgpd(&evpn, name, a, a)).unwrap();
-        let d = dir.to_str().unwrap();
-        self.spawn(
-            &ns,
-            BGPD,
-            &[
-                "-u",
-                "frr",
-                "-g",
-                "frr",
-                "-Z",
-                "-f",
-                &format!("{d}/bgpd.conf"),
-                "-i",
-                &format!("{d}/bgpd.pid"),
-                "--vty_socket",
-                d,
-                "-P",
-                "0",
-                "-l",
-                addr,
-            ],
-            &dir,
-        );
-        dir
+        let mut frr = Frr::new(self.dir.join(format!("{name}.frr")), None);
+        let f = in_ns(&ns, || {
+            frr.ensure(&frr_config::bgpd(&evpn, name, a, a), "", a)
+                .unwrap();
+            frr
+        });
+        self.frr.push(f);
+        self.frr.len() - 1
     }
 }
 
-struct Site {
-    ctl: String,
-    vtep: IpAddr,
-    dir: PathBuf,
+/// Run `f` on a thread inside namespace `ns` (what it spawns runs there too).
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace fd we hold open.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}");
+            f()
+        })
+        .join()
+        .unwrap()
+    })
 }
 
-fn vtysh(dir: &Path, cmd: &str) -> String {
-    sh(Command::new("vtysh").args(["--vty_socket", dir.to_str().unwrap(), "-c", cmd]))
+struct Site {
+    ns: String,
+    ctl: ControlNs,
+    vtep: IpAddr,
+    /// Its index in `FrrLab::frr`.
+    frr: usize,
+    evpn: Evpn,
+}
+
+fn discovered(lab: &FrrLab, s: &Site) -> routes::Discovered {
+    lab.frr[s.frr]
+        .discovered(s.evpn.asn, s.vtep)
         .unwrap_or_default()
 }
 
-fn discovered(s: &Site) -> routes::Discovered {
-    let json = vtysh(&s.dir, "show bgp l2vpn evpn route type multicast json");
-    routes::parse_imet(&json, ASN, s.vtep).unwrap_or_default()
-}
-
-fn sessions(dir: &Path) -> Vec<routes::BgpSession> {
-    routes::parse_summary(&vtysh(dir, "show bgp l2vpn evpn summary json")).unwrap_or_default()
+fn sessions(lab: &FrrLab, frr: usize) -> Vec<routes::BgpSession> {
+    lab.frr[frr].sessions().unwrap_or_default()
 }
 
 /// zebra's flood entries on a shadow VXLAN device (the design's proof that zebra took the
 /// VNI and the routes).
 fn shadow_flood(s: &Site, vni: u32) -> BTreeSet<IpAddr> {
-    let out =
-        sh(netns(&s.ctl, "bridge").args(["-j", "fdb", "show", "dev", &shadow::vxlan_name(vni)]))
-            .unwrap();
-    let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    v.iter()
-        .filter(|e| e["mac"] == "00:00:00:00:00:00")
-        .filter_map(|e| e["dst"].as_str()?.parse().ok())
-        .collect()
+    s.ctl.shadow_flood(vni).unwrap()
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
@@ -314,10 +209,13 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Durati
 }
 
 fn frr_missing() -> Option<String> {
-    [ZEBRA, BGPD, "/usr/bin/vtysh"]
-        .iter()
-        .find(|p| !Path::new(p).exists())
-        .map(|p| format!("{p} is not installed (Debian's `frr`; run tests/deps.sh)"))
+    let missing = l2s_vnf::evpn::frr::missing();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} not installed (Debian's `frr`; run tests/deps.sh)",
+            missing.join(", ")
+        )
+    })
 }
 
 /// A reflector naming no site, two sites naming only it (VNIs 101+102 at A, 101+102 at B,
@@ -367,7 +265,7 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
     // bgpd holds every route the reflector sent (C's VNI 103 at A too); what matters is that
     // each VTEP is known with at least the VNIs this site shares with it.
     let got = |s: &Site| -> Vec<(IpAddr, Vec<u32>)> {
-        discovered(s)
+        discovered(&lab, s)
             .vteps
             .into_iter()
             .map(|(ip, v)| (ip, v.into_iter().collect()))
@@ -395,18 +293,21 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         "3 sites and a reflector: every flood list converged {converged:?} after FRR started"
     );
     // Exact flood lists, per VNI: A's VNI 102 holds B alone (C has no 102); C's 103 is empty.
-    assert_eq!(discovered(&a).flood_list(102), BTreeSet::from([b.vtep]));
     assert_eq!(
-        discovered(&a).flood_list(101),
+        discovered(&lab, &a).flood_list(102),
+        BTreeSet::from([b.vtep])
+    );
+    assert_eq!(
+        discovered(&lab, &a).flood_list(101),
         BTreeSet::from([b.vtep, c.vtep])
     );
     assert_eq!(shadow_flood(&c, 103), BTreeSet::new());
     assert_eq!(shadow_flood(&a, 102), BTreeSet::from([b.vtep]));
     // The reflector named no site, yet holds a dynamic session with each.
-    let rs = sessions(&rr);
+    let rs = sessions(&lab, rr);
     assert_eq!(rs.len(), 3, "{rs:?}");
     assert!(rs.iter().all(|s| s.established), "{rs:?}");
-    let sa = sessions(&a.dir);
+    let sa = sessions(&lab, a.frr);
     assert_eq!(
         sa.iter().map(|s| s.peer.to_string()).collect::<Vec<_>>(),
         vec!["192.0.2.10"]
@@ -420,8 +321,8 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         "C withdrawn at A and B",
         HOLD + Duration::from_secs(6),
         || {
-            !discovered(&a).vteps.contains_key(&c.vtep)
-                && !discovered(&b).vteps.contains_key(&c.vtep)
+            !discovered(&lab, &a).vteps.contains_key(&c.vtep)
+                && !discovered(&lab, &b).vteps.contains_key(&c.vtep)
                 && !shadow_flood(&a, 101).contains(&c.vtep)
         },
     );
@@ -431,6 +332,63 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         "withdrawn before any hold timer could expire ({gone:?}): something else cut C"
     );
     // Nothing else moved.
-    assert_eq!(discovered(&a).flood_list(101), BTreeSet::from([b.vtep]));
-    assert_eq!(discovered(&a).flood_list(102), BTreeSet::from([b.vtep]));
+    assert_eq!(
+        discovered(&lab, &a).flood_list(101),
+        BTreeSet::from([b.vtep])
+    );
+    assert_eq!(
+        discovered(&lab, &a).flood_list(102),
+        BTreeSet::from([b.vtep])
+    );
+
+    // bgpd killed at A: supervision notices the exit and starts bgpd again (not before its
+    // pause), zebra is left alone, and A learns B again.
+    let (bgpd, zebra) = lab.frr[a.frr].pids();
+    let (bgpd, zebra) = (bgpd.unwrap(), zebra.unwrap());
+    sh(Command::new("kill").args(["-9", &bgpd.to_string()])).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let st = lab.frr[a.frr].state();
+    assert!(!st.bgpd_running, "{st:?}");
+    assert_eq!(st.zebra_running, Some(true), "{st:?}");
+    assert!(
+        st.last_exit
+            .as_deref()
+            .unwrap_or("")
+            .contains("bgpd exited"),
+        "{st:?}"
+    );
+    // zebra drops what a dead bgpd had it install, so the daemon must hold the last routes
+    // itself: reading them now is an error, never an empty (all withdrawn) answer.
+    assert!(
+        lab.frr[a.frr].discovered(ASN, a.vtep).is_err(),
+        "with bgpd gone, the routes are unknown, not empty"
+    );
+    let evpn = a.evpn.clone();
+    let (vtep, name) = (a.vtep, "a");
+    let back = wait_for("bgpd started again at A", Duration::from_secs(5), || {
+        let frr = &mut lab.frr[a.frr];
+        in_ns(&a.ns, || {
+            frr.ensure(
+                &frr_config::bgpd(&evpn, name, vtep, vtep),
+                &frr_config::zebra(name),
+                vtep,
+            )
+            .unwrap()
+        });
+        frr.state().bgpd_running
+    });
+    let st = lab.frr[a.frr].state();
+    assert_eq!(st.restarts, 1, "{st:?}");
+    assert_ne!(lab.frr[a.frr].pids().0, Some(bgpd));
+    assert_eq!(lab.frr[a.frr].pids().1, Some(zebra), "zebra untouched");
+    assert!(
+        back >= Duration::from_millis(500),
+        "restarted without its pause ({back:?})"
+    );
+    let relearned = wait_for("A learns B again", Duration::from_secs(20), || {
+        discovered(&lab, &a).flood_list(102) == BTreeSet::from([b.vtep])
+    });
+    eprintln!(
+        "bgpd killed at A: started again after {back:?}, B learned again {relearned:?} later"
+    );
 }

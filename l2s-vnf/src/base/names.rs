@@ -48,6 +48,29 @@ pub fn probe_port(vxlan_port: u16) -> u16 {
     vxlan_port.saturating_add(1)
 }
 
+/// A short, stable digest of a text (32 bits of FNV-1a, 8 hex digits): names derived from a
+/// path, unique per instance and fixed across restarts.
+pub fn short_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
+}
+
+/// The EVPN control namespace of the instance whose control socket is `control_socket`.
+pub fn evpn_netns(control_socket: &std::path::Path) -> String {
+    format!("l2s-evpn-{}", short_hash(&control_socket.to_string_lossy()))
+}
+
+/// Where the instance keeps its FRR daemons' config, sockets, pid files and logs.
+pub fn evpn_dir(control_socket: &std::path::Path) -> std::path::PathBuf {
+    let mut p = control_socket.as_os_str().to_owned();
+    p.push(".frr");
+    std::path::PathBuf::from(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

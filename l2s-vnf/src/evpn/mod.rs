@@ -28,8 +28,25 @@
 //!
 //! Which FRR config each role gets is in [`frr_config`].
 
+pub mod control_ns;
+pub mod frr;
 pub mod frr_config;
 pub mod routes;
 pub mod shadow;
 
+pub use control_ns::ControlNs;
+pub use frr::{Frr, FrrState};
 pub use routes::{BgpSession, Discovered};
+
+/// Why the EVPN control plane could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum EvpnError {
+    #[error("EVPN needs {0}")]
+    Missing(String),
+    #[error("cannot run {0}: {1}")]
+    Spawn(String, std::io::Error),
+    #[error("{what} failed: {stderr}")]
+    Command { what: String, stderr: String },
+    #[error("cannot read FRR's or iproute2's answer: {0}")]
+    Parse(String),
+}

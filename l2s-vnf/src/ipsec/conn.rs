@@ -196,13 +196,7 @@ impl DesiredConn {
 
     /// A short, stable hash of every parameter (FNV-1a over the rendered message).
     pub fn fingerprint(&self) -> String {
-        let text = self.ike("vxlan").to_string();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{:08x}", h as u32)
+        crate::base::names::short_hash(&self.ike("vxlan").to_string())
     }
 
     /// The id of this connection's PSK in charon: the connection's name, and the key's

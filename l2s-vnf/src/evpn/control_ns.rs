@@ -1,0 +1,196 @@
+//! The control namespace: where zebra sees one shadow Linux bridge and VXLAN device per VNI
+//! (see the module's design note). Made and changed with `ip -batch`, one process for any
+//! number of VNIs; nothing in it ever carries traffic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::shadow;
+use super::EvpnError;
+
+/// One instance's control namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlNs {
+    pub name: String,
+}
+
+/// A shadow VXLAN device as found: its VNI and local address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shadow {
+    vni: u32,
+    local: Option<IpAddr>,
+}
+
+fn ip(args: &[&str], stdin: Option<&str>) -> Result<String, EvpnError> {
+    let what = format!("ip {}", args.join(" "));
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| EvpnError::Spawn(what.clone(), e))?;
+    if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
+        w.write_all(text.as_bytes())
+            .map_err(|e| EvpnError::Spawn(what.clone(), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| EvpnError::Spawn(what.clone(), e))?;
+    if !out.status.success() {
+        return Err(EvpnError::Command {
+            what,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl ControlNs {
+    pub fn for_instance(control_socket: &Path) -> Self {
+        ControlNs {
+            name: crate::base::names::evpn_netns(control_socket),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        Path::new("/run/netns").join(&self.name).exists()
+    }
+
+    /// The shadow VXLAN devices in the namespace, by name.
+    fn shadows(&self) -> Result<BTreeMap<String, Shadow>, EvpnError> {
+        let out = ip(
+            &[
+                "-n", &self.name, "-j", "-d", "link", "show", "type", "vxlan",
+            ],
+            None,
+        )?;
+        let links: Vec<serde_json::Value> =
+            serde_json::from_str(out.trim()).map_err(|e| EvpnError::Parse(e.to_string()))?;
+        Ok(links
+            .iter()
+            .filter_map(|l| {
+                let name = l["ifname"].as_str()?.to_string();
+                let data = &l["linkinfo"]["info_data"];
+                let vni = data["id"].as_u64()? as u32;
+                let local = data["local"]
+                    .as_str()
+                    .or(data["local6"].as_str())
+                    .and_then(|s| s.parse().ok());
+                Some((name, Shadow { vni, local }))
+            })
+            .collect())
+    }
+
+    fn has_uplink(&self) -> Result<bool, EvpnError> {
+        let out = ip(&["-n", &self.name, "-j", "link", "show"], None)?;
+        Ok(out.contains(&format!("\"ifname\":\"{}\"", shadow::UPLINK.0)))
+    }
+
+    /// Make the namespace hold exactly the shadow devices of `vnis`, with `vtep` as their
+    /// local address. Returns how many VNIs were added and removed.
+    pub fn ensure(&self, vtep: IpAddr, vnis: &BTreeSet<u32>) -> Result<(usize, usize), EvpnError> {
+        self.ensure_once(vtep, vnis, true)
+    }
+
+    fn ensure_once(
+        &self,
+        vtep: IpAddr,
+        vnis: &BTreeSet<u32>,
+        may_rebuild: bool,
+    ) -> Result<(usize, usize), EvpnError> {
+        if !self.exists() {
+            ip(&["netns", "add", &self.name], None)?;
+        }
+        let mut batch = String::new();
+        let (up0, up1) = shadow::UPLINK;
+        let host = if vtep.is_ipv4() { 32 } else { 128 };
+        let default = if vtep.is_ipv4() { "default" } else { "::/0" };
+        if !self.has_uplink()? {
+            batch += &format!("link set lo up\nlink add {up0} type veth peer name {up1}\n");
+            for d in [up0, up1] {
+                batch += &format!("link set {d} addrgenmode none\nlink set {d} up\n");
+            }
+            batch += &format!("addr add {vtep}/{host} dev {up0}\nroute add {default} dev {up0}\n");
+        }
+        let found = self.shadows()?;
+        let mut removed = 0;
+        for (name, s) in &found {
+            if !vnis.contains(&s.vni) || s.local != Some(vtep) || *name != shadow::vxlan_name(s.vni)
+            {
+                batch += &format!("link del {name}\nlink del {}\n", shadow::bridge_name(s.vni));
+                removed += 1;
+            }
+        }
+        let kept: BTreeSet<u32> = found
+            .iter()
+            .filter(|(name, s)| {
+                vnis.contains(&s.vni)
+                    && s.local == Some(vtep)
+                    && **name == shadow::vxlan_name(s.vni)
+            })
+            .map(|(_, s)| s.vni)
+            .collect();
+        let mut added = 0;
+        for vni in vnis.difference(&kept) {
+            let (br, vx) = (shadow::bridge_name(*vni), shadow::vxlan_name(*vni));
+            // A bridge left alone by an interrupted batch is taken over.
+            batch += &format!(
+                "link add {br} type bridge\nlink set {br} addrgenmode none\nlink add {vx} type vxlan id {vni} local {vtep} dstport 4789 nolearning\nlink set {vx} addrgenmode none\nlink set {vx} master {br}\nlink set {vx} up\nlink set {br} up\n"
+            );
+            added += 1;
+        }
+        if !batch.is_empty() {
+            // `-force` carries on past a line that fails (a leftover bridge of the same name)
+            // and still reports the failure.
+            match ip(&["-n", &self.name, "-force", "-batch", "-"], Some(&batch)) {
+                Ok(_) => {}
+                // Leftovers of an interrupted run: start the namespace afresh, once.
+                Err(e) if may_rebuild => {
+                    tracing::debug!("control namespace batch: {e}; rebuilding it");
+                    ip(&["netns", "del", &self.name], None)?;
+                    return self.ensure_once(vtep, vnis, false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((added, removed))
+    }
+
+    /// zebra's flood entries on a VNI's shadow device (what the routes made it install).
+    pub fn shadow_flood(&self, vni: u32) -> Result<BTreeSet<IpAddr>, EvpnError> {
+        let out = Command::new("bridge")
+            .args([
+                "-n",
+                &self.name,
+                "-j",
+                "fdb",
+                "show",
+                "dev",
+                &shadow::vxlan_name(vni),
+            ])
+            .output()
+            .map_err(|e| EvpnError::Spawn("bridge fdb show".into(), e))?;
+        let v: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).map_err(|e| EvpnError::Parse(e.to_string()))?;
+        Ok(v.iter()
+            .filter(|e| e["mac"] == "00:00:00:00:00:00")
+            .filter_map(|e| e["dst"].as_str()?.parse().ok())
+            .collect())
+    }
+
+    /// Remove the namespace and everything in it (`down`).
+    pub fn remove(&self) -> Result<(), EvpnError> {
+        if self.exists() {
+            ip(&["netns", "del", &self.name], None)?;
+        }
+        Ok(())
+    }
+}

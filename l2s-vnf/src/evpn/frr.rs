@@ -1,0 +1,284 @@
+//! FRR's daemons as l2s-vnf's own supervised children: zebra in the control namespace (a
+//! site only), bgpd in the instance's namespace. Their config, sockets, pid files and logs
+//! live in the instance's own directory (`base::names::evpn_dir`); the system's FRR service
+//! and `/etc/frr` are never touched.
+//!
+//! A child that exits is started again at the next check, after a pause that doubles
+//! (1 s … 30 s) while it keeps exiting; status says which daemon and why. Routes zebra
+//! installed stay on the shadow devices while FRR is down, and the daemon keeps the last
+//! routes it read (the data plane never empties because FRR went away).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{routes, EvpnError};
+
+pub const ZEBRA: &str = "/usr/lib/frr/zebra";
+pub const BGPD: &str = "/usr/lib/frr/bgpd";
+pub const VTYSH: &str = "/usr/bin/vtysh";
+/// The user FRR's daemons drop to (Debian's `frr` package creates it).
+pub const FRR_USER: &str = "frr";
+const RESTART_MIN: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// zebra's netlink receive buffer: thousands of VNIs come in one burst.
+const ZEBRA_NL_BUFFER: &str = "33554432";
+
+/// What is missing for EVPN on this machine (`check` says it).
+pub fn missing() -> Vec<&'static str> {
+    [ZEBRA, BGPD, VTYSH]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect()
+}
+
+/// One supervised FRR daemon.
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    child: Option<Child>,
+    /// How many times it was started again after exiting.
+    restarts: u32,
+    last_exit: Option<String>,
+    not_before: Instant,
+    pause: Duration,
+}
+
+impl Proc {
+    fn new(name: &'static str) -> Self {
+        Proc {
+            name,
+            child: None,
+            restarts: 0,
+            last_exit: None,
+            not_before: Instant::now(),
+            pause: RESTART_MIN,
+        }
+    }
+
+    /// Whether it runs; notes an exit.
+    fn alive(&mut self) -> bool {
+        let Some(c) = &mut self.child else {
+            return false;
+        };
+        match c.try_wait() {
+            Ok(None) => true,
+            Ok(Some(st)) => {
+                self.last_exit = Some(format!("{} exited ({st})", self.name));
+                self.child = None;
+                self.not_before = Instant::now() + self.pause;
+                self.pause = (self.pause * 2).min(RESTART_MAX);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What status says about FRR.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FrrState {
+    pub zebra_running: Option<bool>,
+    pub bgpd_running: bool,
+    pub restarts: u32,
+    /// Why a daemon last went away (`bgpd exited (signal: 9)`), while it matters.
+    pub last_exit: Option<String>,
+}
+
+/// The FRR daemons of one instance.
+#[derive(Debug)]
+pub struct Frr {
+    dir: PathBuf,
+    /// The control namespace zebra runs in (`None`: a reflector, bgpd alone).
+    zebra_ns: Option<String>,
+    zebra: Proc,
+    bgpd: Proc,
+    bgpd_conf: String,
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        self.bgpd.stop();
+        self.zebra.stop();
+    }
+}
+
+fn chown_to_frr(path: &Path) -> Result<(), EvpnError> {
+    let user = nix::unistd::User::from_name(FRR_USER)
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            EvpnError::Missing(format!("the `{FRR_USER}` user (Debian's frr package)"))
+        })?;
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+        .map_err(|e| EvpnError::Spawn(format!("chown {}", path.display()), e.into()))
+}
+
+impl Frr {
+    /// `zebra_ns`: the control namespace of a site; `None` for a reflector.
+    pub fn new(dir: PathBuf, zebra_ns: Option<String>) -> Self {
+        Frr {
+            dir,
+            zebra_ns,
+            zebra: Proc::new("zebra"),
+            bgpd: Proc::new("bgpd"),
+            bgpd_conf: String::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).to_string_lossy().into_owned()
+    }
+
+    /// Write the configs and start whatever is not running (a changed bgpd config restarts
+    /// bgpd). `listen`: the address bgpd listens on and speaks from.
+    pub fn ensure(
+        &mut self,
+        bgpd_conf: &str,
+        zebra_conf: &str,
+        listen: IpAddr,
+    ) -> Result<(), EvpnError> {
+        let missing = missing();
+        if !missing.is_empty() {
+            return Err(EvpnError::Missing(format!(
+                "{} (install Debian's `frr` package; its own service may stay disabled)",
+                missing.join(", ")
+            )));
+        }
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| EvpnError::Spawn(format!("mkdir {}", self.dir.display()), e))?;
+            chown_to_frr(&self.dir)?;
+        }
+        let write = |f: &str, text: &str| {
+            std::fs::write(self.dir.join(f), text)
+                .map_err(|e| EvpnError::Spawn(format!("write {f}"), e))
+        };
+        let dir = self.path("");
+        let dir = dir.trim_end_matches('/').to_string();
+        let zserv = self.path("zserv.api");
+        if let Some(ns) = self.zebra_ns.clone() {
+            if !self.zebra.alive() && Instant::now() >= self.zebra.not_before {
+                write("zebra.conf", zebra_conf)?;
+                let restarted = self.zebra.last_exit.is_some();
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &ns, ZEBRA])
+                    .args(["-u", FRR_USER, "-g", FRR_USER, "-s", ZEBRA_NL_BUFFER])
+                    .args([
+                        "-f",
+                        &self.path("zebra.conf"),
+                        "-i",
+                        &self.path("zebra.pid"),
+                    ])
+                    .args(["-z", &zserv, "--vty_socket", &dir, "-P", "0"])
+                    .args(["--log", &format!("file:{}", self.path("zebra.log"))])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| EvpnError::Spawn("zebra".into(), e))?;
+                self.zebra.child = Some(child);
+                if restarted {
+                    self.zebra.restarts += 1;
+                }
+            }
+        }
+        if self.bgpd_conf != bgpd_conf && self.bgpd.alive() {
+            tracing::info!("bgpd's config changed: restarting it");
+            self.bgpd.stop();
+        }
+        if !self.bgpd.alive() && Instant::now() >= self.bgpd.not_before {
+            write("bgpd.conf", bgpd_conf)?;
+            let restarted = self.bgpd.last_exit.is_some();
+            let mut cmd = Command::new(BGPD);
+            cmd.args(["-u", FRR_USER, "-g", FRR_USER])
+                .args(["-f", &self.path("bgpd.conf"), "-i", &self.path("bgpd.pid")])
+                .args(["--vty_socket", &dir, "-P", "0", "-l", &listen.to_string()])
+                .args(["--log", &format!("file:{}", self.path("bgpd.log"))]);
+            if self.zebra_ns.is_some() {
+                cmd.args(["-z", &zserv]);
+            } else {
+                cmd.arg("-Z");
+            }
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| EvpnError::Spawn("bgpd".into(), e))?;
+            self.bgpd.child = Some(child);
+            self.bgpd_conf = bgpd_conf.to_string();
+            if restarted {
+                self.bgpd.restarts += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn state(&mut self) -> FrrState {
+        let zebra_running = self.zebra_ns.is_some().then(|| self.zebra.alive());
+        let bgpd_running = self.bgpd.alive();
+        FrrState {
+            zebra_running,
+            bgpd_running,
+            restarts: self.zebra.restarts + self.bgpd.restarts,
+            last_exit: self
+                .bgpd
+                .last_exit
+                .clone()
+                .or_else(|| self.zebra.last_exit.clone()),
+        }
+    }
+
+    /// The pid of bgpd and zebra (for status, metrics and tests).
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.bgpd.child.as_ref().map(Child::id),
+            self.zebra.child.as_ref().map(Child::id),
+        )
+    }
+
+    fn vtysh(&self, cmd: &str) -> Result<String, EvpnError> {
+        let out = Command::new(VTYSH)
+            .args([
+                "--vty_socket",
+                self.path("").trim_end_matches('/'),
+                "-c",
+                cmd,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| EvpnError::Spawn("vtysh".into(), e))?;
+        if !out.status.success() {
+            return Err(EvpnError::Command {
+                what: format!("vtysh -c {cmd:?}"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The remote VTEPs per VNI bgpd holds now.
+    pub fn discovered(&self, asn: u32, own: IpAddr) -> Result<routes::Discovered, EvpnError> {
+        let json = self.vtysh("show bgp l2vpn evpn route type multicast json")?;
+        routes::parse_imet(&json, asn, own).map_err(|e| EvpnError::Parse(e.to_string()))
+    }
+
+    /// bgpd's sessions.
+    pub fn sessions(&self) -> Result<Vec<routes::BgpSession>, EvpnError> {
+        let json = self.vtysh("show bgp l2vpn evpn summary json")?;
+        routes::parse_summary(&json).map_err(|e| EvpnError::Parse(e.to_string()))
+    }
+}
