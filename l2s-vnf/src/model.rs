@@ -33,6 +33,8 @@ pub struct DesiredSecurity {
     pub guard: GuardSpec,
     /// The libipsec policy rule: (VXLAN port, IPv6).
     pub vxlan_rule: Option<(u16, bool)>,
+    /// EVPN with libipsec: BGP's policy rules (IPv6?).
+    pub bgp_rule: Option<bool>,
     pub conns: Vec<DesiredConn>,
     /// This site's certificate, key, CAs and CRLs (when some peer uses certificates).
     pub creds: Option<ipsec::DesiredCreds>,
@@ -224,14 +226,11 @@ impl DesiredState {
             }
             (true, Some(backend)) => Some(DesiredSecurity {
                 backend,
-                guard: GuardSpec {
-                    table: guard::table_name(&cfg.switch.bridge),
-                    backend,
-                    vxlan_port: cfg.vxlan_port,
-                    peers: cfg.peers.iter().map(|p| p.address).collect(),
-                },
+                guard: guard::spec_for(cfg, backend),
                 vxlan_rule: (backend == IpsecBackend::Libipsec)
                     .then_some((cfg.vxlan_port, facts.vtep_ip.is_ipv6())),
+                bgp_rule: (backend == IpsecBackend::Libipsec && cfg.evpn.is_some())
+                    .then_some(facts.vtep_ip.is_ipv6()),
                 conns: ipsec::desired_conns(cfg, facts.vtep_ip, backend),
                 creds: ipsec::DesiredCreds::from_config(cfg),
             }),

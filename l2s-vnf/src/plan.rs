@@ -509,12 +509,15 @@ pub fn diff_security(
     )
     .into_iter()
     .map(Change::Ipsec);
-    let remove_rules = remove_rules.into_iter().map(Change::Link);
+    let (add_bgp, remove_bgp) =
+        crate::linux::diff_bgp_rules(desired.and_then(|d| d.bgp_rule), &actual.links.bgp_rules);
+    let remove_rules = remove_rules.into_iter().chain(remove_bgp).map(Change::Link);
     match desired {
         Some(_) => (
             guard
                 .into_iter()
                 .chain(add_rule.map(Change::Link))
+                .chain(add_bgp.into_iter().map(Change::Link))
                 .collect(),
             remove_rules.chain(ipsec).collect(),
         ),

@@ -308,6 +308,20 @@ fn stop_pidfile(pidfile: &Path, dir: &Path) {
     }
 }
 
+/// End the FRR daemons and remove the EVPN control namespace a site's daemon made (a daemon
+/// killed with SIGKILL cannot).
+fn stop_evpn(site_dir: &Path, lab_dir: &Path) {
+    let sock = site_dir.join("control.sock");
+    let frr = l2s_vnf::base::names::evpn_dir(&sock);
+    for pf in ["bgpd.pid", "zebra.pid"] {
+        stop_pidfile(&frr.join(pf), lab_dir);
+    }
+    let ns = l2s_vnf::base::names::evpn_netns(&sock);
+    if Path::new("/run/netns").join(&ns).exists() {
+        let _ = ip(&["netns", "del", &ns]);
+    }
+}
+
 /// Remove labs whose creating process is gone (a test run that was killed).
 fn purge_stale() {
     let Ok(list) = ip(&["netns", "list"]) else {
@@ -344,6 +358,7 @@ fn purge_stale() {
             for pf in ["ovs/ovs-vswitchd.pid", "ovs/ovsdb-server.pid"] {
                 stop_pidfile(&site.path().join(pf), &e.path());
             }
+            stop_evpn(&site.path(), &e.path());
         }
         let _ = std::fs::remove_dir_all(e.path());
     }
@@ -1080,6 +1095,9 @@ impl Drop for Lab {
         for pf in self.pidfiles.iter().rev() {
             stop_pidfile(pf, &self.dir);
         }
+        for s in &self.sites {
+            stop_evpn(&s.dir, &self.dir);
+        }
         for ns in self.namespaces.iter().rev() {
             let _ = ip(&["netns", "del", ns]);
         }
@@ -1390,19 +1408,35 @@ impl Lab {
         bytes: &str,
         within: Duration,
     ) -> Result<Encrypted> {
+        let name = format!("site-{peer}");
+        self.encrypted_transfer_to(cap, server, client, site, (peer, &name), bytes, within)
+    }
+
+    /// [`Lab::encrypted_transfer`] to a peer that `site` knows by another name than
+    /// `site-<letter>` (one found through EVPN): `peer` is (its letter, the name).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encrypted_transfer_to(
+        &self,
+        cap: &Capture,
+        server: &Vnf,
+        client: &Vnf,
+        site: &str,
+        (peer, name): (&str, &str),
+        bytes: &str,
+        within: Duration,
+    ) -> Result<Encrypted> {
         let (src, dst) = (
             self.site(site).underlay_ip.clone(),
             self.site(peer).underlay_ip.clone(),
         );
-        let name = format!("site-{peer}");
-        let (sa0, esp0) = (self.sa_bytes(site, Some(&name))?, cap.esp_bytes(&src, &dst));
+        let (sa0, esp0) = (self.sa_bytes(site, Some(name))?, cap.esp_bytes(&src, &dst));
         let (bps, got) = self.tcp_transfer_received(server, client, bytes)?;
         if got == 0 {
             bail!("{site} -> {peer}: the transfer delivered nothing");
         }
         let t0 = Instant::now();
         loop {
-            let sa = self.sa_bytes(site, Some(&name))?.saturating_sub(sa0);
+            let sa = self.sa_bytes(site, Some(name))?.saturating_sub(sa0);
             let esp = cap.esp_bytes(&src, &dst).saturating_sub(esp0);
             if sa >= got && esp >= got {
                 return Ok(Encrypted { bps, got, sa, esp });

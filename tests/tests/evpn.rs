@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use l2s_lab::{netns, require_lab, run, sh};
+use l2s_lab::{netns, require_lab, run, sh, Capture, Lab, TestCa, VlanSpec, CLEAR_TEXT_VXLAN};
 use l2s_vnf::config::evpn::Prefix;
 use l2s_vnf::config::{Evpn, EvpnRole};
 use l2s_vnf::evpn::{frr_config, routes, ControlNs, Frr};
@@ -390,5 +390,246 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
     });
     eprintln!(
         "bgpd killed at A: started again after {back:?}, B learned again {relearned:?} later"
+    );
+}
+
+/// A reflector and three sites, all run by `l2s-vnf run` as deployed (charon, certificates
+/// from one federation CA carrying each VTEP address, the guard), every site naming only the
+/// reflector: VLAN 101 at A, B and C, VLAN 102 at A and B. Each site finds the others through
+/// EVPN, gets an SA with each, floods to it once that SA is up, and the VNFs reach each other
+/// (ping and TCP) with every byte inside ESP: no clear-text VXLAN and no clear-text BGP on the
+/// underlay, ever. Status says where each peer came from. A site whose certificate comes from
+/// another CA gets no BGP session and enters no flood list.
+#[test]
+fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
+    require_lab!();
+    if let Some(why) = frr_missing() {
+        l2s_lab::skip_or_fail(&why);
+        return;
+    }
+    let mut lab = Lab::new(5).unwrap();
+    let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
+    let b101 = lab.add_vnf("b", "acc101", "10.101.0.2/24").unwrap();
+    let c101 = lab.add_vnf("c", "acc101", "10.101.0.3/24").unwrap();
+    let a102 = lab.add_vnf("a", "acc102", "10.102.0.1/24").unwrap();
+    let b102 = lab.add_vnf("b", "acc102", "10.102.0.2/24").unwrap();
+    let e101 = lab.add_vnf("e", "acc101", "10.101.0.5/24").unwrap();
+    let ca = TestCa::new(&lab.dir, "federation-ca").unwrap();
+    let rogue = TestCa::new(&lab.dir, "another-ca").unwrap();
+    let psk = lab.psk_file("psk", "unused-with-certificates\n").unwrap();
+    let reflector = lab.site("d").underlay_ip.clone();
+    let write = |lab: &Lab, site: &str, ca: &TestCa, vlans: &[VlanSpec<'_>], evpn: &str| {
+        let ip = lab.site(site).underlay_ip.clone();
+        let issued = ca.issue(&format!("{}-{site}", ca.name), &ip, 365).unwrap();
+        let more = format!(
+            "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\ncacerts = [\"{}\"]\n",
+            issued.cert.display(),
+            issued.key.display(),
+            ca.cert.display()
+        );
+        let cfg = lab
+            .secure(site, &lab.config(site, &[], vlans), &psk, &more)
+            .replace(
+                &format!("name = \"site-{site}\"\n"),
+                &format!("name = \"site-{site}\"\nid = \"{ip}\"\n"),
+            )
+            + evpn;
+        lab.write_config(site, &cfg).unwrap();
+    };
+    let site_evpn =
+        format!("\n[evpn]\nenabled = true\nreflectors = [\"{reflector}\"]\nhold_time = \"9s\"\n");
+    write(
+        &lab,
+        "d",
+        &ca,
+        &[],
+        "\n[evpn]\nenabled = true\nrole = \"reflector\"\nlisten_range = \"192.0.2.0/24\"\n",
+    );
+    write(
+        &lab,
+        "a",
+        &ca,
+        &[(101, &["acc101"], None), (102, &["acc102"], None)],
+        &site_evpn,
+    );
+    write(
+        &lab,
+        "b",
+        &ca,
+        &[(101, &["acc101"], None), (102, &["acc102"], None)],
+        &site_evpn,
+    );
+    write(&lab, "c", &ca, &[(101, &["acc101"], None)], &site_evpn);
+    write(&lab, "e", &rogue, &[(101, &["acc101"], None)], &site_evpn);
+    // `check` says what EVPN will do.
+    let check = lab.l2s_ok("a", &["check", "--offline"]).unwrap();
+    assert!(
+        check.contains(&format!(
+            "evpn: site in AS 65000, reflectors {reflector}, hold time 9 s"
+        )),
+        "{check}"
+    );
+
+    let cap = Capture::start(&lab, "evpn").unwrap();
+    for s in ["a", "b", "c", "d", "e"] {
+        lab.start_charon(s).unwrap();
+    }
+    lab.start_daemon("d").unwrap();
+    let t0 = Instant::now();
+    for s in ["a", "b", "c"] {
+        lab.start_daemon(s).unwrap();
+    }
+    let mtu = lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    lab.set_vnf_mtu(&[&a101, &b101, &c101, &a102, &b102, &e101], mtu)
+        .unwrap();
+    let pairs = [
+        (&a101, &b101, "VLAN 101 A -> B"),
+        (&a101, &c101, "VLAN 101 A -> C"),
+        (&b101, &c101, "VLAN 101 B -> C"),
+        (&a102, &b102, "VLAN 102 A -> B"),
+    ];
+    let failed: Vec<&str> = pairs
+        .iter()
+        .filter(|(f, t, _)| !lab.ping_eventually(f, &t.ip, Duration::from_secs(40)))
+        .map(|(_, _, w)| *w)
+        .collect();
+    let first_traffic = t0.elapsed();
+    assert!(
+        failed.is_empty(),
+        "not converged: {failed:?}\nA:\n{}",
+        lab.daemon_log("a")
+    );
+    eprintln!("3 sites naming only the reflector: every pair pings {first_traffic:?} after the daemons started");
+
+    // Status tells where each peer came from, and the control plane's state.
+    let st = lab.status_json("a").unwrap();
+    let kinds: Vec<(String, String, bool)> = st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["kind"].as_str().unwrap_or("").to_string(),
+                p["up"] == true,
+            )
+        })
+        .collect();
+    for want in [
+        (format!("reflector-{reflector}"), "reflector"),
+        ("evpn-192.0.2.2".to_string(), "discovered"),
+        ("evpn-192.0.2.3".to_string(), "discovered"),
+    ] {
+        assert!(
+            kinds
+                .iter()
+                .any(|(n, k, up)| *n == want.0 && k == want.1 && *up),
+            "{want:?} not up in {kinds:?}"
+        );
+    }
+    let ev = &st["evpn"];
+    assert_eq!(ev["sessions"][0]["established"], true, "{ev:#}");
+    let discovered: Vec<(String, Vec<u64>, bool)> = ev["discovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["vtep"].as_str().unwrap().to_string(),
+                d["vnis"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect(),
+                d["sa_up"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        discovered,
+        vec![
+            ("192.0.2.2".to_string(), vec![101, 102], true),
+            ("192.0.2.3".to_string(), vec![101], true)
+        ],
+        "{ev:#}"
+    );
+    let text = String::from_utf8_lossy(&lab.l2s("a", &["status"]).unwrap().stdout).into_owned();
+    assert!(
+        text.contains("discovered through EVPN") && text.contains("discovered 192.0.2.2"),
+        "{text}"
+    );
+    let rs = lab.status_json("d").unwrap();
+    let established = rs["evpn"]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["established"] == true)
+        .count();
+    assert_eq!(established, 3, "the reflector's sessions: {:#}", rs["evpn"]);
+
+    // A TCP transfer inside ESP, per peer SA, both VLANs.
+    for (server, client, site, peer) in [
+        (&b101, &a101, "a", "b"),
+        (&c101, &b101, "b", "c"),
+        (&b102, &a102, "a", "b"),
+    ] {
+        let ip = lab.site(peer).underlay_ip.clone();
+        let e = lab
+            .encrypted_transfer_to(
+                &cap,
+                server,
+                client,
+                site,
+                (peer, &format!("evpn-{ip}")),
+                "1M",
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        eprintln!(
+            "{} -> {}: {} bytes, SA counted {}, ESP {}",
+            client.ip, server.ip, e.got, e.sa, e.esp
+        );
+    }
+
+    // The site with another CA's certificate: no session with the reflector, never in a
+    // flood list, its VNF reaches nobody.
+    lab.start_daemon("e").unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    let st = lab.status_json("a").unwrap();
+    assert!(
+        !st["evpn"]["discovered"].to_string().contains("192.0.2.5"),
+        "the rogue site was discovered: {:#}",
+        st["evpn"]
+    );
+    let es = lab.status_json("e").unwrap();
+    assert_ne!(
+        es["evpn"]["sessions"][0]["established"], true,
+        "{:#}",
+        es["evpn"]
+    );
+    assert!(
+        !lab.ping(&e101, &a101.ip, 3),
+        "the rogue site's VNF reached A's"
+    );
+    assert!(lab.ping(&b101, &a101.ip, 1), "the federation still works");
+
+    let mut cap = cap;
+    cap.stop();
+    assert_eq!(
+        cap.count(CLEAR_TEXT_VXLAN),
+        0,
+        "clear-text VXLAN on the underlay"
+    );
+    assert_eq!(
+        cap.count("tcp port 179"),
+        0,
+        "clear-text BGP on the underlay"
+    );
+    assert!(
+        cap.esp_bytes("192.0.2.1", "192.0.2.4") > 0,
+        "no ESP from A to the reflector: BGP went where?"
     );
 }

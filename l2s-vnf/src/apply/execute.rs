@@ -60,6 +60,9 @@ pub async fn execute(
             Change::Link(LinkChange::AddVxlanRule { port, v6 }) => {
                 nl.add_vxlan_rule(*port, *v6).await?
             }
+            Change::Link(LinkChange::AddBgpRule { side, v6 }) => {
+                nl.add_bgp_rule(*side, *v6).await?
+            }
             _ => {}
         }
     }
@@ -146,6 +149,9 @@ pub async fn execute(
             Change::Link(LinkChange::RemoveVxlanRule { ports, v6 }) => {
                 remove_rules(nl, *ports, *v6).await
             }
+            Change::Link(LinkChange::RemoveBgpRule { side, v6 }) => {
+                remove_bgp_rule(nl, *side, *v6).await
+            }
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -168,6 +174,19 @@ pub async fn execute(
         elapsed: started.elapsed(),
         ovs_cfg,
     })
+}
+
+async fn remove_bgp_rule(
+    nl: &Netlink,
+    side: crate::linux::BgpSide,
+    v6: bool,
+) -> Result<(), ApplyError> {
+    for (s, rule) in nl.owned_bgp_rules(v6).await? {
+        if s == side {
+            nl.remove_rule(rule).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn remove_rules(nl: &Netlink, ports: (u16, u16), v6: bool) -> Result<(), ApplyError> {

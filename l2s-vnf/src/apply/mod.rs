@@ -11,6 +11,7 @@
 //!    devices deleted after their ports left the bridge, MTUs given back to released ports.
 //!    Errors here are collected (every step is still tried) and reported.
 
+pub mod evpn;
 mod execute;
 mod prepare;
 mod system;
@@ -47,6 +48,8 @@ pub enum ApplyError {
     Storm(#[from] crate::ovs::storm::StormError),
     #[error("charon is not reachable")]
     CharonUnreachable,
+    #[error("EVPN: {0}")]
+    Evpn(String),
     /// The daemon lost its connections to the system (it makes them again).
     #[error("no system connection")]
     NotConnected,

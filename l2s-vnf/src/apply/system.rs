@@ -79,17 +79,24 @@ impl System {
     pub async fn observe(&self, cfg: &SiteConfig) -> Result<ActualState, ApplyError> {
         let bridge = cfg.switch.bridge.as_str();
         let rules = async {
-            let mut out = vec![];
+            let (mut vxlan, mut bgp) = (vec![], vec![]);
             for v6 in [false, true] {
-                out.extend(
+                vxlan.extend(
                     self.netlink
                         .owned_vxlan_rules(v6)
                         .await?
                         .into_iter()
                         .map(|(ports, _)| (ports, v6)),
                 );
+                bgp.extend(
+                    self.netlink
+                        .owned_bgp_rules(v6)
+                        .await?
+                        .into_iter()
+                        .map(|(side, _)| (side, v6)),
+                );
             }
-            Ok::<_, ApplyError>(out)
+            Ok::<_, ApplyError>((vxlan, bgp))
         };
         let charon = async {
             let Some(v) = &self.vici else {
@@ -193,7 +200,7 @@ impl System {
             .map(|c| revoked_peers(cfg, c))
             .unwrap_or_default();
         let (mut links, rules) = links_and_rules?;
-        links.vxlan_rules = rules;
+        (links.vxlan_rules, links.bgp_rules) = rules;
         let ipsec = ObservedIpsec {
             charon_unknown: unknown,
             conns,

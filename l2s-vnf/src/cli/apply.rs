@@ -9,6 +9,7 @@ use crate::config::SiteConfig;
 pub async fn exec(cfg: &SiteConfig) -> Result<ExitCode, CliError> {
     warn_insecure(cfg);
     let sys = System::connect(cfg).await?;
+    let cfg = &apply::evpn::effective_for_apply(cfg, &sys).await?;
     let p = apply::prepare(cfg, &sys).await?;
     if p.plan.is_empty() {
         println!(

@@ -119,6 +119,35 @@ pub async fn exec(
             p.name, p.address, p.id, p.auth
         );
     }
+    if let Some(e) = &cfg.evpn {
+        let whom = match e.role {
+            crate::config::EvpnRole::Site => format!(
+                "reflectors {}",
+                e.reflectors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            crate::config::EvpnRole::Reflector => format!(
+                "sites from {}",
+                e.listen_range.map(|r| r.to_string()).unwrap_or_default()
+            ),
+        };
+        println!(
+            "evpn: {} in AS {}, {whom}, hold time {} s (BGP inside IPsec; discovered sites need a certificate from the configured CA carrying their VTEP address)",
+            e.role,
+            e.asn,
+            e.hold_time.as_secs()
+        );
+        let missing = crate::evpn::frr::missing();
+        if !missing.is_empty() {
+            println!(
+                "evpn: MISSING {} (install Debian's `frr` package; its own service may stay disabled)",
+                missing.join(", ")
+            );
+        }
+    }
     println!("vlans:");
     for v in desired.vlans.values() {
         let peers: Vec<&str> = v.flood.values().map(String::as_str).collect();

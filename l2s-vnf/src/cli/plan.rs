@@ -8,6 +8,7 @@ use crate::config::SiteConfig;
 
 pub async fn exec(cfg: &SiteConfig) -> Result<ExitCode, CliError> {
     let sys = System::connect(cfg).await?;
+    let cfg = &apply::evpn::effective_for_apply(cfg, &sys).await?;
     let p = apply::prepare(cfg, &sys).await?;
     println!(
         "plan for site {} (bridge {}, access MTU {}):",

@@ -17,7 +17,7 @@ pub const HOLD_TIME_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(3)..=Duration::from_secs(65_535);
 
 /// What this instance is in the federation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EvpnRole {
     /// A site: its VLANs' flood lists come from the routes it learns through the reflectors.

@@ -175,6 +175,19 @@ pub struct Peer {
     pub psk_file: PathBuf,
     pub id: String,
     pub auth: AuthMethod,
+    pub kind: PeerKind,
+}
+
+/// Where a peer comes from, and what its connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerKind {
+    /// A `[[peer]]` of the config: VXLAN to a site.
+    Listed,
+    /// A site found through EVPN: VXLAN, authenticated by its certificate's IP address.
+    Discovered,
+    /// A route reflector of `[evpn] reflectors`: BGP only, never in a flood list.
+    Reflector,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -454,6 +454,7 @@ pub fn validate(
             psk_file: psk,
             id,
             auth: peer_auth,
+            kind: PeerKind::Listed,
         });
     }
     // Certificates: read and checked when some peer authenticates with them.
@@ -611,6 +612,8 @@ pub fn validate(
             &mut c,
             re,
             EvpnContext {
+                site_id: &site_id,
+                site_id_key,
                 ipsec: enabled,
                 auth,
                 vtep_ip,
@@ -785,7 +788,9 @@ pub fn validate(
 }
 
 /// What `[evpn]` is checked against from the rest of the config.
-struct EvpnContext {
+struct EvpnContext<'a> {
+    site_id: &'a str,
+    site_id_key: &'a str,
     ipsec: bool,
     auth: AuthMethod,
     vtep_ip: Option<IpAddr>,
@@ -793,7 +798,7 @@ struct EvpnContext {
     peers: usize,
 }
 
-fn evpn_section(c: &mut Checker, re: super::raw::RawEvpn, cx: EvpnContext) -> Option<Evpn> {
+fn evpn_section(c: &mut Checker, re: super::raw::RawEvpn, cx: EvpnContext<'_>) -> Option<Evpn> {
     use super::evpn::{Prefix, DEFAULT_ASN, DEFAULT_HOLD_TIME, HOLD_TIME_RANGE};
     let role = match re.role.as_deref().unwrap_or("site") {
         "site" => EvpnRole::Site,
@@ -867,6 +872,17 @@ fn evpn_section(c: &mut Checker, re: super::raw::RawEvpn, cx: EvpnContext) -> Op
     if !re.enabled.unwrap_or(false) {
         return None;
     }
+    match (cx.site_id.parse::<IpAddr>(), cx.vtep_ip) {
+        (Err(_), _) => c.err(
+            cx.site_id_key,
+            format!("with EVPN a site is known by its VTEP address: its IKE identity must be that address (`id = \"<VTEP address>\"`), and its certificate must carry it as an IP subjectAltName; `{}` is not an address", cx.site_id),
+        ),
+        (Ok(id), Some(vtep)) if id != vtep => c.err(
+            cx.site_id_key,
+            format!("with EVPN the IKE identity must be the VTEP address {vtep}, not {id}"),
+        ),
+        _ => {}
+    }
     if !cx.ipsec {
         c.err(
             "evpn.enabled",
@@ -920,12 +936,6 @@ fn evpn_section(c: &mut Checker, re: super::raw::RawEvpn, cx: EvpnContext) -> Op
             }
         }
     }
-    // Until the daemon runs the control plane, a config that asks for it is refused rather
-    // than silently served with listed peers only.
-    c.err(
-        "evpn.enabled",
-        "this build validates [evpn] but does not run the EVPN control plane yet: set `enabled = false` and list the peer sites in [[peer]]",
-    );
     Some(Evpn {
         role,
         asn,

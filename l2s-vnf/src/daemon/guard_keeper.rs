@@ -70,12 +70,7 @@ pub fn fallback(cfg: &SiteConfig, listed: Option<&str>) -> Option<GuardSpec> {
     if !cfg.ipsec.enabled {
         return None;
     }
-    let spec = |backend| GuardSpec {
-        table: guard::table_name(&cfg.switch.bridge),
-        backend,
-        vxlan_port: cfg.vxlan_port,
-        peers: cfg.peers.iter().map(|p| p.address).collect(),
-    };
+    let spec = |backend| guard::spec_for(cfg, backend);
     Some(match cfg.ipsec.backend {
         BackendChoice::Kernel => spec(IpsecBackend::Kernel),
         BackendChoice::Libipsec => spec(IpsecBackend::Libipsec),

@@ -61,6 +61,8 @@ enum Cause {
     Reload(&'static str),
     /// Events or the periodic check: whatever it changes is drift being repaired.
     Repair(String),
+    /// EVPN learned or lost a site, or a discovered site's SA came up or went.
+    Evpn(&'static str),
 }
 
 impl Cause {
@@ -69,6 +71,7 @@ impl Cause {
             Cause::Start => "start".into(),
             Cause::Reload(via) => format!("reload ({via})"),
             Cause::Repair(t) => t.clone(),
+            Cause::Evpn(why) => format!("EVPN: {why}"),
         }
     }
 }
@@ -105,7 +108,14 @@ struct Daemon {
     initiations: Initiations,
     /// Keeps the guard in place on its own, whatever the reconcile is doing.
     guard: guard_keeper::GuardKeeper,
+    /// The EVPN control plane (`[evpn] enabled`).
+    evpn: Option<crate::evpn::Runtime>,
+    /// Reconcile again at once (a discovered site's SA changed what the plan would be).
+    again: bool,
 }
+
+/// How often bgpd's routes and FRR's daemons are checked (EVPN).
+const EVPN_CHECK: Duration = Duration::from_secs(1);
 
 /// First and longest pause between two initiations of one connection that keeps failing.
 const INITIATE_MIN: Duration = Duration::from_secs(1);
@@ -196,8 +206,13 @@ impl Initiations {
 impl Daemon {
     /// Observe, diff and apply once.
     async fn converge(&mut self, cause: &Cause) -> Result<Vec<String>, ApplyError> {
+        if let Some(rt) = &mut self.evpn {
+            let cfg = &self.cfg;
+            tokio::task::block_in_place(|| rt.refresh(cfg));
+        }
+        let cfg = self.effective();
         if self.sys.is_none() {
-            let mut sys = System::connect(&self.cfg).await?;
+            let mut sys = System::connect(&cfg).await?;
             sys.replica = Some(self.replica.clone());
             self.sys = Some(sys);
         }
@@ -207,7 +222,7 @@ impl Daemon {
         let opts = DiffOptions {
             wait_for_missing_ports: true,
         };
-        let mut p = apply::prepare_with(&self.cfg, sys, opts).await?;
+        let mut p = apply::prepare_with(&cfg, sys, opts).await?;
         self.guard
             .keep(p.desired.security.as_ref().map(|s| s.guard.clone()));
         let responders: Vec<&str> = p
@@ -238,6 +253,7 @@ impl Daemon {
         if p.plan.is_empty() {
             self.refresh_metrics(&p.actual, sys.vici.as_ref()).await;
             self.judge(&p.actual);
+            self.note_discovered_sas(&cfg, &p.actual);
             return Ok(vec![]);
         }
         let changes: Vec<String> = p.plan.changes.iter().map(|c| c.to_string()).collect();
@@ -279,10 +295,30 @@ impl Daemon {
             }
         }
         // Judge the data plane as the changes left it, not as it was before them.
-        let after = sys.observe(&self.cfg).await?;
+        let after = sys.observe(&cfg).await?;
         self.refresh_metrics(&after, sys.vici.as_ref()).await;
         self.judge(&after);
+        self.note_discovered_sas(&cfg, &after);
         Ok(changes)
+    }
+
+    /// The config the plan is made from: the file's, plus the peers EVPN brings.
+    fn effective(&self) -> SiteConfig {
+        match &self.evpn {
+            Some(rt) => crate::evpn::view::effective(&self.cfg, &rt.learned, &rt.sa_up),
+            None => self.cfg.clone(),
+        }
+    }
+
+    /// Which discovered sites have their SA up now; when that changed, the flood lists must
+    /// follow at once (a site's entries wait for its SA, and go with it).
+    fn note_discovered_sas(&mut self, cfg: &SiteConfig, actual: &ActualState) {
+        let Some(rt) = &mut self.evpn else {
+            return;
+        };
+        if rt.note_sas(apply::evpn::discovered_sas_up(cfg, actual)) {
+            self.again = true;
+        }
     }
 
     /// Count a change made to undo drift, and keep it among the recent ones status shows.
@@ -500,7 +536,7 @@ impl Daemon {
         let lenient;
         let sys = match &self.sys {
             Some(s) => Some(s),
-            None => match System::connect_lenient(&self.cfg).await {
+            None => match System::connect_lenient(&self.effective()).await {
                 Ok(s) => {
                     lenient = s;
                     Some(&lenient)
@@ -512,7 +548,7 @@ impl Daemon {
             },
         };
         let (actual, sas) = match sys {
-            Some(sys) => match sys.observe(&self.cfg).await {
+            Some(sys) => match sys.observe(&self.effective()).await {
                 Ok(a) => {
                     let sas = a.ipsec.reachable_sas().cloned();
                     (a, sas)
@@ -546,8 +582,10 @@ impl Daemon {
         vici: Option<&crate::ipsec::vici::Client>,
         warnings: Vec<String>,
     ) -> Status {
-        let mut s = status::build(&self.cfg, actual, sas);
+        let cfg = self.effective();
+        let mut s = status::build(&cfg, actual, sas);
         s.source = "daemon".into();
+        s.evpn = self.evpn.as_ref().and_then(|rt| rt.status(&self.cfg));
         if let Some(v) = vici {
             if self.cfg.ipsec.enabled {
                 // Observation read them already when CRLs are configured: not twice.
@@ -555,8 +593,7 @@ impl Daemon {
                     Some(c) => c.clone(),
                     None => {
                         let mut unknown = vec![];
-                        let c =
-                            crate::ipsec::credentials::peer_certs(v, &self.cfg, &mut unknown).await;
+                        let c = crate::ipsec::credentials::peer_certs(v, &cfg, &mut unknown).await;
                         s.warnings.extend(
                             unknown
                                 .into_iter()
@@ -709,6 +746,9 @@ fn needs_restart(old: &SiteConfig, new: &SiteConfig) -> Option<String> {
     if old.metrics != new.metrics {
         why.push("[metrics] listen");
     }
+    if old.evpn.as_ref().map(|e| e.role) != new.evpn.as_ref().map(|e| e.role) {
+        why.push("[evpn] enabled or role");
+    }
     (!why.is_empty()).then(|| {
         format!(
             "changing {} needs a restart of the daemon (systemctl restart l2s-vnf)",
@@ -826,7 +866,12 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
         authlog_task: None,
         initiations: Initiations::default(),
         guard,
+        evpn: None,
+        again: false,
     };
+    if d.cfg.evpn.is_some() {
+        d.evpn = Some(crate::evpn::Runtime::new(&d.cfg));
+    }
     d.listen_to_charon_log();
     let mut retry = Retry::default();
     match d.reconcile(Cause::Start).await {
@@ -836,6 +881,9 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
     retry.after(d.last_error().is_none());
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     d.notify_status();
+    // EVPN: bgpd's routes are read every second (FRR has no event l2s-vnf could wait on).
+    let mut evpn_tick = tokio::time::interval(EVPN_CHECK);
+    evpn_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
@@ -906,6 +954,21 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
             Some((woke, change)) = keeper_repairs.recv() => {
                 d.record_repair(&woke, &change);
                 false
+            }
+            _ = std::future::ready(()), if d.again => {
+                d.again = false;
+                let _ = d.reconcile(Cause::Evpn("a discovered site's SA changed")).await;
+                true
+            }
+            _ = evpn_tick.tick(), if d.evpn.is_some() => {
+                let changed = match (&mut d.evpn, &d.cfg) {
+                    (Some(rt), cfg) => tokio::task::block_in_place(|| rt.refresh(cfg)),
+                    _ => false,
+                };
+                if changed {
+                    let _ = d.reconcile(Cause::Evpn("the routes changed")).await;
+                }
+                changed
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);

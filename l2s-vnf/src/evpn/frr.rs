@@ -84,7 +84,7 @@ impl Proc {
 }
 
 /// What status says about FRR.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FrrState {
     pub zebra_running: Option<bool>,
     pub bgpd_running: bool,
@@ -102,6 +102,9 @@ pub struct Frr {
     zebra: Proc,
     bgpd: Proc,
     bgpd_conf: String,
+    /// Daemons a previous run left (a daemon killed with SIGKILL cannot end its children)
+    /// were ended.
+    reaped: bool,
 }
 
 impl Drop for Frr {
@@ -131,6 +134,7 @@ impl Frr {
             zebra: Proc::new("zebra"),
             bgpd: Proc::new("bgpd"),
             bgpd_conf: String::new(),
+            reaped: false,
         }
     }
 
@@ -156,6 +160,10 @@ impl Frr {
                 "{} (install Debian's `frr` package; its own service may stay disabled)",
                 missing.join(", ")
             )));
+        }
+        if !self.reaped {
+            self.reap_stale();
+            self.reaped = true;
         }
         if !self.dir.exists() {
             std::fs::create_dir_all(&self.dir)
@@ -225,6 +233,34 @@ impl Frr {
             }
         }
         Ok(())
+    }
+
+    /// End FRR daemons an earlier run of this instance left running: those named by our pid
+    /// files whose command line names our directory (a recycled pid is never touched).
+    fn reap_stale(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let dir = self.dir.to_string_lossy().into_owned();
+        for f in ["bgpd.pid", "zebra.pid"] {
+            let Ok(text) = std::fs::read_to_string(self.dir.join(f)) else {
+                continue;
+            };
+            let Ok(pid) = text.trim().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains(&dir) {
+                continue;
+            }
+            tracing::info!(pid, "ending {f}'s daemon left by an earlier run");
+            let pid = Pid::from_raw(pid);
+            let _ = kill(pid, Signal::SIGTERM);
+            let t = Instant::now();
+            while kill(pid, None).is_ok() && t.elapsed() < Duration::from_secs(3) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+        }
     }
 
     pub fn state(&mut self) -> FrrState {

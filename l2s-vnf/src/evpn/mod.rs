@@ -32,11 +32,14 @@ pub mod control_ns;
 pub mod frr;
 pub mod frr_config;
 pub mod routes;
+pub mod runtime;
 pub mod shadow;
+pub mod view;
 
 pub use control_ns::ControlNs;
 pub use frr::{Frr, FrrState};
 pub use routes::{BgpSession, Discovered};
+pub use runtime::{EvpnStatus, Runtime};
 
 /// Why the EVPN control plane could not be set up or read.
 #[derive(Debug, thiserror::Error)]

@@ -85,7 +85,7 @@ pub fn parse_imet(json: &str, asn: u32, own: IpAddr) -> Result<Discovered, Route
 }
 
 /// One BGP session, as `status` and the metrics show it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BgpSession {
     pub peer: IpAddr,
     /// bgpd's word: `Established`, `Active`, `Connect`, `Idle`, …

@@ -39,6 +39,22 @@ pub struct GuardSpec {
     pub vxlan_port: u16,
     /// The peers' addresses: IKE and NAT-T (UDP 500 and 4500) are accepted from them only.
     pub peers: Vec<std::net::IpAddr>,
+    /// Prefixes IKE is accepted from too (a reflector's `listen_range`).
+    pub peer_ranges: Vec<crate::config::evpn::Prefix>,
+    /// EVPN: BGP (TCP 179, either direction) only through IPsec as well.
+    pub bgp: bool,
+}
+
+/// The guard a config wants with `backend`.
+pub fn spec_for(cfg: &crate::config::SiteConfig, backend: IpsecBackend) -> GuardSpec {
+    GuardSpec {
+        table: table_name(&cfg.switch.bridge),
+        backend,
+        vxlan_port: cfg.vxlan_port,
+        peers: cfg.peers.iter().map(|p| p.address).collect(),
+        peer_ranges: cfg.evpn.iter().filter_map(|e| e.listen_range).collect(),
+        bgp: cfg.evpn.is_some(),
+    }
 }
 
 impl GuardSpec {
@@ -82,7 +98,13 @@ impl GuardSpec {
             let mut addrs: Vec<&std::net::IpAddr> =
                 self.peers.iter().filter(|a| a.is_ipv6() == v6).collect();
             addrs.sort();
-            let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            let mut list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            list.extend(
+                self.peer_ranges
+                    .iter()
+                    .filter(|r| r.addr.is_ipv6() == v6)
+                    .map(|r| r.to_string()),
+            );
             let whom = match list.len() {
                 0 => format!("meta nfproto {}", if v6 { "ipv6" } else { "ipv4" }),
                 1 => format!("{family} saddr != {}", list[0]),
@@ -91,8 +113,29 @@ impl GuardSpec {
             format!("udp dport {{ 500, 4500 }} {whom} counter drop comment \"IKE from outside the federation\"")
         };
         let (ike4, ike6) = (ike("ip", false), ike("ip6", true));
+        // EVPN: BGP with the reflectors travels the SAs too; clear text either way is dropped.
+        let (bgp_out, bgp_in) = if self.bgp {
+            let (out_cond, in_cond) = match self.backend {
+                IpsecBackend::Kernel => (
+                    "rt ipsec missing".to_string(),
+                    "meta ipsec missing".to_string(),
+                ),
+                IpsecBackend::Libipsec => (
+                    format!("oifname != \"{LIBIPSEC_TUN}\""),
+                    format!("iifname != \"{LIBIPSEC_TUN}\""),
+                ),
+            };
+            let rules = |cond: &str, dir: &str| {
+                ["dport", "sport"]
+                    .map(|p| format!("\t\ttcp {p} 179 {cond} counter drop comment \"clear-text BGP {dir}\"\n"))
+                    .concat()
+            };
+            (rules(&out_cond, "out"), rules(&in_cond, "in"))
+        } else {
+            (String::new(), String::new())
+        };
         format!(
-            "table inet {t} {{\n\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t\t{out_rule}\n\t\t{icmp4}\n\t\t{icmp6}\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t\t{in_rule}\n\t\t{ike4}\n\t\t{ike6}\n\t}}\n}}\n",
+            "table inet {t} {{\n\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t\t{out_rule}\n\t\t{icmp4}\n\t\t{icmp6}\n{bgp_out}\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\t\t{in_rule}\n\t\t{ike4}\n\t\t{ike6}\n{bgp_in}\t}}\n}}\n",
             t = self.table
         )
     }
@@ -307,6 +350,8 @@ mod tests {
             backend,
             vxlan_port: 4789,
             peers: vec!["192.0.2.3".parse().unwrap(), "192.0.2.2".parse().unwrap()],
+            peer_ranges: vec![],
+            bgp: false,
         }
     }
 
@@ -398,5 +443,43 @@ mod tests {
         assert!(matches(&s, &listed));
         let other = spec(IpsecBackend::Kernel);
         assert!(!matches(&other, &listed));
+    }
+}
+#[cfg(test)]
+mod evpn_tests {
+    use super::*;
+
+    /// A reflector's guard: IKE only from its `listen_range`, BGP only through the SAs both
+    /// ways (the listing was checked against nft 1.0.6: it lists these lines as written).
+    #[test]
+    fn bgp_is_dropped_in_clear_text_and_ike_accepted_from_the_range() {
+        for (b, out_cond) in [
+            (IpsecBackend::Kernel, "rt ipsec missing"),
+            (IpsecBackend::Libipsec, "oifname != \"ipsec0\""),
+        ] {
+            let s = GuardSpec {
+                table: "l2s_vnf_t".into(),
+                backend: b,
+                vxlan_port: 4789,
+                peers: vec![],
+                peer_ranges: vec!["192.0.2.0/24".parse().unwrap()],
+                bgp: true,
+            };
+            let r = s.ruleset();
+            for line in [
+                format!("tcp dport 179 {out_cond} counter drop comment \"clear-text BGP out\""),
+                format!("tcp sport 179 {out_cond} counter drop comment \"clear-text BGP out\""),
+                "udp dport { 500, 4500 } ip saddr != 192.0.2.0/24 counter drop comment \"IKE from outside the federation\"".to_string(),
+            ] {
+                assert!(r.lines().any(|l| l.trim() == line), "{line:?} missing:\n{r}");
+            }
+            assert_eq!(r.matches("clear-text BGP in").count(), 2, "{r}");
+            let mut plain = s.clone();
+            plain.bgp = false;
+            assert!(
+                !plain.ruleset().contains("BGP"),
+                "no BGP rules without EVPN"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::base::kinds::IpsecBackend;
 use crate::base::names::POLICY_PRIORITY;
-use crate::config::{AuthMethod, SiteConfig};
+use crate::config::{AuthMethod, EvpnRole, PeerKind, SiteConfig};
 use crate::ipsec::vici::Section;
 
 pub const CONN_PREFIX: &str = "l2s-vnf:";
@@ -32,7 +32,23 @@ pub fn owned_conn(name: &str, bridge: &str) -> bool {
 pub enum Role {
     Initiator,
     Responder,
+    /// Accepts only, from addresses it cannot name (a reflector's sites): never initiates.
+    Listener,
 }
+
+/// What a connection's SAs carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carries {
+    /// VXLAN and the path probes: all UDP between the two VTEPs.
+    Vxlan,
+    /// A site's BGP session to a route reflector: all TCP between the two.
+    BgpToReflector,
+    /// A reflector's BGP sessions with any site its CA vouches for inside `range`.
+    BgpFromSites { range: String },
+}
+
+/// The name of a reflector's one connection for all its sites.
+pub const SITES_CONN_PEER: &str = "evpn-sites";
 
 /// One peer's connection as it should be in charon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +71,7 @@ pub struct DesiredConn {
     pub esp_proposals: Vec<String>,
     /// Timing overrides for tests (`None` = the defaults above).
     pub lifetimes: Lifetimes,
+    pub carries: Carries,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +113,42 @@ impl Lifetimes {
 
 pub fn desired_conns(cfg: &SiteConfig, vtep: IpAddr, backend: IpsecBackend) -> Vec<DesiredConn> {
     let lifetimes = Lifetimes::from_config(cfg);
+    let esp: Vec<String> = cfg
+        .ipsec
+        .esp_proposals
+        .iter()
+        .map(|e| e.proposal.clone())
+        .collect();
+    let reflector = cfg
+        .evpn
+        .as_ref()
+        .filter(|e| e.role == EvpnRole::Reflector)
+        .map(|e| DesiredConn {
+            name: conn_name(&cfg.switch.bridge, SITES_CONN_PEER),
+            peer: SITES_CONN_PEER.into(),
+            local: vtep,
+            remote: if vtep.is_ipv4() {
+                IpAddr::from([0, 0, 0, 0])
+            } else {
+                IpAddr::from([0u16; 8])
+            },
+            local_id: cfg.site.id.clone(),
+            remote_id: "%any".into(),
+            psk_file: cfg.ipsec.psk_file.clone(),
+            psk_digest: None,
+            auth: AuthMethod::Pubkey,
+            backend,
+            role: Role::Listener,
+            ike_proposals: cfg.ipsec.ike_proposals.clone(),
+            esp_proposals: esp.clone(),
+            lifetimes: lifetimes.clone(),
+            carries: Carries::BgpFromSites {
+                range: e
+                    .listen_range
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| vtep.to_string()),
+            },
+        });
     cfg.peers
         .iter()
         .map(|p| DesiredConn {
@@ -111,16 +164,20 @@ pub fn desired_conns(cfg: &SiteConfig, vtep: IpAddr, backend: IpsecBackend) -> V
                 .flatten(),
             auth: p.auth,
             backend,
-            role: role(vtep, p.address),
+            // A site always opens its session to a reflector (which cannot name it).
+            role: match p.kind {
+                PeerKind::Reflector => Role::Initiator,
+                PeerKind::Listed | PeerKind::Discovered => role(vtep, p.address),
+            },
             ike_proposals: cfg.ipsec.ike_proposals.clone(),
-            esp_proposals: cfg
-                .ipsec
-                .esp_proposals
-                .iter()
-                .map(|e| e.proposal.clone())
-                .collect(),
+            esp_proposals: esp.clone(),
             lifetimes: lifetimes.clone(),
+            carries: match p.kind {
+                PeerKind::Reflector => Carries::BgpToReflector,
+                PeerKind::Listed | PeerKind::Discovered => Carries::Vxlan,
+            },
         })
+        .chain(reflector)
         .collect()
 }
 
@@ -134,9 +191,19 @@ pub fn psk_digest(path: &std::path::Path) -> Option<String> {
     Some(h.finish()[..4].iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn host_ts(ip: IpAddr) -> String {
+fn host_ts(ip: IpAddr, proto: &str) -> String {
     let bits = if ip.is_ipv4() { 32 } else { 128 };
-    format!("{ip}/{bits}[udp]")
+    format!("{ip}/{bits}[{proto}]")
+}
+
+impl Carries {
+    /// The protocol the traffic selectors cover.
+    fn proto(&self) -> &'static str {
+        match self {
+            Carries::Vxlan => "udp",
+            Carries::BgpToReflector | Carries::BgpFromSites { .. } => "tcp",
+        }
+    }
 }
 
 impl DesiredConn {
@@ -151,8 +218,15 @@ impl DesiredConn {
                     IpsecBackend::Libipsec => "tunnel",
                 },
             )
-            .list("local_ts", [host_ts(self.local)])
-            .list("remote_ts", [host_ts(self.remote)])
+            .list("local_ts", [host_ts(self.local, self.carries.proto())])
+            .list(
+                "remote_ts",
+                [match &self.carries {
+                    // Whichever site it is: transport mode between the two hosts.
+                    Carries::BgpFromSites { .. } => "dynamic[tcp]".to_string(),
+                    c => host_ts(self.remote, c.proto()),
+                }],
+            )
             .list("esp_proposals", &self.esp_proposals)
             .kv("rekey_time", &self.lifetimes.child_rekey)
             .kv("priority", POLICY_PRIORITY.to_string())
@@ -166,7 +240,13 @@ impl DesiredConn {
         let mut s = Section::new()
             .kv("version", "2")
             .list("local_addrs", [self.local.to_string()])
-            .list("remote_addrs", [self.remote.to_string()])
+            .list(
+                "remote_addrs",
+                [match &self.carries {
+                    Carries::BgpFromSites { range } => range.clone(),
+                    _ => self.remote.to_string(),
+                }],
+            )
             .list("proposals", &self.ike_proposals)
             .kv("rekey_time", &self.lifetimes.ike_rekey)
             .kv("reauth_time", "0")

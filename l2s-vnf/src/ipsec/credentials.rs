@@ -163,13 +163,13 @@ pub struct DesiredCreds {
 impl DesiredCreds {
     pub fn from_config(cfg: &SiteConfig) -> Option<Self> {
         let pki = cfg.ipsec.pki.as_ref()?;
-        cfg.peers
-            .iter()
-            .any(|p| p.auth == AuthMethod::Pubkey)
-            .then(|| DesiredCreds {
+        // A reflector names no peer, yet authenticates every site with its certificate.
+        (cfg.peers.iter().any(|p| p.auth == AuthMethod::Pubkey) || cfg.evpn.is_some()).then(|| {
+            DesiredCreds {
                 bridge: cfg.switch.bridge.clone(),
                 creds: pki.creds.clone(),
-            })
+            }
+        })
     }
 
     /// The charon authority of each trusted CA, named after its content (a CA added or

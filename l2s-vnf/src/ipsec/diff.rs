@@ -82,7 +82,7 @@ pub fn diff(
                     out.push(initiate);
                 }
             }
-            Some(_) if !has_sa => out.push(initiate),
+            Some(_) if !has_sa && d.role != Role::Listener => out.push(initiate),
             Some(_) => {}
         }
     }

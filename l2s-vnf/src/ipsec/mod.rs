@@ -40,8 +40,8 @@ pub mod vici;
 
 pub use change::{IpsecChange, Reauth};
 pub use conn::{
-    conn_name, desired_conns, owned_conn, psk_digest, role, DesiredConn, Lifetimes, Role,
-    CHILD_PREFIX, CHILD_REKEY, CONN_PREFIX, DPD_DELAY, IKE_REKEY,
+    conn_name, desired_conns, owned_conn, psk_digest, role, Carries, DesiredConn, Lifetimes, Role,
+    CHILD_PREFIX, CHILD_REKEY, CONN_PREFIX, DPD_DELAY, IKE_REKEY, SITES_CONN_PEER,
 };
 pub use credentials::{authority_name, diff_creds, DesiredCreds, HeldCreds, IpsecError};
 pub use diff::{diff, diff_site};
@@ -75,6 +75,7 @@ mod tests {
             ike_proposals: vec!["aes256gcm16-prfsha384-x25519".into()],
             esp_proposals: vec!["aes256gcm16".into()],
             lifetimes: Lifetimes::default(),
+            carries: Carries::Vxlan,
         }
     }
 

@@ -55,6 +55,15 @@ pub enum LinkChange {
         ports: (u16, u16),
         v6: bool,
     },
+    /// EVPN with libipsec: BGP with the reflectors goes through charon's TUN too.
+    AddBgpRule {
+        side: super::rule::BgpSide,
+        v6: bool,
+    },
+    RemoveBgpRule {
+        side: super::rule::BgpSide,
+        v6: bool,
+    },
 }
 
 impl fmt::Display for LinkChange {
@@ -84,6 +93,22 @@ impl fmt::Display for LinkChange {
                     if *v6 { "IPv6" } else { "IPv4" }
                 )
             }
+            LinkChange::AddBgpRule { side, v6 } => write!(
+                f,
+                "+ rule: pref {} tcp {side} {} lookup {} ({})",
+                super::rule::BGP_RULE_PRIORITY,
+                super::rule::BGP_PORT,
+                super::rule::CHARON_TABLE,
+                if *v6 { "IPv6" } else { "IPv4" }
+            ),
+            LinkChange::RemoveBgpRule { side, v6 } => write!(
+                f,
+                "- rule: pref {} tcp {side} {} lookup {} ({})",
+                super::rule::BGP_RULE_PRIORITY,
+                super::rule::BGP_PORT,
+                super::rule::CHARON_TABLE,
+                if *v6 { "IPv6" } else { "IPv4" }
+            ),
             LinkChange::RemoveVxlanRule { ports, v6 } => {
                 write!(
                     f,

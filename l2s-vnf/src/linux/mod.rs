@@ -27,7 +27,7 @@ pub mod vxlan;
 
 pub use change::LinkChange;
 pub use discover::Facts;
-pub use rule::diff_vxlan_rules;
+pub use rule::{diff_bgp_rules, diff_vxlan_rules, BgpSide};
 pub use vxlan::{fdb_limit, mac_limit_of, VxlanSpec};
 
 /// The link group VXLAN devices are moved into just before they are deleted together (an
@@ -120,6 +120,8 @@ pub struct ObservedLinks {
     pub links: BTreeMap<String, ObservedLink>,
     /// Destination port ranges of our policy rules (libipsec), per family (false = IPv4).
     pub vxlan_rules: Vec<((u16, u16), bool)>,
+    /// Our BGP rules (EVPN with libipsec), per family.
+    pub bgp_rules: Vec<(BgpSide, bool)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +197,7 @@ impl Netlink {
         Ok(ObservedLinks {
             links,
             vxlan_rules: vec![],
+            bgp_rules: vec![],
         })
     }
 

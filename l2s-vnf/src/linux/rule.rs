@@ -18,6 +18,46 @@ pub const VXLAN_RULE_PRIORITY: u32 = 100;
 /// `FRA_PROTOCOL` value that marks the rule as ours.
 pub const VXLAN_RULE_PROTOCOL: u8 = 0x4c;
 const MAIN_TABLE: u32 = 254;
+/// EVPN with libipsec: BGP to and from the reflectors looks up charon's table (its TUN)
+/// before the VXLAN rule sends everything else to `main`.
+pub const BGP_RULE_PRIORITY: u32 = 99;
+/// charon's routing table (kernel-libipsec's routes into its TUN).
+pub const CHARON_TABLE: u32 = 220;
+pub const BGP_PORT: u16 = 179;
+
+/// Which port of a BGP packet a rule matches: a site's packets go *to* 179, a reflector's
+/// answers come *from* it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BgpSide {
+    Dport,
+    Sport,
+}
+
+impl std::fmt::Display for BgpSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BgpSide::Dport => "dport",
+            BgpSide::Sport => "sport",
+        })
+    }
+}
+
+fn family(v6: bool) -> &'static str {
+    if v6 {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
+/// Our mark on a rule, and its priority.
+fn ours_at(r: &RuleMessage, priority: u32) -> bool {
+    r.attributes
+        .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
+            VXLAN_RULE_PROTOCOL,
+        )))
+        && r.attributes.contains(&RuleAttribute::Priority(priority))
+}
 
 impl Netlink {
     async fn rules(&self, v6: bool) -> Result<Vec<RuleMessage>, NetlinkError> {
@@ -40,12 +80,11 @@ impl Netlink {
         &self,
         v6: bool,
     ) -> Result<Vec<((u16, u16), RuleMessage)>, NetlinkError> {
-        let ours = RuleAttribute::Protocol(RouteProtocol::Other(VXLAN_RULE_PROTOCOL));
         Ok(self
             .rules(v6)
             .await?
             .into_iter()
-            .filter(|r| r.attributes.contains(&ours))
+            .filter(|r| ours_at(r, VXLAN_RULE_PRIORITY))
             .filter_map(|r| {
                 let ports = r.attributes.iter().find_map(|a| match a {
                     RuleAttribute::DestinationPortRange(p) => Some((p.start, p.end)),
@@ -92,6 +131,67 @@ impl Netlink {
         }
     }
 
+    /// Our BGP rules, each with the side it matches.
+    pub async fn owned_bgp_rules(
+        &self,
+        v6: bool,
+    ) -> Result<Vec<(BgpSide, RuleMessage)>, NetlinkError> {
+        Ok(self
+            .rules(v6)
+            .await?
+            .into_iter()
+            .filter(|r| ours_at(r, BGP_RULE_PRIORITY))
+            .filter_map(|r| {
+                let side = r.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::DestinationPortRange(_) => Some(BgpSide::Dport),
+                    RuleAttribute::SourcePortRange(_) => Some(BgpSide::Sport),
+                    _ => None,
+                })?;
+                Some((side, r))
+            })
+            .collect())
+    }
+
+    /// `ip rule add pref 99 ipproto tcp dport|sport 179 lookup 220 proto 0x4c`.
+    pub async fn add_bgp_rule(&self, side: BgpSide, v6: bool) -> Result<(), NetlinkError> {
+        let add = self
+            .handle
+            .rule()
+            .add()
+            .priority(BGP_RULE_PRIORITY)
+            .table_id(CHARON_TABLE)
+            .action(RuleAction::ToTable);
+        let mark = |m: &mut RuleMessage| {
+            m.attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::Tcp));
+            let range = RulePortRange {
+                start: BGP_PORT,
+                end: BGP_PORT,
+            };
+            m.attributes.push(match side {
+                BgpSide::Dport => RuleAttribute::DestinationPortRange(range),
+                BgpSide::Sport => RuleAttribute::SourcePortRange(range),
+            });
+            m.attributes
+                .push(RuleAttribute::Protocol(RouteProtocol::Other(
+                    VXLAN_RULE_PROTOCOL,
+                )));
+        };
+        let what = format!(
+            "add policy rule for BGP ({side} {BGP_PORT}, {})",
+            family(v6)
+        );
+        if v6 {
+            let mut add = add.v6().replace();
+            mark(add.message_mut());
+            add.execute().await.map_err(req(what))
+        } else {
+            let mut add = add.v4().replace();
+            mark(add.message_mut());
+            add.execute().await.map_err(req(what))
+        }
+    }
+
     pub async fn remove_rule(&self, rule: RuleMessage) -> Result<(), NetlinkError> {
         self.handle
             .rule()
@@ -118,4 +218,50 @@ pub fn diff_vxlan_rules(
         .map(|&(ports, v6)| LinkChange::RemoveVxlanRule { ports, v6 })
         .collect();
     (add, remove)
+}
+
+/// The BGP rules' changes (EVPN with libipsec): `want` is the family (IPv6?) when wanted.
+pub fn diff_bgp_rules(
+    want: Option<bool>,
+    observed: &[(BgpSide, bool)],
+) -> (Vec<LinkChange>, Vec<LinkChange>) {
+    let wanted: Vec<(BgpSide, bool)> = want
+        .map(|v6| vec![(BgpSide::Dport, v6), (BgpSide::Sport, v6)])
+        .unwrap_or_default();
+    let add = wanted
+        .iter()
+        .filter(|w| !observed.contains(w))
+        .map(|&(side, v6)| LinkChange::AddBgpRule { side, v6 })
+        .collect();
+    let remove = observed
+        .iter()
+        .filter(|r| !wanted.contains(r))
+        .map(|&(side, v6)| LinkChange::RemoveBgpRule { side, v6 })
+        .collect();
+    (add, remove)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bgp_rules_are_added_both_ways_and_removed_when_unwanted() {
+        let (add, remove) = diff_bgp_rules(Some(false), &[(BgpSide::Dport, false)]);
+        assert_eq!(
+            add,
+            vec![LinkChange::AddBgpRule {
+                side: BgpSide::Sport,
+                v6: false
+            }]
+        );
+        assert!(remove.is_empty());
+        let (add, remove) = diff_bgp_rules(None, &[(BgpSide::Sport, true)]);
+        assert!(add.is_empty());
+        assert_eq!(remove.len(), 1);
+        assert_eq!(
+            remove[0].to_string(),
+            "- rule: pref 99 tcp sport 179 lookup 220 (IPv6)"
+        );
+    }
 }

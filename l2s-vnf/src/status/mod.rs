@@ -38,6 +38,9 @@ pub struct Status {
     /// Present when a running daemon answered.
     #[serde(default)]
     pub daemon: Option<DaemonStatus>,
+    /// The EVPN control plane, when the daemon runs it.
+    #[serde(default)]
+    pub evpn: Option<crate::evpn::EvpnStatus>,
 }
 
 /// What the daemon knows beyond the system's state.
@@ -173,6 +176,9 @@ pub struct PeerStatus {
     /// charon's words about its latest failed authentication.
     #[serde(default)]
     pub problem: Option<String>,
+    /// `listed` (a `[[peer]]`), `discovered` (through EVPN) or `reflector`.
+    #[serde(default)]
+    pub kind: Option<crate::config::PeerKind>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -442,6 +448,7 @@ pub fn build(
                 id: cfg.ipsec.enabled.then(|| p.id.clone()),
                 certificate: None,
                 problem: None,
+                kind: Some(p.kind),
             }
         })
         .collect();
@@ -496,6 +503,7 @@ pub fn build(
         access_mtu,
         warnings,
         daemon: None,
+        evpn: None,
     }
 }
 
@@ -753,6 +761,73 @@ impl std::fmt::Display for Status {
             }
             if let Some(why) = &p.problem {
                 writeln!(f, "                                  why no SA: {why}")?;
+            }
+            match p.kind {
+                Some(crate::config::PeerKind::Discovered) => writeln!(
+                    f,
+                    "                                  discovered through EVPN"
+                )?,
+                Some(crate::config::PeerKind::Reflector) => writeln!(
+                    f,
+                    "                                  route reflector (BGP inside IPsec)"
+                )?,
+                _ => {}
+            }
+        }
+        if let Some(e) = &self.evpn {
+            writeln!(
+                f,
+                "evpn: {} in AS {}, bgpd {}{}, routes {}",
+                e.role,
+                e.asn,
+                if e.frr.bgpd_running {
+                    "running"
+                } else {
+                    "NOT RUNNING"
+                },
+                match e.frr.zebra_running {
+                    Some(true) => ", zebra running",
+                    Some(false) => ", zebra NOT RUNNING",
+                    None => "",
+                },
+                match e.routes_age_secs {
+                    Some(a) => format!("read {a} s ago"),
+                    None => "never read".into(),
+                }
+            )?;
+            for b in &e.sessions {
+                writeln!(
+                    f,
+                    "  BGP {:<16} {}{}, {} route(s) received",
+                    b.peer.to_string(),
+                    b.state,
+                    if b.dynamic { " (dynamic)" } else { "" },
+                    b.prefixes_received
+                )?;
+            }
+            for d in &e.discovered {
+                writeln!(
+                    f,
+                    "  discovered {:<16} VNIs {:?}, SA {}",
+                    d.vtep.to_string(),
+                    d.vnis,
+                    if d.sa_up {
+                        "up (flooding)"
+                    } else {
+                        "not up (no flood entry yet)"
+                    }
+                )?;
+            }
+            if e.frr.restarts > 0 {
+                writeln!(
+                    f,
+                    "  FRR restarted {} time(s); last: {}",
+                    e.frr.restarts,
+                    e.frr.last_exit.as_deref().unwrap_or("-")
+                )?;
+            }
+            if let Some(p) = &e.problem {
+                writeln!(f, "  PROBLEM: {p}")?;
             }
         }
         if let Some(d) = &self.daemon {

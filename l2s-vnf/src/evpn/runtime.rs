@@ -1,0 +1,188 @@
+//! The EVPN control plane as one instance runs it: the control namespace, FRR's daemons, and
+//! the last routes bgpd gave (kept while FRR is away: the data plane never empties because
+//! bgpd died; stale routes go once bgpd answers again and no longer has them).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::base::names::{evpn_dir, evpn_netns};
+use crate::config::{EvpnRole, SiteConfig};
+
+use super::{frr_config, BgpSession, ControlNs, Discovered, Frr, FrrState};
+
+/// One discovered VTEP as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredPeer {
+    pub vtep: IpAddr,
+    pub vnis: Vec<u32>,
+    /// Its SA is up, so its flood entries are in place.
+    pub sa_up: bool,
+}
+
+/// What `status` says about EVPN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvpnStatus {
+    pub role: EvpnRole,
+    pub asn: u32,
+    pub frr: FrrState,
+    pub sessions: Vec<BgpSession>,
+    pub discovered: Vec<DiscoveredPeer>,
+    /// Seconds since bgpd last answered (the routes shown are that old).
+    pub routes_age_secs: Option<u64>,
+    /// Why the routes are not current, when they are not.
+    pub problem: Option<String>,
+}
+
+pub struct Runtime {
+    ctl: Option<ControlNs>,
+    frr: Frr,
+    /// The last routes bgpd gave.
+    pub learned: Discovered,
+    learned_at: Option<Instant>,
+    sessions: Vec<BgpSession>,
+    frr_state: FrrState,
+    problem: Option<String>,
+    /// Discovered VTEPs whose SA was up at the last reconcile.
+    pub sa_up: BTreeSet<IpAddr>,
+}
+
+impl Runtime {
+    pub fn new(cfg: &SiteConfig) -> Self {
+        let site = cfg.evpn.as_ref().is_some_and(|e| e.role == EvpnRole::Site);
+        let ctl = site.then(|| ControlNs {
+            name: evpn_netns(&cfg.daemon.control_socket),
+        });
+        Runtime {
+            frr: Frr::new(
+                evpn_dir(&cfg.daemon.control_socket),
+                ctl.as_ref().map(|c| c.name.clone()),
+            ),
+            ctl,
+            learned: Discovered::default(),
+            learned_at: None,
+            sessions: vec![],
+            frr_state: FrrState::default(),
+            problem: None,
+            sa_up: BTreeSet::new(),
+        }
+    }
+
+    /// Keep the control namespace and FRR as `cfg` wants them, then read what bgpd knows.
+    /// Returns whether the routes changed. Blocking (it runs `ip` and `vtysh`).
+    pub fn refresh(&mut self, cfg: &SiteConfig) -> bool {
+        let Some(evpn) = &cfg.evpn else {
+            return false;
+        };
+        let Ok(vtep) = cfg.site.id.parse::<IpAddr>() else {
+            self.problem = Some("the site's identity is not its VTEP address".into());
+            return false;
+        };
+        let mut problem = None;
+        if let Some(ctl) = &self.ctl {
+            let vnis: BTreeSet<u32> = cfg.vlans.iter().map(|v| v.vni).collect();
+            match ctl.ensure(vtep, &vnis) {
+                Ok((0, 0)) => {}
+                Ok((added, removed)) => tracing::info!(
+                    added,
+                    removed,
+                    ns = %ctl.name,
+                    "EVPN control namespace: VNIs advertised changed"
+                ),
+                Err(e) => problem = Some(format!("control namespace: {e}")),
+            }
+        }
+        let bgpd = frr_config::bgpd(evpn, &cfg.site.name, vtep, router_id(vtep));
+        let zebra = frr_config::zebra(&cfg.site.name);
+        if let Err(e) = self.frr.ensure(&bgpd, &zebra, vtep) {
+            problem.get_or_insert(format!("FRR: {e}"));
+        }
+        let mut changed = false;
+        match self.frr.discovered(evpn.asn, vtep) {
+            Ok(d) => {
+                changed = d != self.learned;
+                self.learned = d;
+                self.learned_at = Some(Instant::now());
+            }
+            Err(e) => {
+                problem.get_or_insert(format!(
+                    "bgpd does not answer ({e}); holding the last routes"
+                ));
+            }
+        }
+        self.sessions = self.frr.sessions().unwrap_or_default();
+        self.frr_state = self.frr.state();
+        if problem.is_none() && evpn.role == EvpnRole::Site {
+            if let Some(s) = self.sessions.iter().find(|s| !s.established) {
+                problem = Some(format!(
+                    "BGP session with reflector {} is {}",
+                    s.peer, s.state
+                ));
+            }
+        }
+        if problem != self.problem {
+            match &problem {
+                Some(p) => tracing::warn!("EVPN: {p}"),
+                None => tracing::info!("EVPN: control plane healthy"),
+            }
+        }
+        self.problem = problem;
+        changed
+    }
+
+    pub fn status(&self, cfg: &SiteConfig) -> Option<EvpnStatus> {
+        let evpn = cfg.evpn.as_ref()?;
+        let ours: BTreeSet<u32> = cfg.vlans.iter().map(|v| v.vni).collect();
+        Some(EvpnStatus {
+            role: evpn.role,
+            asn: evpn.asn,
+            frr: self.frr_state.clone(),
+            sessions: self.sessions.clone(),
+            discovered: self
+                .learned
+                .vteps
+                .iter()
+                .map(|(vtep, vnis)| DiscoveredPeer {
+                    vtep: *vtep,
+                    vnis: vnis.intersection(&ours).copied().collect(),
+                    sa_up: self.sa_up.contains(vtep),
+                })
+                .filter(|d| !d.vnis.is_empty())
+                .collect(),
+            routes_age_secs: self.learned_at.map(|t| t.elapsed().as_secs()),
+            problem: self.problem.clone(),
+        })
+    }
+
+    /// Counts for the metrics: (routes, discovered peers, established sessions, sessions).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let routes = self.learned.vteps.values().map(BTreeSet::len).sum();
+        (
+            routes,
+            self.learned.vteps.len(),
+            self.sessions.iter().filter(|s| s.established).count(),
+            self.sessions.len(),
+        )
+    }
+
+    /// The discovered VTEPs whose SA is up (their flood entries may be installed). Returns
+    /// whether that changed.
+    pub fn note_sas(&mut self, up: BTreeSet<IpAddr>) -> bool {
+        let changed = up != self.sa_up;
+        self.sa_up = up;
+        changed
+    }
+}
+
+/// bgpd's router id: the VTEP address, or (over IPv6) an IPv4 id derived from it.
+pub fn router_id(vtep: IpAddr) -> IpAddr {
+    match vtep {
+        IpAddr::V4(_) => vtep,
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            IpAddr::from([o[12], o[13], o[14], o[15]])
+        }
+    }
+}
