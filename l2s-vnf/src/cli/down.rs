@@ -16,8 +16,23 @@ pub async fn exec(cfg: &SiteConfig) -> Result<ExitCode, CliError> {
     }
     let actual = sys.observe(cfg).await?;
     let p = plan::teardown(&cfg.switch.bridge, &cfg.site.name, &actual);
+    // EVPN: the control namespace and FRR's files (FRR itself ends with its daemon).
+    let ctl = crate::evpn::ControlNs::for_instance(&cfg.daemon.control_socket);
+    let frr_dir = crate::base::names::evpn_dir(&cfg.daemon.control_socket);
+    let evpn_left = ctl.exists() || frr_dir.exists();
+    if evpn_left {
+        ctl.remove()?;
+        let _ = std::fs::remove_dir_all(&frr_dir);
+        println!(
+            "- EVPN control namespace {} and {}",
+            ctl.name,
+            frr_dir.display()
+        );
+    }
     if p.is_empty() {
-        println!("nothing to remove: this instance owns nothing here");
+        if !evpn_left {
+            println!("nothing to remove: this instance owns nothing here");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     print!("{p}");

@@ -46,6 +46,8 @@ pub enum CliError {
     DaemonRefused(String),
     #[error("cannot read the kernel's IPsec policies: {0}")]
     Policies(std::io::Error),
+    #[error(transparent)]
+    Evpn(#[from] crate::evpn::EvpnError),
     #[error("cannot bind the probe port: {0}")]
     ProbePort(std::io::Error),
     /// A measurement that could not be made; the prober's own words.

@@ -305,7 +305,7 @@ impl Daemon {
     /// The config the plan is made from: the file's, plus the peers EVPN brings.
     fn effective(&self) -> SiteConfig {
         match &self.evpn {
-            Some(rt) => crate::evpn::view::effective(&self.cfg, &rt.learned, &rt.sa_up),
+            Some(rt) => crate::evpn::view::effective(&self.cfg, &rt.current(), &rt.sa_up),
             None => self.cfg.clone(),
         }
     }

@@ -3,10 +3,10 @@
 //! live in the instance's own directory (`base::names::evpn_dir`); the system's FRR service
 //! and `/etc/frr` are never touched.
 //!
-//! A child that exits is started again at the next check, after a pause that doubles
-//! (1 s … 30 s) while it keeps exiting; status says which daemon and why. Routes zebra
-//! installed stay on the shadow devices while FRR is down, and the daemon keeps the last
-//! routes it read (the data plane never empties because FRR went away).
+//! A child that exits is started again at the next check — at once the first time, then
+//! after a pause that doubles (1 s … 30 s) while it keeps exiting; status says which daemon
+//! and why. zebra drops what a dead bgpd had it install, so the daemon keeps the last routes
+//! it read (the data plane never empties because FRR went away).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ impl Proc {
             restarts: 0,
             last_exit: None,
             not_before: Instant::now(),
-            pause: RESTART_MIN,
+            pause: Duration::ZERO,
         }
     }
 
@@ -68,7 +68,7 @@ impl Proc {
                 self.last_exit = Some(format!("{} exited ({st})", self.name));
                 self.child = None;
                 self.not_before = Instant::now() + self.pause;
-                self.pause = (self.pause * 2).min(RESTART_MAX);
+                self.pause = (self.pause * 2).clamp(RESTART_MIN, RESTART_MAX);
                 false
             }
             Err(_) => false,

@@ -1,10 +1,15 @@
 //! The EVPN control plane as one instance runs it: the control namespace, FRR's daemons, and
 //! the last routes bgpd gave (kept while FRR is away: the data plane never empties because
 //! bgpd died; stale routes go once bgpd answers again and no longer has them).
+//!
+//! A route withdrawn is followed only after [`WITHDRAW_GRACE`]: a site whose bgpd restarts
+//! loses its session (and the reflector withdraws its routes at once), yet its data plane and
+//! SAs are fine; its routes are back within the grace and nothing moved. A site that really
+//! left is gone from the flood lists `hold_time` + the grace after it vanished.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +25,13 @@ pub struct DiscoveredPeer {
     pub vnis: Vec<u32>,
     /// Its SA is up, so its flood entries are in place.
     pub sa_up: bool,
+    /// Its routes were withdrawn this many seconds ago; it is kept for the grace period.
+    #[serde(default)]
+    pub withdrawn_secs: Option<u64>,
 }
+
+/// How long a withdrawn route is still followed (a restarting bgpd is back well within it).
+pub const WITHDRAW_GRACE: Duration = Duration::from_secs(5);
 
 /// What `status` says about EVPN.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +51,9 @@ pub struct Runtime {
     ctl: Option<ControlNs>,
     frr: Frr,
     /// The last routes bgpd gave.
-    pub learned: Discovered,
+    learned: Discovered,
+    /// Routes bgpd no longer has, with when they went (followed until the grace is over).
+    withdrawn: BTreeMap<(IpAddr, u32), Instant>,
     learned_at: Option<Instant>,
     sessions: Vec<BgpSession>,
     frr_state: FrrState,
@@ -62,6 +75,7 @@ impl Runtime {
             ),
             ctl,
             learned: Discovered::default(),
+            withdrawn: BTreeMap::new(),
             learned_at: None,
             sessions: vec![],
             frr_state: FrrState::default(),
@@ -99,12 +113,21 @@ impl Runtime {
         if let Err(e) = self.frr.ensure(&bgpd, &zebra, vtep) {
             problem.get_or_insert(format!("FRR: {e}"));
         }
-        let mut changed = false;
+        let before = self.current();
         match self.frr.discovered(evpn.asn, vtep) {
             Ok(d) => {
-                changed = d != self.learned;
+                let now = Instant::now();
+                for (v, vnis) in &self.learned.vteps {
+                    for n in vnis {
+                        if !d.vteps.get(v).is_some_and(|x| x.contains(n)) {
+                            self.withdrawn.entry((*v, *n)).or_insert(now);
+                        }
+                    }
+                }
+                self.withdrawn
+                    .retain(|(v, n), _| !d.vteps.get(v).is_some_and(|x| x.contains(n)));
                 self.learned = d;
-                self.learned_at = Some(Instant::now());
+                self.learned_at = Some(now);
             }
             Err(e) => {
                 problem.get_or_insert(format!(
@@ -112,6 +135,8 @@ impl Runtime {
                 ));
             }
         }
+        self.withdrawn.retain(|_, at| at.elapsed() < WITHDRAW_GRACE);
+        let changed = self.current() != before;
         self.sessions = self.frr.sessions().unwrap_or_default();
         self.frr_state = self.frr.state();
         if problem.is_none() && evpn.role == EvpnRole::Site {
@@ -132,6 +157,15 @@ impl Runtime {
         changed
     }
 
+    /// What the plan follows: the routes bgpd has, and those withdrawn within the grace.
+    pub fn current(&self) -> Discovered {
+        let mut d = self.learned.clone();
+        for (v, n) in self.withdrawn.keys() {
+            d.vteps.entry(*v).or_default().insert(*n);
+        }
+        d
+    }
+
     pub fn status(&self, cfg: &SiteConfig) -> Option<EvpnStatus> {
         let evpn = cfg.evpn.as_ref()?;
         let ours: BTreeSet<u32> = cfg.vlans.iter().map(|v| v.vni).collect();
@@ -141,13 +175,19 @@ impl Runtime {
             frr: self.frr_state.clone(),
             sessions: self.sessions.clone(),
             discovered: self
-                .learned
+                .current()
                 .vteps
                 .iter()
                 .map(|(vtep, vnis)| DiscoveredPeer {
                     vtep: *vtep,
                     vnis: vnis.intersection(&ours).copied().collect(),
                     sa_up: self.sa_up.contains(vtep),
+                    withdrawn_secs: self
+                        .withdrawn
+                        .iter()
+                        .filter(|((v, _), _)| v == vtep)
+                        .map(|(_, at)| at.elapsed().as_secs())
+                        .min(),
                 })
                 .filter(|d| !d.vnis.is_empty())
                 .collect(),
