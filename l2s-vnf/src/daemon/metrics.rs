@@ -165,6 +165,16 @@ pub struct Metrics {
     port_bum_limit: Family<AccessPortLabels, Gauge>,
     access_mtu: Gauge,
     guard: Gauge,
+    evpn_routes: Gauge,
+    evpn_peers: Family<EvpnPeerLabels, Gauge>,
+    evpn_session_up: Family<PeerLabels, Gauge>,
+    evpn_frr_restarts: Gauge,
+}
+
+/// `sa="up"|"down"`: discovered sites by the state of their SA (flooding only when up).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvpnPeerLabels {
+    sa: &'static str,
 }
 
 impl Metrics {
@@ -198,6 +208,10 @@ impl Metrics {
             port_bum_limit: Family::default(),
             access_mtu: Gauge::default(),
             guard: Gauge::default(),
+            evpn_routes: Gauge::default(),
+            evpn_peers: Family::default(),
+            evpn_session_up: Family::default(),
+            evpn_frr_restarts: Gauge::default(),
         };
         let mut r = Registry::with_prefix("l2s_vnf");
         r.register(
@@ -312,6 +326,26 @@ impl Metrics {
             "guard_installed",
             "1 when the fail-closed nftables guard is in place",
             m.guard.clone(),
+        );
+        r.register(
+            "evpn_routes",
+            "EVPN type-3 routes (VTEP, VNI) followed: bgpd's, and those withdrawn within the grace",
+            m.evpn_routes.clone(),
+        );
+        r.register(
+            "evpn_discovered_peers",
+            "Sites found through EVPN sharing a VLAN with this one, by the state of their SA",
+            m.evpn_peers.clone(),
+        );
+        r.register(
+            "evpn_bgp_session_up",
+            "1 when the BGP session with the peer (a reflector, or a site at a reflector) is established",
+            m.evpn_session_up.clone(),
+        );
+        r.register(
+            "evpn_frr_restarts",
+            "Times zebra or bgpd exited and was started again",
+            m.evpn_frr_restarts.clone(),
         );
         m.registry = Mutex::new(r);
         Arc::new(m)
@@ -453,6 +487,30 @@ impl Metrics {
         self.access_mtu
             .set(s.access_mtu.map(i64::from).unwrap_or(0));
         self.guard.set(i64::from(s.ipsec.guard));
+        self.evpn_peers.clear();
+        self.evpn_session_up.clear();
+        if let Some(e) = &s.evpn {
+            self.evpn_routes
+                .set(e.discovered.iter().map(|d| d.vnis.len() as i64).sum());
+            for sa in ["up", "down"] {
+                let n = e
+                    .discovered
+                    .iter()
+                    .filter(|d| d.sa_up == (sa == "up"))
+                    .count();
+                self.evpn_peers
+                    .get_or_create(&EvpnPeerLabels { sa })
+                    .set(n as i64);
+            }
+            for b in &e.sessions {
+                self.evpn_session_up
+                    .get_or_create(&PeerLabels {
+                        peer: b.peer.to_string(),
+                    })
+                    .set(i64::from(b.established));
+            }
+            self.evpn_frr_restarts.set(i64::from(e.frr.restarts));
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -639,7 +697,19 @@ mod tests {
                 "certificate": {"subject": "CN=b", "issuer": "CN=ca", "serial": "02",
                                 "not_after_unix": 2, "expires_in_secs": 172800,
                                 "days_left": 2}
-            }]
+            }],
+            "evpn": {
+                "role": "site", "asn": 65000,
+                "frr": {"zebra_running": true, "bgpd_running": true, "restarts": 1,
+                        "last_exit": "bgpd exited (signal: 9)"},
+                "sessions": [{"peer": "192.0.2.4", "state": "Established", "established": true,
+                              "uptime_ms": 5, "prefixes_received": 3, "dynamic": false}],
+                "discovered": [
+                    {"vtep": "192.0.2.2", "vnis": [101, 102], "sa_up": true},
+                    {"vtep": "192.0.2.3", "vnis": [101], "sa_up": false, "withdrawn_secs": 2}
+                ],
+                "routes_age_secs": 0, "problem": null
+            }
         }))
         .unwrap()
     }
@@ -697,6 +767,22 @@ mod tests {
             missing.is_empty(),
             "not exported: {missing:?}\nexported: {samples:?}"
         );
+    }
+
+    #[test]
+    fn evpn_routes_peers_sessions_and_restarts_are_exported() {
+        let m = Metrics::new();
+        m.observe(&full_status(), &IpsecEvents::default());
+        let text = m.encode();
+        for sample in [
+            "l2s_vnf_evpn_routes 3",
+            "l2s_vnf_evpn_discovered_peers{sa=\"up\"} 1",
+            "l2s_vnf_evpn_discovered_peers{sa=\"down\"} 1",
+            "l2s_vnf_evpn_bgp_session_up{peer=\"192.0.2.4\"} 1",
+            "l2s_vnf_evpn_frr_restarts 1",
+        ] {
+            assert!(text.contains(sample), "{sample} missing in:\n{text}");
+        }
     }
 
     #[test]
