@@ -470,7 +470,15 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
     let reflector = lab.site("d").underlay_ip.clone();
     let write = |lab: &Lab, site: &str, ca: &TestCa, vlans: &[VlanSpec<'_>], evpn: &str| {
         let ip = lab.site(site).underlay_ip.clone();
-        let issued = ca.issue(&format!("{}-{site}", ca.name), &ip, 365).unwrap();
+        // One certificate per site, issued the first time (a config rewritten later keeps it).
+        let file = format!("{}-{site}", ca.name);
+        let issued = match ca.dir.join(format!("{file}.crt")) {
+            cert if cert.exists() => l2s_lab::Issued {
+                cert,
+                key: ca.dir.join(format!("{file}.key")),
+            },
+            _ => ca.issue(&file, &ip, 365).unwrap(),
+        };
         let more = format!(
             "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\ncacerts = [\"{}\"]\n",
             issued.cert.display(),
@@ -620,6 +628,15 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
         .count();
     assert_eq!(established, 3, "the reflector's sessions: {:#}", rs["evpn"]);
 
+    // One converge path: `apply` and `plan`, run beside the daemon, find nothing to change.
+    for cmd in ["plan", "apply"] {
+        let out = lab.l2s_ok("a", &[cmd]).unwrap();
+        assert!(
+            out.contains("no changes"),
+            "`{cmd}` beside the daemon:\n{out}"
+        );
+    }
+
     // A TCP transfer inside ESP, per peer SA, both VLANs.
     for (server, client, site, peer) in [
         (&b101, &a101, "a", "b"),
@@ -643,6 +660,45 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
             client.ip, server.ip, e.got, e.sa, e.esp
         );
     }
+
+    // C adds VLAN 102 by a reload of its own config: its route follows, A and B flood to it.
+    let c102 = lab.add_vnf("c", "acc102", "10.102.0.3/24").unwrap();
+    lab.set_vnf_mtu(&[&c102], mtu).unwrap();
+    write(
+        &lab,
+        "c",
+        &ca,
+        &[(101, &["acc101"], None), (102, &["acc102"], None)],
+        &site_evpn,
+    );
+    let t3 = Instant::now();
+    lab.l2s_ok("c", &["reload"]).unwrap();
+    pings_within(
+        &lab,
+        &[
+            (&c102, &a102, "VLAN 102 C -> A"),
+            (&c102, &b102, "VLAN 102 C -> B"),
+        ],
+        Duration::from_secs(20),
+    );
+    let added = t3.elapsed();
+    assert_eq!(
+        flood(&lab, "a", "l2s-vx102"),
+        BTreeSet::from(["192.0.2.2".to_string(), "192.0.2.3".to_string()])
+    );
+    eprintln!("C added VLAN 102 by reload: traffic with A and B on it {added:?} later");
+    // And removes it again: A and B stop flooding VLAN 102 to C (after the grace).
+    write(&lab, "c", &ca, &[(101, &["acc101"], None)], &site_evpn);
+    lab.l2s_ok("c", &["reload"]).unwrap();
+    let removed = wait_for("C out of VLAN 102 at A", Duration::from_secs(15), || {
+        flood(&lab, "a", "l2s-vx102") == BTreeSet::from(["192.0.2.2".to_string()])
+    });
+    assert_eq!(
+        flood(&lab, "a", "l2s-vx101").len(),
+        2,
+        "VLAN 101 must not move"
+    );
+    eprintln!("C removed VLAN 102 by reload: out of A's flood list {removed:?} later");
 
     // bgpd killed at A: the data plane holds (the daemon keeps the last routes), status says
     // why, bgpd is started again and the routes are read afresh.
