@@ -442,6 +442,42 @@ fn pings_within(lab: &Lab, pairs: &[(&Vnf, &Vnf, &str)], limit: Duration) -> Dur
     t.elapsed()
 }
 
+/// Write an EVPN site's (or reflector's) config: IPsec with a certificate from `ca` carrying
+/// the site's VTEP address (issued the first time, kept when the config is rewritten), the
+/// VTEP address as its identity, and `evpn` (the `[evpn]` table) appended.
+fn write_evpn_config(
+    lab: &Lab,
+    psk: &std::path::Path,
+    site: &str,
+    ca: &TestCa,
+    vlans: &[VlanSpec<'_>],
+    evpn: &str,
+) {
+    let ip = lab.site(site).underlay_ip.clone();
+    let file = format!("{}-{site}", ca.name);
+    let issued = match ca.dir.join(format!("{file}.crt")) {
+        cert if cert.exists() => l2s_lab::Issued {
+            cert,
+            key: ca.dir.join(format!("{file}.key")),
+        },
+        _ => ca.issue(&file, &ip, 365).unwrap(),
+    };
+    let more = format!(
+        "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\ncacerts = [\"{}\"]\n",
+        issued.cert.display(),
+        issued.key.display(),
+        ca.cert.display()
+    );
+    let cfg = lab
+        .secure(site, &lab.config(site, &[], vlans), psk, &more)
+        .replace(
+            &format!("name = \"site-{site}\"\n"),
+            &format!("name = \"site-{site}\"\nid = \"{ip}\"\n"),
+        )
+        + evpn;
+    lab.write_config(site, &cfg).unwrap();
+}
+
 /// A reflector and sites A, B, C, all run by `l2s-vnf run` as deployed (charon, certificates
 /// from one federation CA carrying each VTEP address, the guard), every site naming only the
 /// reflector: VLAN 101 at A, B and C, VLAN 102 at A and B. A and B find each other; C joins
@@ -469,30 +505,7 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
     let psk = lab.psk_file("psk", "unused-with-certificates\n").unwrap();
     let reflector = lab.site("d").underlay_ip.clone();
     let write = |lab: &Lab, site: &str, ca: &TestCa, vlans: &[VlanSpec<'_>], evpn: &str| {
-        let ip = lab.site(site).underlay_ip.clone();
-        // One certificate per site, issued the first time (a config rewritten later keeps it).
-        let file = format!("{}-{site}", ca.name);
-        let issued = match ca.dir.join(format!("{file}.crt")) {
-            cert if cert.exists() => l2s_lab::Issued {
-                cert,
-                key: ca.dir.join(format!("{file}.key")),
-            },
-            _ => ca.issue(&file, &ip, 365).unwrap(),
-        };
-        let more = format!(
-            "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\ncacerts = [\"{}\"]\n",
-            issued.cert.display(),
-            issued.key.display(),
-            ca.cert.display()
-        );
-        let cfg = lab
-            .secure(site, &lab.config(site, &[], vlans), &psk, &more)
-            .replace(
-                &format!("name = \"site-{site}\"\n"),
-                &format!("name = \"site-{site}\"\nid = \"{ip}\"\n"),
-            )
-            + evpn;
-        lab.write_config(site, &cfg).unwrap();
+        write_evpn_config(lab, &psk, site, ca, vlans, evpn)
     };
     let site_evpn =
         format!("\n[evpn]\nenabled = true\nreflectors = [\"{reflector}\"]\nhold_time = \"9s\"\n");
@@ -807,3 +820,114 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
 }
 
 const SIGKILL: i32 = 9;
+
+/// Two reflectors (D and E), sites A and B naming both: losing one reflector (its underlay
+/// cut) loses nothing — a ping stream across the sites drops nothing and no flood list moves —
+/// and a reflector restarted (its daemon stopped and started) comes back without a moment of
+/// lost traffic either.
+#[test]
+fn two_reflectors_losing_or_restarting_one_loses_nothing() {
+    require_lab!();
+    if let Some(why) = frr_missing() {
+        l2s_lab::skip_or_fail(&why);
+        return;
+    }
+    let mut lab = Lab::new(5).unwrap();
+    let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
+    let b101 = lab.add_vnf("b", "acc101", "10.101.0.2/24").unwrap();
+    let ca = TestCa::new(&lab.dir, "federation-ca").unwrap();
+    let psk = lab.psk_file("psk", "unused-with-certificates\n").unwrap();
+    let (d, e) = (
+        lab.site("d").underlay_ip.clone(),
+        lab.site("e").underlay_ip.clone(),
+    );
+    let reflector =
+        "\n[evpn]\nenabled = true\nrole = \"reflector\"\nlisten_range = \"192.0.2.0/24\"\n";
+    let site =
+        format!("\n[evpn]\nenabled = true\nreflectors = [\"{d}\", \"{e}\"]\nhold_time = \"9s\"\n");
+    for r in ["d", "e"] {
+        write_evpn_config(&lab, &psk, r, &ca, &[], reflector);
+    }
+    for s in ["a", "b"] {
+        write_evpn_config(&lab, &psk, s, &ca, &[(101, &["acc101"], None)], &site);
+    }
+    for s in ["a", "b", "d", "e"] {
+        lab.start_charon(s).unwrap();
+    }
+    for s in ["d", "e", "a", "b"] {
+        lab.start_daemon(s).unwrap();
+    }
+    let mtu = lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    lab.set_vnf_mtu(&[&a101, &b101], mtu).unwrap();
+    pings_within(
+        &lab,
+        &[(&a101, &b101, "VLAN 101 A -> B")],
+        Duration::from_secs(40),
+    );
+    wait_for(
+        "both sites in session with both reflectors",
+        Duration::from_secs(20),
+        || {
+            ["a", "b"].iter().all(|s| {
+                let st = lab.status_json(s).unwrap();
+                st["evpn"]["sessions"]
+                    .as_array()
+                    .is_some_and(|v| v.len() == 2 && v.iter().all(|x| x["established"] == true))
+            })
+        },
+    );
+    let cap = Capture::start(&lab, "two-reflectors").unwrap();
+    let stream = l2s_lab::PingStream::start(&a101, &b101, 1000, 50).unwrap();
+
+    // D vanishes: its sessions expire (hold time), E still reflects everything.
+    lab.set_underlay("d", false).unwrap();
+    wait_for("A's session with D down", Duration::from_secs(20), || {
+        let st = lab.status_json("a").unwrap();
+        st["evpn"]["sessions"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|x| x["peer"] == d.as_str() && x["established"] == false)
+        })
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        flood(&lab, "a", "l2s-vx101"),
+        BTreeSet::from(["192.0.2.2".to_string()])
+    );
+    assert_eq!(
+        flood(&lab, "b", "l2s-vx101"),
+        BTreeSet::from(["192.0.2.1".to_string()])
+    );
+    lab.set_underlay("d", true).unwrap();
+
+    // E restarted: stopped cleanly (its bgpd ends with it) and started again.
+    lab.stop_daemon("e", 15).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        flood(&lab, "a", "l2s-vx101"),
+        BTreeSet::from(["192.0.2.2".to_string()])
+    );
+    lab.start_daemon("e").unwrap();
+    let back = wait_for("both sessions back at A", Duration::from_secs(30), || {
+        let st = lab.status_json("a").unwrap();
+        st["evpn"]["sessions"]
+            .as_array()
+            .is_some_and(|v| v.len() == 2 && v.iter().all(|x| x["established"] == true))
+    });
+    let (sent, got) = stream.finish().unwrap();
+    eprintln!("two reflectors, one lost then the other restarted: {got} of {sent} pings answered; both sessions back {back:?} after E's restart");
+    assert_eq!(got, sent, "traffic was lost while a reflector was away");
+    let mut cap = cap;
+    cap.stop();
+    assert_eq!(
+        cap.count(CLEAR_TEXT_VXLAN),
+        0,
+        "clear-text VXLAN on the underlay"
+    );
+    assert_eq!(
+        cap.count("tcp port 179"),
+        0,
+        "clear-text BGP on the underlay"
+    );
+}
