@@ -29,11 +29,22 @@ fn ok(what: &str, cmd: &mut Command) -> String {
 /// throw-away federation CA, as the NS example uses); returns (user-data path, site.toml
 /// path), the config pointing at the credential files the user-data writes.
 fn render_site(dir: &Path, member: &str) -> (PathBuf, PathBuf) {
-    let ca = match TestCa::new(dir, "federation-ca") {
+    render_member(
+        dir,
+        Path::new("descriptors/osm/l2s_ns/params-3sites.yaml"),
+        member,
+        member,
+    )
+}
+
+/// Render one member of a parameter file with a certificate for `id` from a fresh CA, and
+/// write the config it installs (with its credential files) beside it.
+fn render_member(dir: &Path, params: &Path, member: &str, id: &str) -> (PathBuf, PathBuf) {
+    let ca = match TestCa::new(dir, &format!("ca-{member}")) {
         Ok(ca) => ca,
         Err(e) => panic!("{e:#}"),
     };
-    let site = ca.issue(member, member, 365).unwrap();
+    let site = ca.issue(member, id, 365).unwrap();
     let read = |p: &Path| std::fs::read_to_string(p).unwrap();
     let ud = dir.join(format!("{member}.user-data"));
     ok(
@@ -41,7 +52,7 @@ fn render_site(dir: &Path, member: &str) -> (PathBuf, PathBuf) {
         Command::new("python3")
             .arg("tests/deploy/render_cloud_init.py")
             .arg("cloud-init/l2s-user-data.yaml")
-            .arg("descriptors/osm/l2s_ns/params-3sites.yaml")
+            .arg(params)
             .arg(member)
             .arg(&ud)
             .arg(format!("site_cert={}", read(&site.cert)))
@@ -101,6 +112,56 @@ fn check_json(cfg: &Path) -> serde_json::Value {
             .args(["check", "--offline", "--json"]),
     );
     serde_json::from_str(&out).unwrap()
+}
+
+/// EVPN through the same day-1 path: a reflector and a site that names only it, each
+/// rendered from instantiation parameters (no peers; the reflector without VLANs), valid for
+/// cloud-init, and accepted by `check` as EVPN with the VTEP address as identity.
+#[test]
+fn cloud_init_renders_an_evpn_reflector_and_a_site_naming_only_it() {
+    let d = tempfile::tempdir().unwrap();
+    let params = d.path().join("params-evpn.yaml");
+    let common = "underlay_if: ens4\n      underlay_mtu: 1500\n      access_mtu: 1408\n      peers: \"\"\n      auth: pubkey\n      l2s_deb_url: https://example.invalid/l2s-vnf.deb\n      l2s_deb_sha256: \"00\"\n";
+    std::fs::write(
+        &params,
+        format!(
+            "additionalParamsForVnf:\n  - member-vnf-index: rr-1\n    additionalParams:\n      site_name: rr-1\n      vtep_ip: 198.51.100.10\n      vlans: \"\"\n      evpn_role: reflector\n      evpn_listen_range: 198.51.100.0/24\n      {common}  - member-vnf-index: site-a\n    additionalParams:\n      site_name: site-a\n      vtep_ip: 198.51.100.1\n      vlans: \"101:101:ens5\"\n      evpn_role: site\n      evpn_reflectors: 198.51.100.10\n      evpn_hold_time: 6s\n      {common}"
+        ),
+    )
+    .unwrap();
+    for (member, ip) in [("rr-1", "198.51.100.10"), ("site-a", "198.51.100.1")] {
+        let (ud, cfg) = render_member(d.path(), &params, member, ip);
+        let schema = ok(
+            "cloud-init schema",
+            Command::new("cloud-init")
+                .args(["schema", "--config-file"])
+                .arg(&ud),
+        );
+        assert!(schema.contains("Valid cloud-config"), "{schema}");
+        let text = std::fs::read_to_string(&ud).unwrap();
+        assert!(
+            text.contains("\n  - frr\n"),
+            "FRR is installed with EVPN:\n{text}"
+        );
+        let c = check_json(&cfg);
+        assert_eq!(c["site"]["id"], ip, "{c:#}");
+        assert_eq!(c["peers"], serde_json::json!([]), "{c:#}");
+        let e = &c["evpn"];
+        if member == "rr-1" {
+            assert_eq!(e["role"], "reflector", "{c:#}");
+            assert_eq!(e["listen_range"], "198.51.100.0/24", "{c:#}");
+            assert_eq!(c["vlans"], serde_json::json!([]), "{c:#}");
+        } else {
+            assert_eq!(e["role"], "site", "{c:#}");
+            assert_eq!(
+                e["reflectors"],
+                serde_json::json!(["198.51.100.10"]),
+                "{c:#}"
+            );
+            assert_eq!(e["hold_time_secs"], 6, "{c:#}");
+            assert_eq!(c["vlans"][0]["id"], 101, "{c:#}");
+        }
+    }
 }
 
 #[test]

@@ -262,5 +262,13 @@ fn check_json(
             "ports": v.access_ports,
             "peers": v.flood.values().collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "evpn": cfg.evpn.as_ref().map(|e| json!({
+            "role": e.role,
+            "asn": e.asn,
+            "reflectors": e.reflectors,
+            "listen_range": e.listen_range.map(|r| r.to_string()),
+            "hold_time_secs": e.hold_time.as_secs(),
+            "frr_missing": crate::evpn::frr::missing(),
+        })),
     })
 }
