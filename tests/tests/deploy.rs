@@ -187,6 +187,11 @@ fn cloud_init_renders_to_schema_valid_user_data_and_an_accepted_config() {
                 .arg(&ud),
         );
         assert!(schema.contains("Valid cloud-config"), "{schema}");
+        let text = std::fs::read_to_string(&ud).unwrap();
+        assert!(
+            !text.contains("- frr"),
+            "FRR installed without EVPN:\n{text}"
+        );
         let c = check_json(&cfg);
         assert_eq!(c["site"]["name"], member);
         assert_eq!(c["ipsec"]["backend"], "kernel");
