@@ -127,10 +127,28 @@ def main() -> int:
     vnf_dir = os.path.join(root, "descriptors/osm/l2s_vnf")
     with open(os.path.join(vnf_dir, "l2s_vnfd.yaml"), encoding="utf-8") as f:
         vnfd = yaml.safe_load(f)["vnfd"]
-    with open(os.path.join(root, "descriptors/osm/l2s_ns/l2s_nsd.yaml"), encoding="utf-8") as f:
-        nsd = yaml.safe_load(f)["nsd"]["nsd"][0]
     problems = []
+    for nsd_file, params_file in NS_PACKAGES:
+        with open(os.path.join(root, nsd_file), encoding="utf-8") as f:
+            nsd = yaml.safe_load(f)["nsd"]["nsd"][0]
+        validate_ns(root, yang_dir, vnf_dir, vnfd, nsd, params_file, expected_mtu, problems)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"SOL006 valid (OSM additions removed: {len(OSM_ADDITIONS)} paths; {len(NS_PACKAGES)} NS packages); wiring and MTU {expected_mtu} consistent")
+    return 0
 
+
+# Each NS package: its descriptor and its instantiation parameters.
+NS_PACKAGES = [
+    ("descriptors/osm/l2s_ns/l2s_nsd.yaml", "descriptors/osm/l2s_ns/params-3sites.yaml"),
+    ("descriptors/osm/l2s_evpn_ns/l2s_evpn_nsd.yaml", "descriptors/osm/l2s_evpn_ns/params-evpn.yaml"),
+]
+
+
+def validate_ns(root, yang_dir, vnf_dir, vnfd, nsd, params_file, expected_mtu, problems):
+    """Wiring, parameters and SOL006 validity of one NS package (problems appended)."""
     # OSM wiring.
     for vdu in vnfd["vdu"]:
         ci = os.path.join(vnf_dir, "cloud_init", vdu["cloud-init-file"])
@@ -145,8 +163,12 @@ def main() -> int:
             problems.append(f"config primitive {p} has no playbook ansible/{p}.yml")
     if nsd["vnfd-id"] != [vnfd["id"]]:
         problems.append(f"NSD vnfd-id {nsd['vnfd-id']} is not [{vnfd['id']}]")
-    with open(os.path.join(root, "descriptors/osm/l2s_ns/params-3sites.yaml"), encoding="utf-8") as f:
+    with open(os.path.join(root, params_file), encoding="utf-8") as f:
         params = yaml.safe_load(f)
+    members = {p["id"] for p in nsd["df"][0]["vnf-profile"]}
+    given = {p["member-vnf-index"] for p in params["additionalParamsForVnf"]}
+    if members != given:
+        problems.append(f"{params_file}: members {sorted(given)}, the NSD has {sorted(members)}")
     for p in params["additionalParamsForVnf"]:
         mtu = p["additionalParams"]["access_mtu"]
         if mtu != expected_mtu:
@@ -187,12 +209,6 @@ def main() -> int:
         if invalid(doc) is None:
             problems.append(f"the validator accepted a descriptor with a {what}")
 
-    for p in problems:
-        print(p, file=sys.stderr)
-    if problems:
-        return 1
-    print(f"SOL006 valid (OSM additions removed: {len(OSM_ADDITIONS)} paths); wiring and MTU {expected_mtu} consistent")
-    return 0
 
 
 if __name__ == "__main__":

@@ -114,21 +114,14 @@ fn check_json(cfg: &Path) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
-/// EVPN through the same day-1 path: a reflector and a site that names only it, each
-/// rendered from instantiation parameters (no peers; the reflector without VLANs), valid for
-/// cloud-init, and accepted by `check` as EVPN with the VTEP address as identity.
+/// EVPN through the same day-1 path: the reflector and a site of the EVPN NS package
+/// (`descriptors/osm/l2s_evpn_ns`), each rendered from its instantiation parameters (no peers;
+/// the reflector without VLANs), valid for cloud-init, and accepted by `check` as EVPN with
+/// the VTEP address as identity.
 #[test]
 fn cloud_init_renders_an_evpn_reflector_and_a_site_naming_only_it() {
     let d = tempfile::tempdir().unwrap();
-    let params = d.path().join("params-evpn.yaml");
-    let common = "underlay_if: ens4\n      underlay_mtu: 1500\n      access_mtu: 1408\n      peers: \"\"\n      auth: pubkey\n      l2s_deb_url: https://example.invalid/l2s-vnf.deb\n      l2s_deb_sha256: \"00\"\n";
-    std::fs::write(
-        &params,
-        format!(
-            "additionalParamsForVnf:\n  - member-vnf-index: rr-1\n    additionalParams:\n      site_name: rr-1\n      vtep_ip: 198.51.100.10\n      vlans: \"\"\n      evpn_role: reflector\n      evpn_listen_range: 198.51.100.0/24\n      {common}  - member-vnf-index: site-a\n    additionalParams:\n      site_name: site-a\n      vtep_ip: 198.51.100.1\n      vlans: \"101:101:ens5\"\n      evpn_role: site\n      evpn_reflectors: 198.51.100.10\n      evpn_hold_time: 6s\n      {common}"
-        ),
-    )
-    .unwrap();
+    let params = root().join("descriptors/osm/l2s_evpn_ns/params-evpn.yaml");
     for (member, ip) in [("rr-1", "198.51.100.10"), ("site-a", "198.51.100.1")] {
         let (ud, cfg) = render_member(d.path(), &params, member, ip);
         let schema = ok(
@@ -158,7 +151,7 @@ fn cloud_init_renders_an_evpn_reflector_and_a_site_naming_only_it() {
                 serde_json::json!(["198.51.100.10"]),
                 "{c:#}"
             );
-            assert_eq!(e["hold_time_secs"], 6, "{c:#}");
+            assert_eq!(e["hold_time_secs"], 9, "{c:#}");
             assert_eq!(c["vlans"][0]["id"], 101, "{c:#}");
         }
     }
