@@ -103,6 +103,18 @@ fn render_member(dir: &Path, params: &Path, member: &str, id: &str) -> (PathBuf,
     (ud, cfg)
 }
 
+/// The rendered user-data, once cloud-init's own schema check has accepted it.
+fn valid_user_data(ud: &Path) -> String {
+    let schema = ok(
+        "cloud-init schema",
+        Command::new("cloud-init")
+            .args(["schema", "--config-file"])
+            .arg(ud),
+    );
+    assert!(schema.contains("Valid cloud-config"), "{schema}");
+    std::fs::read_to_string(ud).unwrap()
+}
+
 fn check_json(cfg: &Path) -> serde_json::Value {
     let out = ok(
         "l2s-vnf check",
@@ -124,14 +136,7 @@ fn cloud_init_renders_an_evpn_reflector_and_a_site_naming_only_it() {
     let params = root().join("descriptors/osm/l2s_evpn_ns/params-evpn.yaml");
     for (member, ip) in [("rr-1", "198.51.100.10"), ("site-a", "198.51.100.1")] {
         let (ud, cfg) = render_member(d.path(), &params, member, ip);
-        let schema = ok(
-            "cloud-init schema",
-            Command::new("cloud-init")
-                .args(["schema", "--config-file"])
-                .arg(&ud),
-        );
-        assert!(schema.contains("Valid cloud-config"), "{schema}");
-        let text = std::fs::read_to_string(&ud).unwrap();
+        let text = valid_user_data(&ud);
         assert!(
             text.contains("\n  - frr\n"),
             "FRR is installed with EVPN:\n{text}"
@@ -173,14 +178,7 @@ fn cloud_init_renders_to_schema_valid_user_data_and_an_accepted_config() {
         ("site-c", ["site-a", "site-b"]),
     ] {
         let (ud, cfg) = render_site(d.path(), member);
-        let schema = ok(
-            "cloud-init schema",
-            Command::new("cloud-init")
-                .args(["schema", "--config-file"])
-                .arg(&ud),
-        );
-        assert!(schema.contains("Valid cloud-config"), "{schema}");
-        let text = std::fs::read_to_string(&ud).unwrap();
+        let text = valid_user_data(&ud);
         assert!(
             !text.contains("- frr"),
             "FRR installed without EVPN:\n{text}"

@@ -208,14 +208,33 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Durati
     t.elapsed()
 }
 
-fn frr_missing() -> Option<String> {
+/// Whether FRR is installed; when it is not, the test fails (or is skipped, when asked).
+fn frr_here() -> bool {
     let missing = l2s_vnf::evpn::frr::missing();
-    (!missing.is_empty()).then(|| {
-        format!(
-            "{} not installed (Debian's `frr`; run tests/deps.sh)",
-            missing.join(", ")
-        )
-    })
+    if missing.is_empty() {
+        return true;
+    }
+    l2s_lab::skip_or_fail(&format!(
+        "{} not installed (Debian's `frr`; run tests/deps.sh)",
+        missing.join(", ")
+    ));
+    false
+}
+
+/// Stop the underlay capture and prove neither VXLAN nor BGP ever crossed it in clear text.
+fn nothing_in_clear_text(mut cap: Capture) -> Capture {
+    cap.stop();
+    assert_eq!(
+        cap.count(CLEAR_TEXT_VXLAN),
+        0,
+        "clear-text VXLAN on the underlay"
+    );
+    assert_eq!(
+        cap.count("tcp port 179"),
+        0,
+        "clear-text BGP on the underlay"
+    );
+    cap
 }
 
 /// A reflector naming no site, two sites naming only it (VNIs 101+102 at A, 101+102 at B,
@@ -225,8 +244,7 @@ fn frr_missing() -> Option<String> {
 #[test]
 fn sites_naming_only_a_reflector_find_each_other_per_vni() {
     require_lab!();
-    if let Some(why) = frr_missing() {
-        l2s_lab::skip_or_fail(&why);
+    if !frr_here() {
         return;
     }
     let mut lab = FrrLab::new();
@@ -293,14 +311,9 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         "3 sites and a reflector: every flood list converged {converged:?} after FRR started"
     );
     // Exact flood lists, per VNI: A's VNI 102 holds B alone (C has no 102); C's 103 is empty.
-    assert_eq!(
-        discovered(&lab, &a).flood_list(102),
-        BTreeSet::from([b.vtep])
-    );
-    assert_eq!(
-        discovered(&lab, &a).flood_list(101),
-        BTreeSet::from([b.vtep, c.vtep])
-    );
+    let at_a = |vni| discovered(&lab, &a).flood_list(vni);
+    assert_eq!(at_a(102), BTreeSet::from([b.vtep]));
+    assert_eq!(at_a(101), BTreeSet::from([b.vtep, c.vtep]));
     assert_eq!(shadow_flood(&c, 103), BTreeSet::new());
     assert_eq!(shadow_flood(&a, 102), BTreeSet::from([b.vtep]));
     // The reflector named no site, yet holds a dynamic session with each.
@@ -332,14 +345,8 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         "withdrawn before any hold timer could expire ({gone:?}): something else cut C"
     );
     // Nothing else moved.
-    assert_eq!(
-        discovered(&lab, &a).flood_list(101),
-        BTreeSet::from([b.vtep])
-    );
-    assert_eq!(
-        discovered(&lab, &a).flood_list(102),
-        BTreeSet::from([b.vtep])
-    );
+    assert_eq!(at_a(101), BTreeSet::from([b.vtep]));
+    assert_eq!(at_a(102), BTreeSet::from([b.vtep]));
 
     // bgpd killed at A: supervision notices the exit and starts bgpd again, zebra is left
     // alone, and A learns B again.
@@ -489,8 +496,7 @@ fn write_evpn_config(
 #[test]
 fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
     require_lab!();
-    if let Some(why) = frr_missing() {
-        l2s_lab::skip_or_fail(&why);
+    if !frr_here() {
         return;
     }
     let mut lab = Lab::new(5).unwrap();
@@ -801,18 +807,7 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
         .unwrap();
     eprintln!("C vanished: withdrawn at A and B {gone:?} later (hold time 9 s)");
 
-    let mut cap = cap;
-    cap.stop();
-    assert_eq!(
-        cap.count(CLEAR_TEXT_VXLAN),
-        0,
-        "clear-text VXLAN on the underlay"
-    );
-    assert_eq!(
-        cap.count("tcp port 179"),
-        0,
-        "clear-text BGP on the underlay"
-    );
+    let cap = nothing_in_clear_text(cap);
     assert!(
         cap.esp_bytes("192.0.2.1", "192.0.2.4") > 0,
         "no ESP from A to the reflector: BGP went where?"
@@ -828,8 +823,7 @@ const SIGKILL: i32 = 9;
 #[test]
 fn two_reflectors_losing_or_restarting_one_loses_nothing() {
     require_lab!();
-    if let Some(why) = frr_missing() {
-        l2s_lab::skip_or_fail(&why);
+    if !frr_here() {
         return;
     }
     let mut lab = Lab::new(5).unwrap();
@@ -918,16 +912,5 @@ fn two_reflectors_losing_or_restarting_one_loses_nothing() {
     let (sent, got) = stream.finish().unwrap();
     eprintln!("two reflectors, one lost then the other restarted: {got} of {sent} pings answered; both sessions back {back:?} after E's restart");
     assert_eq!(got, sent, "traffic was lost while a reflector was away");
-    let mut cap = cap;
-    cap.stop();
-    assert_eq!(
-        cap.count(CLEAR_TEXT_VXLAN),
-        0,
-        "clear-text VXLAN on the underlay"
-    );
-    assert_eq!(
-        cap.count("tcp port 179"),
-        0,
-        "clear-text BGP on the underlay"
-    );
+    nothing_in_clear_text(cap);
 }

@@ -48,12 +48,7 @@ pub async fn charon_can_negotiate(
         Err(ViciError::UnknownCommand(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let esp: Vec<String> = cfg
-        .ipsec
-        .esp_proposals
-        .iter()
-        .map(|e| e.proposal.clone())
-        .collect();
+    let esp = cfg.ipsec.esp_proposal_names();
     let missing = crate::ipsec::algorithms::missing(
         &cfg.ipsec.ike_proposals,
         &esp,

@@ -143,6 +143,16 @@ pub struct Ipsec {
     pub pki: Option<Pki>,
 }
 
+impl Ipsec {
+    /// The ESP proposals as charon reads them.
+    pub fn esp_proposal_names(&self) -> Vec<String> {
+        self.esp_proposals
+            .iter()
+            .map(|e| e.proposal.clone())
+            .collect()
+    }
+}
+
 /// How a peer is authenticated in IKE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

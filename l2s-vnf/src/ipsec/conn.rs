@@ -113,12 +113,7 @@ impl Lifetimes {
 
 pub fn desired_conns(cfg: &SiteConfig, vtep: IpAddr, backend: IpsecBackend) -> Vec<DesiredConn> {
     let lifetimes = Lifetimes::from_config(cfg);
-    let esp: Vec<String> = cfg
-        .ipsec
-        .esp_proposals
-        .iter()
-        .map(|e| e.proposal.clone())
-        .collect();
+    let esp = cfg.ipsec.esp_proposal_names();
     let reflector = cfg
         .evpn
         .as_ref()

@@ -95,31 +95,30 @@ impl Netlink {
             .collect())
     }
 
-    /// `ip rule add pref 100 not ipproto udp dport PORT-PORT+1 lookup main proto 0x4c`: VXLAN
-    /// and the path probes (the next port) go to charon's table, nothing else.
-    pub async fn add_vxlan_rule(&self, port: u16, v6: bool) -> Result<(), NetlinkError> {
+    /// Add one rule of ours: `priority`, to `table`, with `mark` adding its selectors (our
+    /// protocol mark is added here).
+    async fn add_rule(
+        &self,
+        priority: u32,
+        table: u32,
+        v6: bool,
+        what: String,
+        mark: impl Fn(&mut RuleMessage),
+    ) -> Result<(), NetlinkError> {
         let add = self
             .handle
             .rule()
             .add()
-            .priority(VXLAN_RULE_PRIORITY)
-            .table_id(MAIN_TABLE)
+            .priority(priority)
+            .table_id(table)
             .action(RuleAction::ToTable);
         let mark = |m: &mut RuleMessage| {
-            m.header.flags |= RuleFlags::Invert;
-            m.attributes
-                .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
-            m.attributes
-                .push(RuleAttribute::DestinationPortRange(RulePortRange {
-                    start: port,
-                    end: crate::base::names::probe_port(port),
-                }));
+            mark(m);
             m.attributes
                 .push(RuleAttribute::Protocol(RouteProtocol::Other(
                     VXLAN_RULE_PROTOCOL,
                 )));
         };
-        let what = format!("add policy rule for VXLAN port {port}");
         if v6 {
             let mut add = add.v6().replace();
             mark(add.message_mut());
@@ -129,6 +128,23 @@ impl Netlink {
             mark(add.message_mut());
             add.execute().await.map_err(req(what))
         }
+    }
+
+    /// `ip rule add pref 100 not ipproto udp dport PORT-PORT+1 lookup main proto 0x4c`: VXLAN
+    /// and the path probes (the next port) go to charon's table, nothing else.
+    pub async fn add_vxlan_rule(&self, port: u16, v6: bool) -> Result<(), NetlinkError> {
+        let what = format!("add policy rule for VXLAN port {port}");
+        self.add_rule(VXLAN_RULE_PRIORITY, MAIN_TABLE, v6, what, |m| {
+            m.header.flags |= RuleFlags::Invert;
+            m.attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+            m.attributes
+                .push(RuleAttribute::DestinationPortRange(RulePortRange {
+                    start: port,
+                    end: crate::base::names::probe_port(port),
+                }));
+        })
+        .await
     }
 
     /// Our BGP rules, each with the side it matches.
@@ -154,14 +170,11 @@ impl Netlink {
 
     /// `ip rule add pref 99 ipproto tcp dport|sport 179 lookup 220 proto 0x4c`.
     pub async fn add_bgp_rule(&self, side: BgpSide, v6: bool) -> Result<(), NetlinkError> {
-        let add = self
-            .handle
-            .rule()
-            .add()
-            .priority(BGP_RULE_PRIORITY)
-            .table_id(CHARON_TABLE)
-            .action(RuleAction::ToTable);
-        let mark = |m: &mut RuleMessage| {
+        let what = format!(
+            "add policy rule for BGP ({side} {BGP_PORT}, {})",
+            family(v6)
+        );
+        self.add_rule(BGP_RULE_PRIORITY, CHARON_TABLE, v6, what, |m| {
             m.attributes
                 .push(RuleAttribute::IpProtocol(IpProtocol::Tcp));
             let range = RulePortRange {
@@ -172,24 +185,8 @@ impl Netlink {
                 BgpSide::Dport => RuleAttribute::DestinationPortRange(range),
                 BgpSide::Sport => RuleAttribute::SourcePortRange(range),
             });
-            m.attributes
-                .push(RuleAttribute::Protocol(RouteProtocol::Other(
-                    VXLAN_RULE_PROTOCOL,
-                )));
-        };
-        let what = format!(
-            "add policy rule for BGP ({side} {BGP_PORT}, {})",
-            family(v6)
-        );
-        if v6 {
-            let mut add = add.v6().replace();
-            mark(add.message_mut());
-            add.execute().await.map_err(req(what))
-        } else {
-            let mut add = add.v4().replace();
-            mark(add.message_mut());
-            add.execute().await.map_err(req(what))
-        }
+        })
+        .await
     }
 
     pub async fn remove_rule(&self, rule: RuleMessage) -> Result<(), NetlinkError> {
