@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod frr_lab;
 pub mod guest;
 
 const LAB_PREFIX: &str = "l2slab";

@@ -12,190 +12,17 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use l2s_lab::{netns, require_lab, run, sh, Capture, Lab, TestCa, VlanSpec, Vnf, CLEAR_TEXT_VXLAN};
-use l2s_vnf::config::evpn::Prefix;
-use l2s_vnf::config::{Evpn, EvpnRole};
-use l2s_vnf::evpn::{frr_config, routes, ControlNs, Frr};
+use l2s_lab::frr_lab::{FrrLab, FrrSite, ASN};
+use l2s_lab::{netns, require_lab, sh, Capture, Lab, TestCa, VlanSpec, Vnf, CLEAR_TEXT_VXLAN};
 
-const ASN: u32 = 65000;
 const HOLD: Duration = Duration::from_secs(9);
-
-/// Namespaces, directories and FRR daemons of one run, all removed on drop.
-struct FrrLab {
-    id: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
-    frr: Vec<Frr>,
-}
-
-impl Drop for FrrLab {
-    fn drop(&mut self) {
-        // FRR's daemons first (dropping an `Frr` ends its children).
-        self.frr.clear();
-        for ns in self.namespaces.iter().rev() {
-            let _ = run(Command::new("ip").args(["netns", "del", ns]));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ip(ns: &str, args: &[&str]) {
-    sh(netns(ns, "ip").args(args)).unwrap();
-}
-
-impl FrrLab {
-    fn new() -> Self {
-        let id = format!("l2slab-{}-evpn", std::process::id());
-        let dir = std::env::temp_dir().join(&id);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut lab = FrrLab {
-            id,
-            dir,
-            namespaces: vec![],
-            frr: vec![],
-        };
-        let ul = lab.ns("ul");
-        ip(&ul, &["link", "add", "ul0", "type", "bridge"]);
-        ip(&ul, &["link", "set", "ul0", "up"]);
-        lab
-    }
-
-    fn ns(&mut self, name: &str) -> String {
-        let ns = format!("{}-{name}", self.id);
-        sh(Command::new("ip").args(["netns", "add", &ns])).unwrap();
-        self.namespaces.push(ns.clone());
-        ip(&ns, &["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A host on the underlay: a namespace with `eth1` at `addr`/24.
-    fn host(&mut self, name: &str, addr: &str) -> String {
-        let ns = self.ns(name);
-        let ul = format!("{}-ul", self.id);
-        let outer = format!("ev{}{name}", std::process::id() % 100_000);
-        sh(Command::new("ip").args([
-            "link", "add", &outer, "netns", &ul, "type", "veth", "peer", "name", "eth1", "netns",
-            &ns,
-        ]))
-        .unwrap();
-        ip(&ul, &["link", "set", &outer, "master", "ul0", "up"]);
-        ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth1"]);
-        ip(&ns, &["link", "set", "eth1", "up"]);
-        ns
-    }
-
-    /// The underlay link of a host, for cutting it.
-    fn uplink(&self, name: &str) -> String {
-        format!("ev{}{name}", std::process::id() % 100_000)
-    }
-
-    /// A site: its namespace on the underlay, its control namespace and FRR, all made by the
-    /// product's code running inside the site's namespace.
-    fn site(&mut self, name: &str, vtep: &str, vnis: &[u32], reflectors: &[&str]) -> Site {
-        let ns = self.host(name, vtep);
-        let ctl = ControlNs {
-            name: format!("{}-{name}-ctl", self.id),
-        };
-        self.namespaces.push(ctl.name.clone());
-        let evpn = Evpn {
-            role: EvpnRole::Site,
-            asn: ASN,
-            reflectors: reflectors.iter().map(|r| r.parse().unwrap()).collect(),
-            listen_range: None,
-            hold_time: HOLD,
-        };
-        let vtep_ip: IpAddr = vtep.parse().unwrap();
-        let vnis: BTreeSet<u32> = vnis.iter().copied().collect();
-        let mut frr = Frr::new(self.dir.join(format!("{name}.frr")), Some(ctl.name.clone()));
-        let (c, f) = in_ns(&ns, || {
-            let added = ctl.ensure(vtep_ip, &vnis).unwrap();
-            // Ensuring again changes nothing.
-            assert_eq!(ctl.ensure(vtep_ip, &vnis).unwrap(), (0, 0));
-            frr.ensure(
-                &frr_config::bgpd(&evpn, name, vtep_ip, vtep_ip),
-                &frr_config::zebra(name),
-                vtep_ip,
-            )
-            .unwrap();
-            (added, frr)
-        });
-        assert_eq!(c, (vnis.len(), 0));
-        self.frr.push(f);
-        Site {
-            ns,
-            ctl,
-            vtep: vtep_ip,
-            frr: self.frr.len() - 1,
-            evpn,
-        }
-    }
-
-    /// A reflector; returns its index in `frr`.
-    fn reflector(&mut self, name: &str, addr: &str, range: &str) -> usize {
-        let ns = self.host(name, addr);
-        let evpn = Evpn {
-            role: EvpnRole::Reflector,
-            asn: ASN,
-            reflectors: vec![],
-            listen_range: Some(range.parse::<Prefix>().unwrap()),
-            hold_time: HOLD,
-        };
-        let a: IpAddr = addr.parse().unwrap();
-        let mut frr = Frr::new(self.dir.join(format!("{name}.frr")), None);
-        let f = in_ns(&ns, || {
-            frr.ensure(&frr_config::bgpd(&evpn, name, a, a), "", a)
-                .unwrap();
-            frr
-        });
-        self.frr.push(f);
-        self.frr.len() - 1
-    }
-}
-
-/// Run `f` on a thread inside namespace `ns` (what it spawns runs there too).
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a namespace fd we hold open.
-            #[allow(unsafe_code)]
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}");
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
-struct Site {
-    ns: String,
-    ctl: ControlNs,
-    vtep: IpAddr,
-    /// Its index in `FrrLab::frr`.
-    frr: usize,
-    evpn: Evpn,
-}
-
-fn discovered(lab: &FrrLab, s: &Site) -> routes::Discovered {
-    lab.frr[s.frr]
-        .discovered(s.evpn.asn, s.vtep)
-        .unwrap_or_default()
-}
-
-fn sessions(lab: &FrrLab, frr: usize) -> Vec<routes::BgpSession> {
-    lab.frr[frr].sessions().unwrap_or_default()
-}
 
 /// zebra's flood entries on a shadow VXLAN device (the design's proof that zebra took the
 /// VNI and the routes).
-fn shadow_flood(s: &Site, vni: u32) -> BTreeSet<IpAddr> {
+fn shadow_flood(s: &FrrSite, vni: u32) -> BTreeSet<IpAddr> {
     s.ctl.shadow_flood(vni).unwrap()
 }
 
@@ -247,12 +74,19 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
     if !frr_here() {
         return;
     }
-    let mut lab = FrrLab::new();
-    let rr = lab.reflector("r", "192.0.2.10", "192.0.2.0/24");
-    let a = lab.site("a", "192.0.2.1", &[101, 102], &["192.0.2.10"]);
-    let b = lab.site("b", "192.0.2.2", &[101, 102], &["192.0.2.10"]);
-    let c = lab.site("c", "192.0.2.3", &[101, 103], &["192.0.2.10"]);
-    let want = |s: &Site| -> Vec<(IpAddr, Vec<u32>)> {
+    let mut lab = FrrLab::new(HOLD).unwrap();
+    let rr = lab.reflector("r", "192.0.2.10", "192.0.2.0/24").unwrap();
+    let mut site = |name: &str, vtep: &str, vnis: [u32; 2]| {
+        let (s, made) = lab
+            .site(name, vtep, &vnis.into_iter().collect(), &["192.0.2.10"])
+            .unwrap();
+        assert_eq!(made, 2, "{name}'s shadow VNIs");
+        s
+    };
+    let a = site("a", "192.0.2.1", [101, 102]);
+    let b = site("b", "192.0.2.2", [101, 102]);
+    let c = site("c", "192.0.2.3", [101, 103]);
+    let want = |s: &FrrSite| -> Vec<(IpAddr, Vec<u32>)> {
         let all = [
             (&a, vec![101, 102]),
             (&b, vec![101, 102]),
@@ -282,8 +116,8 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
     };
     // bgpd holds every route the reflector sent (C's VNI 103 at A too); what matters is that
     // each VTEP is known with at least the VNIs this site shares with it.
-    let got = |s: &Site| -> Vec<(IpAddr, Vec<u32>)> {
-        discovered(&lab, s)
+    let got = |s: &FrrSite| -> Vec<(IpAddr, Vec<u32>)> {
+        lab.discovered(s)
             .vteps
             .into_iter()
             .map(|(ip, v)| (ip, v.into_iter().collect()))
@@ -311,16 +145,16 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         "3 sites and a reflector: every flood list converged {converged:?} after FRR started"
     );
     // Exact flood lists, per VNI: A's VNI 102 holds B alone (C has no 102); C's 103 is empty.
-    let at_a = |vni| discovered(&lab, &a).flood_list(vni);
+    let at_a = |vni| lab.discovered(&a).flood_list(vni);
     assert_eq!(at_a(102), BTreeSet::from([b.vtep]));
     assert_eq!(at_a(101), BTreeSet::from([b.vtep, c.vtep]));
     assert_eq!(shadow_flood(&c, 103), BTreeSet::new());
     assert_eq!(shadow_flood(&a, 102), BTreeSet::from([b.vtep]));
     // The reflector named no site, yet holds a dynamic session with each.
-    let rs = sessions(&lab, rr);
+    let rs = lab.sessions(rr);
     assert_eq!(rs.len(), 3, "{rs:?}");
     assert!(rs.iter().all(|s| s.established), "{rs:?}");
-    let sa = sessions(&lab, a.frr);
+    let sa = lab.sessions(a.frr);
     assert_eq!(
         sa.iter().map(|s| s.peer.to_string()).collect::<Vec<_>>(),
         vec!["192.0.2.10"]
@@ -328,14 +162,13 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
     assert!(sa[0].established, "{sa:?}");
 
     // C vanishes from the underlay (no TCP close reaches anyone): the hold timer withdraws it.
-    let ul = format!("{}-ul", lab.id);
-    ip(&ul, &["link", "set", &lab.uplink("c"), "down"]);
+    lab.set_uplink("c", false).unwrap();
     let gone = wait_for(
         "C withdrawn at A and B",
         HOLD + Duration::from_secs(6),
         || {
-            !discovered(&lab, &a).vteps.contains_key(&c.vtep)
-                && !discovered(&lab, &b).vteps.contains_key(&c.vtep)
+            !lab.discovered(&a).vteps.contains_key(&c.vtep)
+                && !lab.discovered(&b).vteps.contains_key(&c.vtep)
                 && !shadow_flood(&a, 101).contains(&c.vtep)
         },
     );
@@ -370,19 +203,9 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         lab.frr[a.frr].discovered(ASN, a.vtep).is_err(),
         "with bgpd gone, the routes are unknown, not empty"
     );
-    let evpn = a.evpn.clone();
-    let (vtep, name) = (a.vtep, "a");
     let back = wait_for("bgpd started again at A", Duration::from_secs(5), || {
-        let frr = &mut lab.frr[a.frr];
-        in_ns(&a.ns, || {
-            frr.ensure(
-                &frr_config::bgpd(&evpn, name, vtep, vtep),
-                &frr_config::zebra(name),
-                vtep,
-            )
-            .unwrap()
-        });
-        frr.state().bgpd_running
+        lab.supervise(&a, "a").unwrap();
+        lab.frr[a.frr].state().bgpd_running
     });
     let st = lab.frr[a.frr].state();
     assert_eq!(st.restarts, 1, "{st:?}");
@@ -394,7 +217,7 @@ fn sites_naming_only_a_reflector_find_each_other_per_vni() {
         "restarted only after {back:?}"
     );
     let relearned = wait_for("A learns B again", Duration::from_secs(20), || {
-        discovered(&lab, &a).flood_list(102) == BTreeSet::from([b.vtep])
+        lab.discovered(&a).flood_list(102) == BTreeSet::from([b.vtep])
     });
     eprintln!(
         "bgpd killed at A: started again after {back:?}, B learned again {relearned:?} later"
