@@ -23,7 +23,7 @@ fn flood_entries(s: &FrrSite) -> usize {
     sh(netns(&s.ctl.name, "bridge").args(["fdb", "show"]))
         .map(|o| {
             o.lines()
-                .filter(|l| l.starts_with("00:00:00:00:00:00 dst"))
+                .filter(|l| l.starts_with("00:00:00:00:00:00 ") && l.contains(" dst "))
                 .count()
         })
         .unwrap_or(0)
