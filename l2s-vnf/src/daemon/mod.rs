@@ -208,7 +208,7 @@ impl Daemon {
     async fn converge(&mut self, cause: &Cause) -> Result<Vec<String>, ApplyError> {
         if let Some(rt) = &mut self.evpn {
             let cfg = &self.cfg;
-            tokio::task::block_in_place(|| rt.refresh(cfg));
+            tokio::task::block_in_place(|| rt.refresh(cfg, true));
         }
         let cfg = self.effective();
         if self.sys.is_none() {
@@ -962,7 +962,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
             }
             _ = evpn_tick.tick(), if d.evpn.is_some() => {
                 let changed = match (&mut d.evpn, &d.cfg) {
-                    (Some(rt), cfg) => tokio::task::block_in_place(|| rt.refresh(cfg)),
+                    (Some(rt), cfg) => tokio::task::block_in_place(|| rt.refresh(cfg, false)),
                     _ => false,
                 };
                 if changed {

@@ -58,6 +58,8 @@ pub struct Runtime {
     sessions: Vec<BgpSession>,
     frr_state: FrrState,
     problem: Option<String>,
+    /// What the last check of the control namespace found wrong.
+    ctl_problem: Option<String>,
     /// Discovered VTEPs whose SA was up at the last reconcile.
     pub sa_up: BTreeSet<IpAddr>,
 }
@@ -80,13 +82,16 @@ impl Runtime {
             sessions: vec![],
             frr_state: FrrState::default(),
             problem: None,
+            ctl_problem: None,
             sa_up: BTreeSet::new(),
         }
     }
 
-    /// Keep the control namespace and FRR as `cfg` wants them, then read what bgpd knows.
-    /// Returns whether the routes changed. Blocking (it runs `ip` and `vtysh`).
-    pub fn refresh(&mut self, cfg: &SiteConfig) -> bool {
+    /// Keep FRR running and read what bgpd knows; with `whole`, check the control
+    /// namespace's devices too (each reconcile; the one-second check leaves them be: listing
+    /// thousands of shadow devices every second would cost more than it finds). Returns
+    /// whether the routes changed. Blocking (it runs `ip` and `vtysh`).
+    pub fn refresh(&mut self, cfg: &SiteConfig, whole: bool) -> bool {
         let Some(evpn) = &cfg.evpn else {
             return false;
         };
@@ -94,20 +99,23 @@ impl Runtime {
             self.problem = Some("the site's identity is not its VTEP address".into());
             return false;
         };
-        let mut problem = None;
-        if let Some(ctl) = &self.ctl {
+        if let Some(ctl) = self.ctl.as_ref().filter(|_| whole) {
             let vnis: BTreeSet<u32> = cfg.vlans.iter().map(|v| v.vni).collect();
-            match ctl.ensure(vtep, &vnis) {
-                Ok((0, 0)) => {}
-                Ok((added, removed)) => tracing::info!(
-                    added,
-                    removed,
-                    ns = %ctl.name,
-                    "EVPN control namespace: VNIs advertised changed"
-                ),
-                Err(e) => problem = Some(format!("control namespace: {e}")),
-            }
+            self.ctl_problem = match ctl.ensure(vtep, &vnis) {
+                Ok((0, 0)) => None,
+                Ok((added, removed)) => {
+                    tracing::info!(
+                        added,
+                        removed,
+                        ns = %ctl.name,
+                        "EVPN control namespace: VNIs advertised changed"
+                    );
+                    None
+                }
+                Err(e) => Some(format!("control namespace: {e}")),
+            };
         }
+        let mut problem = self.ctl_problem.clone();
         let bgpd = frr_config::bgpd(evpn, &cfg.site.name, vtep, router_id(vtep));
         let zebra = frr_config::zebra(&cfg.site.name);
         if let Err(e) = self.frr.ensure(&bgpd, &zebra, vtep) {
