@@ -20,6 +20,25 @@ use l2s_lab::{netns, require_lab, sh, Capture, Lab, TestCa, VlanSpec, Vnf, CLEAR
 
 const HOLD: Duration = Duration::from_secs(9);
 
+/// The two federation tests each run five sites (OVS, charon, the daemon, FRR) and measure
+/// join and withdrawal times: one at a time, so that neither measures the other's load.
+static FEDERATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_federation_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    FEDERATION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a site's daemon said about EVPN and IKE (for a failure's message).
+fn evpn_log(lab: &Lab, site: &str) -> String {
+    lab.daemon_log(site)
+        .lines()
+        .filter(|l| l.contains("EVPN") || l.contains("IKE_SA") || l.contains("evpn-"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// zebra's flood entries on a shadow VXLAN device (the design's proof that zebra took the
 /// VNI and the routes).
 fn shadow_flood(s: &FrrSite, vni: u32) -> BTreeSet<IpAddr> {
@@ -322,6 +341,7 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
     if !frr_here() {
         return;
     }
+    let _alone = one_federation_at_a_time();
     let mut lab = Lab::new(5).unwrap();
     let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
     let b101 = lab.add_vnf("b", "acc101", "10.101.0.2/24").unwrap();
@@ -409,7 +429,9 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
     eprintln!("A and B (naming only the reflector) ping {two:?} after their daemons started; C joined alone: traffic with A and B {joined:?} after its daemon started");
     assert!(
         joined < Duration::from_secs(10),
-        "C carried traffic only {joined:?} after its start"
+        "C carried traffic only {joined:?} after its start\nA:\n{}\nC:\n{}",
+        evpn_log(&lab, "a"),
+        evpn_log(&lab, "c")
     );
 
     // Status tells where each peer came from, and the control plane's state.
@@ -649,6 +671,7 @@ fn two_reflectors_losing_or_restarting_one_loses_nothing() {
     if !frr_here() {
         return;
     }
+    let _alone = one_federation_at_a_time();
     let mut lab = Lab::new(5).unwrap();
     let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
     let b101 = lab.add_vnf("b", "acc101", "10.101.0.2/24").unwrap();
