@@ -5,9 +5,10 @@ root=$1 deb=$2 pubkey=$3 here=$4
 in_root() { chroot "$root" "$@"; }
 
 # The package's declared dependencies and nothing else: install it (apt resolves Depends,
-# never Recommends here), then purge it again — cloud-init installs it at boot.
+# never Recommends: the package recommends frr, for EVPN only), then purge it again —
+# cloud-init installs it at boot.
 cp "$deb" "$root/tmp/l2s-vnf.deb"
-in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/l2s-vnf.deb
+in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /tmp/l2s-vnf.deb
 in_root dpkg --purge l2s-vnf
 rm "$root/tmp/l2s-vnf.deb"
 # The rest of the project's cloud-init package list: the .deb already brought the others.

@@ -437,7 +437,7 @@ fn the_package_is_installed_only_when_its_checksum_matches() {
     let local = script
         .replace("/var/tmp/l2s-vnf.deb", &deb.display().to_string())
         .replace(
-            "apt-get install -y -o Dpkg::Options::=--force-confold",
+            "apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold",
             &format!("cp -t {}", d.path().join("dpkg").display()),
         );
     std::fs::create_dir(d.path().join("dpkg")).unwrap();
