@@ -533,10 +533,11 @@ impl Daemon {
     /// The system as it is now, plus what only the daemon knows.
     async fn status(&self) -> Status {
         let mut warnings = vec![];
+        let cfg = self.effective();
         let lenient;
         let sys = match &self.sys {
             Some(s) => Some(s),
-            None => match System::connect_lenient(&self.effective()).await {
+            None => match System::connect_lenient(&cfg).await {
                 Ok(s) => {
                     lenient = s;
                     Some(&lenient)
@@ -548,7 +549,7 @@ impl Daemon {
             },
         };
         let (actual, sas) = match sys {
-            Some(sys) => match sys.observe(&self.effective()).await {
+            Some(sys) => match sys.observe(&cfg).await {
                 Ok(a) => {
                     let sas = a.ipsec.reachable_sas().cloned();
                     (a, sas)
