@@ -181,7 +181,7 @@ async fn remove_bgp_rule(
     side: crate::linux::BgpSide,
     v6: bool,
 ) -> Result<(), ApplyError> {
-    for (s, rule) in nl.owned_bgp_rules(v6).await? {
+    for (s, rule) in nl.owned_rules(v6).await?.bgp {
         if s == side {
             nl.remove_rule(rule).await?;
         }
@@ -190,7 +190,7 @@ async fn remove_bgp_rule(
 }
 
 async fn remove_rules(nl: &Netlink, ports: (u16, u16), v6: bool) -> Result<(), ApplyError> {
-    for (p, rule) in nl.owned_vxlan_rules(v6).await? {
+    for (p, rule) in nl.owned_rules(v6).await?.vxlan {
         if p == ports {
             nl.remove_rule(rule).await?;
         }

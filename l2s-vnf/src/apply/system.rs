@@ -81,20 +81,9 @@ impl System {
         let rules = async {
             let (mut vxlan, mut bgp) = (vec![], vec![]);
             for v6 in [false, true] {
-                vxlan.extend(
-                    self.netlink
-                        .owned_vxlan_rules(v6)
-                        .await?
-                        .into_iter()
-                        .map(|(ports, _)| (ports, v6)),
-                );
-                bgp.extend(
-                    self.netlink
-                        .owned_bgp_rules(v6)
-                        .await?
-                        .into_iter()
-                        .map(|(side, _)| (side, v6)),
-                );
+                let owned = self.netlink.owned_rules(v6).await?;
+                vxlan.extend(owned.vxlan.into_iter().map(|(ports, _)| (ports, v6)));
+                bgp.extend(owned.bgp.into_iter().map(|(side, _)| (side, v6)));
             }
             Ok::<_, ApplyError>((vxlan, bgp))
         };

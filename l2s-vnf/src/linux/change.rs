@@ -93,22 +93,21 @@ impl fmt::Display for LinkChange {
                     if *v6 { "IPv6" } else { "IPv4" }
                 )
             }
-            LinkChange::AddBgpRule { side, v6 } => write!(
-                f,
-                "+ rule: pref {} tcp {side} {} lookup {} ({})",
-                super::rule::BGP_RULE_PRIORITY,
-                super::rule::BGP_PORT,
-                super::rule::CHARON_TABLE,
-                if *v6 { "IPv6" } else { "IPv4" }
-            ),
-            LinkChange::RemoveBgpRule { side, v6 } => write!(
-                f,
-                "- rule: pref {} tcp {side} {} lookup {} ({})",
-                super::rule::BGP_RULE_PRIORITY,
-                super::rule::BGP_PORT,
-                super::rule::CHARON_TABLE,
-                if *v6 { "IPv6" } else { "IPv4" }
-            ),
+            LinkChange::AddBgpRule { side, v6 } | LinkChange::RemoveBgpRule { side, v6 } => {
+                write!(
+                    f,
+                    "{} rule: pref {} tcp {side} {} lookup {} ({})",
+                    if matches!(self, LinkChange::AddBgpRule { .. }) {
+                        "+"
+                    } else {
+                        "-"
+                    },
+                    super::rule::BGP_RULE_PRIORITY,
+                    super::rule::BGP_PORT,
+                    super::rule::CHARON_TABLE,
+                    super::rule::family(*v6)
+                )
+            }
             LinkChange::RemoveVxlanRule { ports, v6 } => {
                 write!(
                     f,

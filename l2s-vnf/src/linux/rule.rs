@@ -42,12 +42,21 @@ impl std::fmt::Display for BgpSide {
     }
 }
 
-fn family(v6: bool) -> &'static str {
+pub fn family(v6: bool) -> &'static str {
     if v6 {
         "IPv6"
     } else {
         "IPv4"
     }
+}
+
+/// The policy rules of ours in one family.
+#[derive(Default)]
+pub struct OwnedRules {
+    /// VXLAN rules, with the destination ports each covers.
+    pub vxlan: Vec<((u16, u16), RuleMessage)>,
+    /// BGP rules (EVPN with libipsec), with the side each matches.
+    pub bgp: Vec<(BgpSide, RuleMessage)>,
 }
 
 /// Our mark on a rule, and its priority.
@@ -75,24 +84,31 @@ impl Netlink {
             .map_err(req("list policy rules"))
     }
 
-    /// Our rules (marked with our protocol), each with the destination ports it covers.
-    pub async fn owned_vxlan_rules(
-        &self,
-        v6: bool,
-    ) -> Result<Vec<((u16, u16), RuleMessage)>, NetlinkError> {
-        Ok(self
-            .rules(v6)
-            .await?
-            .into_iter()
-            .filter(|r| ours_at(r, VXLAN_RULE_PRIORITY))
-            .filter_map(|r| {
+    /// Our rules (marked with our protocol), from one dump of the family's rules: the VXLAN
+    /// rules with the destination ports each covers, and the BGP rules with their side.
+    pub async fn owned_rules(&self, v6: bool) -> Result<OwnedRules, NetlinkError> {
+        let mut out = OwnedRules::default();
+        for r in self.rules(v6).await? {
+            if ours_at(&r, VXLAN_RULE_PRIORITY) {
                 let ports = r.attributes.iter().find_map(|a| match a {
                     RuleAttribute::DestinationPortRange(p) => Some((p.start, p.end)),
                     _ => None,
-                })?;
-                Some((ports, r))
-            })
-            .collect())
+                });
+                if let Some(ports) = ports {
+                    out.vxlan.push((ports, r));
+                }
+            } else if ours_at(&r, BGP_RULE_PRIORITY) {
+                let side = r.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::DestinationPortRange(_) => Some(BgpSide::Dport),
+                    RuleAttribute::SourcePortRange(_) => Some(BgpSide::Sport),
+                    _ => None,
+                });
+                if let Some(side) = side {
+                    out.bgp.push((side, r));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Add one rule of ours: `priority`, to `table`, with `mark` adding its selectors (our
@@ -145,27 +161,6 @@ impl Netlink {
                 }));
         })
         .await
-    }
-
-    /// Our BGP rules, each with the side it matches.
-    pub async fn owned_bgp_rules(
-        &self,
-        v6: bool,
-    ) -> Result<Vec<(BgpSide, RuleMessage)>, NetlinkError> {
-        Ok(self
-            .rules(v6)
-            .await?
-            .into_iter()
-            .filter(|r| ours_at(r, BGP_RULE_PRIORITY))
-            .filter_map(|r| {
-                let side = r.attributes.iter().find_map(|a| match a {
-                    RuleAttribute::DestinationPortRange(_) => Some(BgpSide::Dport),
-                    RuleAttribute::SourcePortRange(_) => Some(BgpSide::Sport),
-                    _ => None,
-                })?;
-                Some((side, r))
-            })
-            .collect())
     }
 
     /// `ip rule add pref 99 ipproto tcp dport|sport 179 lookup 220 proto 0x4c`.
