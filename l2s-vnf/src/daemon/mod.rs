@@ -885,10 +885,19 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
     // EVPN: bgpd's routes are read every second (FRR has no event l2s-vnf could wait on).
     let mut evpn_tick = tokio::time::interval(EVPN_CHECK);
     evpn_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
-    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    // systemd's watchdog is told from a task of its own while the loop keeps turning: told
+    // from a branch of the loop's `select!`, it starved behind other ready branches when
+    // turns were long (EVPN under emulation), and systemd killed a working daemon. The loop
+    // turns at least every `heartbeat` (the branch below); a turn stuck longer than the
+    // watchdog's timeout stops the notices, and systemd restarts the daemon.
+    let watchdog = sd_notify::watchdog_enabled();
+    let turned = Arc::new(TurnClock::default());
+    let watchdog_task = watchdog.map(|limit| tokio::spawn(watchdog_keeper(turned.clone(), limit)));
+    let mut heartbeat =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |t| t / 4));
 
     loop {
+        turned.stamp();
         let initiation_due = d.initiations.next_due();
         // Whether this turn ran a reconcile (its outcome is in `last_reconcile`).
         let reconciled = tokio::select! {
@@ -971,10 +980,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
                 }
                 changed
             }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
-                false
-            }
+            _ = heartbeat.tick(), if watchdog.is_some() => false,
         };
         if reconciled {
             let error = d.last_error();
@@ -992,11 +998,81 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
         t.abort();
     }
     control_task.abort();
+    if let Some(t) = watchdog_task {
+        t.abort();
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }
     let _ = std::fs::remove_file(&d.cfg.daemon.control_socket);
     Ok(())
+}
+
+/// When the main loop last began a turn, in milliseconds since the clock's creation.
+#[derive(Debug)]
+struct TurnClock {
+    origin: std::time::Instant,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Default for TurnClock {
+    fn default() -> Self {
+        TurnClock {
+            origin: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl TurnClock {
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn stamp(&self) {
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago the loop last began a turn.
+    fn since_last(&self) -> Duration {
+        let last = self.last.load(Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+}
+
+/// Tells systemd's watchdog, every quarter of its timeout, that the loop is alive — as long
+/// as its last turn began within the timeout.
+async fn watchdog_keeper(turned: Arc<TurnClock>, limit: Duration) {
+    let mut tick = tokio::time::interval(limit / 4);
+    let mut silent = false;
+    loop {
+        tick.tick().await;
+        let since = turned.since_last();
+        if since < limit {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            silent = false;
+        } else if !silent {
+            error!(
+                stuck_secs = since.as_secs(),
+                "the main loop is stuck; the watchdog is no longer told (systemd restarts the daemon)"
+            );
+            silent = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::*;
+
+    #[test]
+    fn the_turn_clock_measures_from_the_last_stamp() {
+        let c = TurnClock::default();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(c.since_last() >= Duration::from_millis(30));
+        c.stamp();
+        assert!(c.since_last() < Duration::from_millis(30));
+    }
 }
 
 #[cfg(test)]

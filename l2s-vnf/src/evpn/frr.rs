@@ -22,8 +22,49 @@ pub const VTYSH: &str = "/usr/bin/vtysh";
 pub const FRR_USER: &str = "frr";
 const RESTART_MIN: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(30);
+/// How long vtysh may take to answer one question.
+const VTYSH_LIMIT: Duration = Duration::from_secs(5);
+/// After a question went unanswered, how long the others fail at once.
+const VTYSH_QUIET: Duration = Duration::from_secs(3);
 /// zebra's netlink receive buffer: thousands of VNIs come in one burst.
 const ZEBRA_NL_BUFFER: &str = "33554432";
+
+/// A child's output, or `None` when it did not exit within `limit` (it is killed). Its pipes
+/// are read while it runs, so a large answer never blocks it.
+fn output_within(
+    mut child: Child,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    use std::io::Read;
+    fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ok(Some(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }))
+}
 
 /// What is missing for EVPN on this machine (`check` says it).
 pub fn missing() -> Vec<&'static str> {
@@ -105,6 +146,8 @@ pub struct Frr {
     /// Daemons a previous run left (a daemon killed with SIGKILL cannot end its children)
     /// were ended.
     reaped: bool,
+    /// When a question to FRR last went unanswered (see [`Frr::vtysh`]).
+    unanswered: std::cell::Cell<Option<Instant>>,
 }
 
 impl Drop for Frr {
@@ -135,6 +178,7 @@ impl Frr {
             bgpd: Proc::new("bgpd"),
             bgpd_conf: String::new(),
             reaped: false,
+            unanswered: std::cell::Cell::new(None),
         }
     }
 
@@ -286,8 +330,22 @@ impl Frr {
         )
     }
 
+    /// One question to this instance's FRR. A daemon that does not answer within
+    /// [`VTYSH_LIMIT`] (stopped, or swamped) fails the question instead of stalling the
+    /// daemon's loop, and for [`VTYSH_QUIET`] after that the other questions fail at once.
     fn vtysh(&self, cmd: &str) -> Result<String, EvpnError> {
-        let out = Command::new(VTYSH)
+        if let Some(at) = self.unanswered.get() {
+            if at.elapsed() < VTYSH_QUIET {
+                return Err(EvpnError::Command {
+                    what: format!("vtysh -c {cmd:?}"),
+                    stderr: format!(
+                        "FRR did not answer within {} s a moment ago",
+                        VTYSH_LIMIT.as_secs()
+                    ),
+                });
+            }
+        }
+        let child = Command::new(VTYSH)
             .args([
                 "--vty_socket",
                 self.path("").trim_end_matches('/'),
@@ -295,8 +353,22 @@ impl Frr {
                 cmd,
             ])
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| EvpnError::Spawn("vtysh".into(), e))?;
+        let out = match output_within(child, VTYSH_LIMIT) {
+            Ok(Some(out)) => out,
+            Ok(None) => {
+                self.unanswered.set(Some(Instant::now()));
+                return Err(EvpnError::Command {
+                    what: format!("vtysh -c {cmd:?}"),
+                    stderr: format!("no answer within {} s", VTYSH_LIMIT.as_secs()),
+                });
+            }
+            Err(e) => return Err(EvpnError::Spawn("vtysh".into(), e)),
+        };
+        self.unanswered.set(None);
         if !out.status.success() {
             return Err(EvpnError::Command {
                 what: format!("vtysh -c {cmd:?}"),
@@ -316,5 +388,38 @@ impl Frr {
     pub fn sessions(&self) -> Result<Vec<routes::BgpSession>, EvpnError> {
         let json = self.vtysh("show bgp l2vpn evpn summary json")?;
         routes::parse_summary(&json).map_err(|e| EvpnError::Parse(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_does_not_answer_in_time_is_killed_and_one_that_does_is_read_whole() {
+        let slow = Command::new("sleep")
+            .arg("10")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        assert!(output_within(slow, Duration::from_millis(200))
+            .unwrap()
+            .is_none());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // More than a pipe holds: read while it runs, never a deadlock.
+        let big = Command::new("sh")
+            .args(["-c", "head -c 300000 /dev/zero; echo oops >&2; exit 3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = output_within(big, Duration::from_secs(20))
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.stdout.len(), 300_000);
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+        assert_eq!(out.status.code(), Some(3));
     }
 }
