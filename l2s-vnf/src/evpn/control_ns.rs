@@ -64,6 +64,13 @@ impl ControlNs {
         Path::new("/run/netns").join(&self.name).exists()
     }
 
+    /// Whether the name's file is a mounted network namespace (not a file left behind).
+    fn mounted(&self) -> bool {
+        const NSFS_MAGIC: u32 = 0x6e73_6673;
+        nix::sys::statfs::statfs(&Path::new("/run/netns").join(&self.name))
+            .is_ok_and(|s| s.filesystem_type().0 as u64 == u64::from(NSFS_MAGIC))
+    }
+
     /// The shadow VXLAN devices in the namespace, by name.
     fn shadows(&self) -> Result<BTreeMap<String, Shadow>, EvpnError> {
         let out = ip(
@@ -106,6 +113,14 @@ impl ControlNs {
         vnis: &BTreeSet<u32>,
         may_rebuild: bool,
     ) -> Result<(usize, usize), EvpnError> {
+        if self.exists() && !self.mounted() {
+            // The name's file outlived its mount: the namespace was mounted inside a mount
+            // namespace that is gone (an earlier run's sandbox). Its devices went with it.
+            tracing::info!(ns = %self.name, "EVPN control namespace: its mount is gone; making it afresh");
+            let path = Path::new("/run/netns").join(&self.name);
+            std::fs::remove_file(&path)
+                .map_err(|e| EvpnError::Spawn(format!("rm {}", path.display()), e))?;
+        }
         if !self.exists() {
             ip(&["netns", "add", &self.name], None)?;
         }

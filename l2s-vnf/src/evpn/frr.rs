@@ -22,6 +22,8 @@ pub const VTYSH: &str = "/usr/bin/vtysh";
 pub const FRR_USER: &str = "frr";
 const RESTART_MIN: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(30);
+/// How long bgpd's start waits for a starting zebra's socket.
+const ZEBRA_READY: Duration = Duration::from_secs(3);
 /// How long vtysh may take to answer one question.
 const VTYSH_LIMIT: Duration = Duration::from_secs(5);
 /// After a question went unanswered, how long the others fail at once.
@@ -224,6 +226,9 @@ impl Frr {
         if let Some(ns) = self.zebra_ns.clone() {
             if !self.zebra.alive() && Instant::now() >= self.zebra.not_before {
                 write("zebra.conf", zebra_conf)?;
+                // A socket file left by a dead zebra would take bgpd's first connection: FRR's
+                // client then waits 10 s before trying again (routes 10 s late).
+                let _ = std::fs::remove_file(&zserv);
                 let restarted = self.zebra.last_exit.is_some();
                 let child = Command::new("ip")
                     .args(["netns", "exec", &ns, ZEBRA])
@@ -252,6 +257,13 @@ impl Frr {
             self.bgpd.stop();
         }
         if !self.bgpd.alive() && Instant::now() >= self.bgpd.not_before {
+            if self.zebra_ns.is_some() {
+                // bgpd's first connection to zebra must find it listening (see above).
+                let t = Instant::now();
+                while !Path::new(&zserv).exists() && t.elapsed() < ZEBRA_READY {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             write("bgpd.conf", bgpd_conf)?;
             let restarted = self.bgpd.last_exit.is_some();
             let mut cmd = Command::new(BGPD);
