@@ -66,11 +66,30 @@ impl GuardKeeper {
 /// the start): the configured one; with `auto`, the one the table in place carries (ours,
 /// left by an earlier run); else the kernel guard, which also drops every VXLAN packet of the
 /// libipsec path — fail-closed until a reconcile knows better.
+///
+/// With EVPN, the peers are not all in the file: the reflectors are added, and the sites an
+/// earlier run discovered are taken from the table in place (else the keeper would replace a
+/// working guard with one that drops their IKE, until the first reconcile).
 pub fn fallback(cfg: &SiteConfig, listed: Option<&str>) -> Option<GuardSpec> {
     if !cfg.ipsec.enabled {
         return None;
     }
-    let spec = |backend| guard::spec_for(cfg, backend);
+    let spec = |backend| {
+        let mut s = guard::spec_for(cfg, backend);
+        if let Some(e) = &cfg.evpn {
+            let known = e
+                .reflectors
+                .iter()
+                .copied()
+                .chain(listed.map(guard::ike_peers).unwrap_or_default());
+            for a in known {
+                if !s.peers.contains(&a) {
+                    s.peers.push(a);
+                }
+            }
+        }
+        s
+    };
     Some(match cfg.ipsec.backend {
         BackendChoice::Kernel => spec(IpsecBackend::Kernel),
         BackendChoice::Libipsec => spec(IpsecBackend::Libipsec),
@@ -197,5 +216,42 @@ mod tests {
             IpsecBackend::Kernel
         );
         assert_eq!(kernel.table, "l2s_vnf_l2s0");
+    }
+
+    #[test]
+    fn with_evpn_the_reflectors_and_the_sites_a_run_discovered_keep_their_ike() {
+        let mut c = cfg("auto");
+        c.evpn = Some(crate::config::Evpn {
+            role: crate::config::EvpnRole::Site,
+            asn: 65000,
+            reflectors: vec!["192.0.2.10".parse().unwrap()],
+            listen_range: None,
+            hold_time: Duration::from_secs(9),
+        });
+        // The table an earlier run left: the reflector and two discovered sites.
+        let mut earlier = guard::spec_for(&c, IpsecBackend::Libipsec);
+        earlier.peers = ["192.0.2.10", "192.0.2.2", "192.0.2.3"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let listed = earlier.ruleset();
+        let mut read = guard::ike_peers(&listed);
+        read.sort();
+        earlier.peers.sort();
+        assert_eq!(
+            read, earlier.peers,
+            "the peers are read back from the listing"
+        );
+        let kept = fallback(&c, Some(&listed)).unwrap();
+        assert!(
+            guard::matches(&kept, &listed),
+            "the table in place is kept as it is"
+        );
+        // No table: the reflector alone, kernel guard.
+        let strict = fallback(&c, None).unwrap();
+        assert_eq!(
+            strict.peers,
+            vec!["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(strict.backend, IpsecBackend::Kernel);
     }
 }

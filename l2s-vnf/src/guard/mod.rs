@@ -215,6 +215,24 @@ pub fn observe(table: &str) -> Option<String> {
 /// Whether the installed table is exactly the table of `spec`: every line — chains, their
 /// hooks and policies, every rule in order — compared as nft lists it, counter values aside.
 /// An `accept` put ahead of the drops, a rule removed or a policy changed is drift.
+/// The addresses a listed guard accepts IKE from (the peers of the run that made it).
+pub fn ike_peers(listed: &str) -> Vec<std::net::IpAddr> {
+    listed
+        .lines()
+        .filter(|l| l.contains("IKE from outside the federation"))
+        .filter_map(|l| l.split_once("saddr != ").map(|(_, rest)| rest))
+        .flat_map(|rest| {
+            let set = match rest.strip_prefix("{ ") {
+                Some(inner) => inner.split(" }").next().unwrap_or(""),
+                None => rest.split(' ').next().unwrap_or(""),
+            };
+            set.split(", ")
+                .filter_map(|a| a.trim().parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 pub fn matches(spec: &GuardSpec, listed: &str) -> bool {
     norm_listing(&spec.ruleset()) == norm_listing(listed)
 }
