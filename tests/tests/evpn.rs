@@ -673,7 +673,8 @@ const SIGKILL: i32 = 9;
 /// Two reflectors (D and E), sites A and B naming both: losing one reflector (its underlay
 /// cut) loses nothing — a ping stream across the sites drops nothing and no flood list moves —
 /// and a reflector restarted (its daemon stopped and started) comes back without a moment of
-/// lost traffic either.
+/// lost traffic either. A site's daemon restarted (at each end) holds what it had until its
+/// new bgpd's routes are complete: no ping lost either.
 #[test]
 fn two_reflectors_losing_or_restarting_one_loses_nothing() {
     require_lab!();
@@ -767,5 +768,81 @@ fn two_reflectors_losing_or_restarting_one_loses_nothing() {
     let (sent, got) = stream.finish().unwrap();
     eprintln!("two reflectors, one lost then the other restarted: {got} of {sent} pings answered; both sessions back {back:?} after E's restart");
     assert_eq!(got, sent, "traffic was lost while a reflector was away");
+
+    // A site's daemon restarted, from each end in turn: its FRR starts afresh and knows no
+    // route for seconds, yet the sites an earlier run left are held until bgpd's routes are
+    // complete. The flood list never loses the other site, and no ping is lost.
+    for (site, other) in [("a", "192.0.2.2"), ("b", "192.0.2.1")] {
+        let stream = l2s_lab::PingStream::start(&a101, &b101, 400, 50).unwrap();
+        lab.stop_daemon(site, 15).unwrap();
+        lab.start_daemon(site).unwrap();
+        // `plan` beside a daemon whose bgpd is just starting: it refuses, or keeps the site.
+        let out = lab.l2s(site, &["plan"]).unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains(&format!("- ipsec l2s-vnf:l2s0:evpn-{other}"))
+                && !text.contains(&format!("-> {other}")),
+            "`plan` at {site} during its restart would remove the other site:\n{text}"
+        );
+        // Both flood lists are watched until the routes are complete and a withdrawal grace
+        // after (the other site must not drop this one while its new bgpd starts).
+        let mut samples = 0;
+        let mut same_flood = || {
+            samples += 1;
+            for (at, want) in [(site, other), (if site == "a" { "b" } else { "a" }, "")] {
+                let want = if want.is_empty() {
+                    lab.site(site).underlay_ip.clone()
+                } else {
+                    want.to_string()
+                };
+                assert_eq!(
+                    flood(&lab, at, "l2s-vx101"),
+                    BTreeSet::from([want]),
+                    "{at}'s flood list moved during {site}'s restart\nA:\n{}\nB:\n{}",
+                    evpn_log(&lab, "a"),
+                    evpn_log(&lab, "b")
+                );
+            }
+        };
+        let settled = wait_for(
+            &format!("{site}'s routes complete after its restart"),
+            Duration::from_secs(40),
+            || {
+                same_flood();
+                let st = lab.status_json(site).unwrap();
+                st["evpn"]["problem"].is_null()
+                    && st["evpn"]["sessions"]
+                        .as_array()
+                        .is_some_and(|v| v.len() == 2 && v.iter().all(|x| x["established"] == true))
+            },
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(7) {
+            same_flood();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = lab.daemon_log(site);
+        assert!(
+            log.contains("holding the discovered sites found on the system"),
+            "{site} did not adopt what its earlier run left:\n{log}"
+        );
+        let (sent, got) = stream.finish().unwrap();
+        eprintln!("{site}'s daemon restarted: routes complete {settled:?} later ({samples} samples of its flood list, none without the other site); {got} of {sent} pings answered");
+        assert_eq!(
+            got,
+            sent,
+            "traffic was lost while {site}'s daemon restarted\nA:\n{}\nB:\n{}",
+            lab.daemon_log("a"),
+            lab.daemon_log("b")
+        );
+        let plan = lab.l2s_ok(site, &["plan"]).unwrap();
+        assert!(plan.contains("no changes"), "{plan}");
+    }
+    lab.service_within(&a101, &b101, Duration::from_secs(10))
+        .unwrap();
     nothing_in_clear_text(cap);
 }

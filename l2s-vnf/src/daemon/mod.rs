@@ -223,6 +223,21 @@ impl Daemon {
             wait_for_missing_ports: true,
         };
         let mut p = apply::prepare_with(&cfg, sys, opts).await?;
+        // A starting daemon keeps the discovered sites an earlier run left until bgpd's
+        // routes are complete: the plan is made again with them.
+        let cfg = match &mut self.evpn {
+            Some(rt) if !rt.adopted() => {
+                let (found, up) = apply::evpn::on_the_system(&self.cfg, &p.actual);
+                if rt.adopt(found, up) {
+                    let cfg = crate::evpn::view::effective(&self.cfg, &rt.current(), &rt.sa_up);
+                    p = apply::prepare_with(&cfg, sys, opts).await?;
+                    cfg
+                } else {
+                    cfg
+                }
+            }
+            _ => cfg,
+        };
         self.guard
             .keep(p.desired.security.as_ref().map(|s| s.guard.clone()));
         let responders: Vec<&str> = p

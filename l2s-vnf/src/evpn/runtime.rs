@@ -2,6 +2,13 @@
 //! the last routes bgpd gave (kept while FRR is away: the data plane never empties because
 //! bgpd died; stale routes go once bgpd answers again and no longer has them).
 //!
+//! bgpd's answer is taken whole only once it is *complete* ([`complete`]): a session has been
+//! established for [`SETTLE`] and two reads in a row agree. Until then (a daemon just started,
+//! a bgpd just restarted, the reflectors out of reach) routes are only added, never taken
+//! away, and a starting daemon first adopts the discovered sites an earlier run left on the
+//! system ([`Runtime::adopt`]): a restart of the daemon or of FRR never empties the data plane,
+//! and the sites that left meanwhile go once the routes are complete.
+//!
 //! A route withdrawn is followed only after [`WITHDRAW_GRACE`]: a site whose bgpd restarts
 //! loses its session (and the reflector withdraws its routes at once), yet its data plane and
 //! SAs are fine; its routes are back within the grace and nothing moved. A site that really
@@ -54,6 +61,12 @@ pub struct Runtime {
     learned: Discovered,
     /// Routes bgpd no longer has, with when they went (followed until the grace is over).
     withdrawn: BTreeMap<(IpAddr, u32), Instant>,
+    /// bgpd's previous answer (two alike in a row, with a settled session: complete).
+    last_read: Option<Discovered>,
+    /// Whether bgpd's last answer was complete; until then routes are only added.
+    complete: bool,
+    /// Whether what an earlier run left on the system was looked at.
+    adopted: bool,
     learned_at: Option<Instant>,
     sessions: Vec<BgpSession>,
     frr_state: FrrState,
@@ -78,6 +91,9 @@ impl Runtime {
             ctl,
             learned: Discovered::default(),
             withdrawn: BTreeMap::new(),
+            last_read: None,
+            complete: false,
+            adopted: false,
             learned_at: None,
             sessions: vec![],
             frr_state: FrrState::default(),
@@ -122,22 +138,12 @@ impl Runtime {
             problem.get_or_insert(format!("FRR: {e}"));
         }
         let before = self.current();
+        // Sessions first: a route read after a settled session counts toward completeness.
+        let sessions = self.frr.sessions();
         match self.frr.discovered(evpn.asn, vtep) {
-            Ok(d) => {
-                let now = Instant::now();
-                for (v, vnis) in &self.learned.vteps {
-                    for n in vnis {
-                        if !d.vteps.get(v).is_some_and(|x| x.contains(n)) {
-                            self.withdrawn.entry((*v, *n)).or_insert(now);
-                        }
-                    }
-                }
-                self.withdrawn
-                    .retain(|(v, n), _| !d.vteps.get(v).is_some_and(|x| x.contains(n)));
-                self.learned = d;
-                self.learned_at = Some(now);
-            }
+            Ok(d) => self.take(d, complete(sessions.as_deref().unwrap_or_default())),
             Err(e) => {
+                self.complete = false;
                 problem.get_or_insert(format!(
                     "bgpd does not answer ({e}); holding the last routes"
                 ));
@@ -145,7 +151,7 @@ impl Runtime {
         }
         self.withdrawn.retain(|_, at| at.elapsed() < WITHDRAW_GRACE);
         let changed = self.current() != before;
-        self.sessions = self.frr.sessions().unwrap_or_default();
+        self.sessions = sessions.unwrap_or_default();
         self.frr_state = self.frr.state();
         if problem.is_none() && evpn.role == EvpnRole::Site {
             if let Some(s) = self.sessions.iter().find(|s| !s.established) {
@@ -155,6 +161,13 @@ impl Runtime {
                 ));
             }
         }
+        if problem.is_none() && evpn.role == EvpnRole::Site && !self.complete {
+            problem = Some(format!(
+                "bgpd's routes are not complete yet (no session settled for {} s); the {} discovered sites known are held",
+                SETTLE.as_secs(),
+                self.learned.vteps.len()
+            ));
+        }
         if problem != self.problem {
             match &problem {
                 Some(p) => tracing::warn!("EVPN: {p}"),
@@ -163,6 +176,70 @@ impl Runtime {
         }
         self.problem = problem;
         changed
+    }
+
+    /// Take one answer of bgpd's (`settled`: read with a settled session, see [`complete`]).
+    fn take(&mut self, d: Discovered, settled: bool) {
+        let now = Instant::now();
+        let quiet = self.last_read.as_ref() == Some(&d);
+        self.last_read = Some(d.clone());
+        // Becoming complete takes two reads alike (the table's first transfer is over);
+        // staying complete, only the settled session.
+        let complete = settled && (quiet || self.complete);
+        if complete {
+            if !self.complete {
+                tracing::info!(
+                    sites = d.vteps.len(),
+                    "EVPN: bgpd's routes are complete; following them whole"
+                );
+            }
+            for (v, vnis) in &self.learned.vteps {
+                for n in vnis {
+                    if !d.vteps.get(v).is_some_and(|x| x.contains(n)) {
+                        self.withdrawn.entry((*v, *n)).or_insert(now);
+                    }
+                }
+            }
+            self.learned = d;
+        } else {
+            // Not complete: add what came, take nothing away.
+            for (v, vnis) in d.vteps {
+                self.learned.vteps.entry(v).or_default().extend(vnis);
+            }
+        }
+        self.complete = complete;
+        let learned = &self.learned;
+        self.withdrawn
+            .retain(|(v, n), _| !learned.vteps.get(v).is_some_and(|x| x.contains(n)));
+        self.learned_at = Some(now);
+    }
+
+    /// Take the discovered sites an earlier run left on the system (their VTEPs, the VNIs
+    /// whose flood lists hold them, those whose SA is up) as known, once, before bgpd's routes
+    /// are complete. Returns whether anything was taken.
+    pub fn adopt(&mut self, found: Discovered, up: BTreeSet<IpAddr>) -> bool {
+        if self.adopted || self.complete {
+            self.adopted = true;
+            return false;
+        }
+        self.adopted = true;
+        if found.vteps.is_empty() {
+            return false;
+        }
+        tracing::info!(
+            sites = found.vteps.len(),
+            "EVPN: holding the discovered sites found on the system until bgpd's routes are complete"
+        );
+        for (v, vnis) in found.vteps {
+            self.learned.vteps.entry(v).or_default().extend(vnis);
+        }
+        self.sa_up.extend(up);
+        true
+    }
+
+    /// Whether what an earlier run left was looked at.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// What the plan follows: the routes bgpd has, and those withdrawn within the grace.
@@ -224,6 +301,17 @@ impl Runtime {
     }
 }
 
+/// How long a session must have been established before its routes count as complete.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// Whether routes read with these sessions may be taken whole (what is missing from them is
+/// really withdrawn): one session established for [`SETTLE`].
+pub fn complete(sessions: &[BgpSession]) -> bool {
+    sessions
+        .iter()
+        .any(|s| s.established && s.uptime_ms >= SETTLE.as_millis() as u64)
+}
+
 /// bgpd's router id: the VTEP address, or (over IPv6) an IPv4 id derived from it.
 pub fn router_id(vtep: IpAddr) -> IpAddr {
     match vtep {
@@ -232,5 +320,97 @@ pub fn router_id(vtep: IpAddr) -> IpAddr {
             let o = a.octets();
             IpAddr::from([o[12], o[13], o[14], o[15]])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn site() -> Runtime {
+        let text = "[site]\nname = \"a\"\nunderlay = \"eth1\"\nvtep_ip = \"192.0.2.1\"\n[ipsec]\nenabled = false\ninsecure = true\n[[vlan]]\nid = 101\n";
+        let cfg = SiteConfig::from_str_at(Path::new("t.toml"), text).unwrap();
+        Runtime::new(&cfg)
+    }
+
+    fn routes(v: &[(&str, &[u32])]) -> Discovered {
+        let mut d = Discovered::default();
+        for (ip, vnis) in v {
+            d.vteps
+                .insert(ip.parse().unwrap(), vnis.iter().copied().collect());
+        }
+        d
+    }
+
+    fn session(established: bool, uptime_ms: u64) -> BgpSession {
+        BgpSession {
+            peer: "192.0.2.10".parse().unwrap(),
+            state: if established { "Established" } else { "Active" }.into(),
+            established,
+            uptime_ms,
+            prefixes_received: 0,
+            dynamic: false,
+        }
+    }
+
+    #[test]
+    fn routes_count_as_complete_only_with_a_session_settled() {
+        assert!(!complete(&[]));
+        assert!(!complete(&[session(false, 0)]));
+        assert!(!complete(&[session(true, 1_000)]));
+        assert!(complete(&[session(false, 0), session(true, 5_000)]));
+    }
+
+    #[test]
+    fn until_the_routes_are_complete_sites_are_only_added_then_followed_whole() {
+        let mut rt = site();
+        // A restarted daemon adopts what the earlier run left: B, with its SA up.
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(rt.adopt(
+            routes(&[("192.0.2.2", &[101]), ("192.0.2.3", &[101])]),
+            [b].into()
+        ));
+        assert!(
+            !rt.adopt(routes(&[("192.0.2.9", &[101])]), BTreeSet::new()),
+            "only once"
+        );
+        assert!(rt.sa_up.contains(&b));
+        // bgpd, just started, knows nothing yet; then only D: nothing is taken away.
+        rt.take(Discovered::default(), false);
+        rt.take(routes(&[("192.0.2.4", &[101])]), false);
+        assert_eq!(rt.current().vteps.len(), 3);
+        // A settled session, but the table is still coming (this read differs from the last).
+        rt.take(
+            routes(&[("192.0.2.2", &[101]), ("192.0.2.4", &[101])]),
+            true,
+        );
+        assert!(!rt.complete);
+        assert_eq!(rt.current().vteps.len(), 3);
+        // Two reads alike with a settled session: complete. C left meanwhile: withdrawn (held
+        // for the grace), the others followed.
+        rt.take(
+            routes(&[("192.0.2.2", &[101]), ("192.0.2.4", &[101])]),
+            true,
+        );
+        assert!(rt.complete);
+        assert_eq!(rt.learned.vteps.len(), 2);
+        assert!(rt
+            .withdrawn
+            .contains_key(&("192.0.2.3".parse().unwrap(), 101)));
+        // Complete, a route goes: withdrawn at once (no second read needed).
+        rt.take(routes(&[("192.0.2.2", &[101])]), true);
+        assert!(rt
+            .withdrawn
+            .contains_key(&("192.0.2.4".parse().unwrap(), 101)));
+        // bgpd restarted (its session not settled): an empty answer takes nothing away.
+        rt.take(Discovered::default(), false);
+        assert!(!rt.complete);
+        assert_eq!(rt.learned.vteps.len(), 1);
+        // Too late to adopt once the routes were complete.
+        let mut rt2 = site();
+        rt2.take(routes(&[]), true);
+        rt2.take(routes(&[]), true);
+        assert!(!rt2.adopt(routes(&[("192.0.2.2", &[101])]), BTreeSet::new()));
     }
 }

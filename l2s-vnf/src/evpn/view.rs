@@ -17,7 +17,12 @@ use super::Discovered;
 
 /// The name a discovered site's peer gets (its connection's name follows from it).
 pub fn discovered_name(vtep: IpAddr) -> String {
-    format!("evpn-{vtep}")
+    format!("{}{vtep}", discovered_name_prefix())
+}
+
+/// What every discovered site's peer name starts with.
+pub fn discovered_name_prefix() -> &'static str {
+    "evpn-"
 }
 
 /// The name a reflector's peer gets.
