@@ -348,6 +348,45 @@ fn debian_package_builds_installs_and_checks_its_example() {
         "systemd-analyze verify of the installed unit",
         Command::new("systemd-analyze").args(["verify", "--man=no", unit]),
     );
+    // EVPN's drop-in, as cloud-init, Heat and Ansible install it: the merged unit verifies
+    // with every key known, the drop-in is really read (it widens the sandbox: the exposure
+    // grows), and the sandbox stays tight ("OK" is below 5 on systemd's scale).
+    let dropin = "/usr/share/l2s-vnf/systemd/l2s-vnf-evpn.conf";
+    let (alone, merged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for d in [&alone, &merged] {
+        std::fs::copy(unit, d.path().join("l2s-vnf.service")).unwrap();
+    }
+    std::fs::create_dir(merged.path().join("l2s-vnf.service.d")).unwrap();
+    std::fs::copy(dropin, merged.path().join("l2s-vnf.service.d/evpn.conf"))
+        .expect("the package ships the EVPN drop-in");
+    let merged_unit = merged.path().join("l2s-vnf.service");
+    let verify = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&merged_unit))
+    .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).into_owned();
+    assert!(
+        verify.status.success() && !said.contains("Unknown") && !said.contains("ignoring"),
+        "the unit with the EVPN drop-in:\n{said}"
+    );
+    let exposure = |dir: &Path| -> f64 {
+        let out = run(Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(dir.join("l2s-vnf.service")))
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.split("l2s-vnf.service: ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in:\n{text}"))
+    };
+    let (base, with_evpn) = (exposure(alone.path()), exposure(merged.path()));
+    eprintln!("systemd exposure: {base} alone, {with_evpn} with the EVPN drop-in");
+    assert!(
+        with_evpn > base && with_evpn < 5.0,
+        "exposure {base} alone, {with_evpn} with the EVPN drop-in"
+    );
     let deps = ok("dpkg -s", Command::new("dpkg").args(["-s", "l2s-vnf"]));
     for dep in [
         "openvswitch-switch",
