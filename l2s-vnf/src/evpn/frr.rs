@@ -68,6 +68,40 @@ fn output_within(
     }))
 }
 
+/// The capabilities EVPN needs beyond the base unit's (bit numbers of `capability.h`).
+const EVPN_CAPS: [(u32, &str); 4] = [
+    (21, "CAP_SYS_ADMIN"),
+    (10, "CAP_NET_BIND_SERVICE"),
+    (7, "CAP_SETUID"),
+    (6, "CAP_SETGID"),
+];
+
+/// Why this process may not run EVPN's control plane (the hardened unit without its EVPN
+/// drop-in), from its effective capabilities; `None` when it may.
+pub fn sandbox_problem() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())?;
+    let lacking = lacking(eff);
+    (!lacking.is_empty()).then(|| {
+        format!(
+            "this process lacks {} (under systemd: install /usr/share/l2s-vnf/systemd/l2s-vnf-evpn.conf as /etc/systemd/system/l2s-vnf.service.d/evpn.conf, then `systemctl daemon-reload`)",
+            lacking.join(", ")
+        )
+    })
+}
+
+/// The capabilities EVPN needs that an effective set `eff` lacks.
+fn lacking(eff: u64) -> Vec<&'static str> {
+    EVPN_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
 /// What is missing for EVPN on this machine (`check` says it).
 pub fn missing() -> Vec<&'static str> {
     [ZEBRA, BGPD, VTYSH]
@@ -216,9 +250,12 @@ impl Frr {
                 .map_err(|e| EvpnError::Spawn(format!("mkdir {}", self.dir.display()), e))?;
             chown_to_frr(&self.dir)?;
         }
+        // FRR's daemons read their config after dropping to the frr user: under the unit's
+        // umask (0077) a file of root's would be unreadable, and bgpd would run empty.
         let write = |f: &str, text: &str| {
-            std::fs::write(self.dir.join(f), text)
-                .map_err(|e| EvpnError::Spawn(format!("write {f}"), e))
+            let path = self.dir.join(f);
+            std::fs::write(&path, text).map_err(|e| EvpnError::Spawn(format!("write {f}"), e))?;
+            chown_to_frr(&path)
         };
         let dir = self.path("");
         let dir = dir.trim_end_matches('/').to_string();
@@ -406,6 +443,22 @@ impl Frr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_capabilities_evpn_needs_are_named_when_lacking() {
+        // The base unit's set: CAP_NET_ADMIN (12) alone.
+        assert_eq!(
+            lacking(1 << 12),
+            vec![
+                "CAP_SYS_ADMIN",
+                "CAP_NET_BIND_SERVICE",
+                "CAP_SETUID",
+                "CAP_SETGID"
+            ]
+        );
+        let drop_in = (1 << 12) | (1 << 21) | (1 << 10) | (1 << 7) | (1 << 6);
+        assert!(lacking(drop_in).is_empty());
+    }
 
     #[test]
     fn a_child_that_does_not_answer_in_time_is_killed_and_one_that_does_is_read_whole() {
