@@ -7,19 +7,30 @@ use std::time::{Duration, Instant};
 
 use l2s_lab::{netns, require_lab, run, Lab, PaperLab, Vnf};
 
-/// Send one UDP datagram to the subnet broadcast from `from`; true when `to` received it.
+/// Send UDP datagrams to the subnet broadcast from `from` once every listener in `to` is bound
+/// (each says so); true for each of `to` that received one.
 fn broadcast_reaches(lab: &Lab, from: &Vnf, to: &[&Vnf], bcast: &str) -> Vec<bool> {
+    use std::io::BufRead;
     let mut children = vec![];
     for v in to {
-        let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',9999))\ns.settimeout(6)\ntry:\n  d,a=s.recvfrom(100)\n  print('got',d)\nexcept Exception:\n  sys.exit(1)\n";
-        let child = netns(&v.ns, "python3")
+        let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',9999))\ns.settimeout(6)\nprint('ready',flush=True)\ntry:\n  d,a=s.recvfrom(100)\n  print('got',d)\nexcept Exception:\n  sys.exit(1)\n";
+        let mut child = netns(&v.ns, "python3")
             .args(["-c", code])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the listener in {} did not bind",
+            v.ns
+        );
         children.push(child);
     }
-    std::thread::sleep(Duration::from_millis(500));
     let send = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\nfor i in range(3): s.sendto(b'l2s-bcast',('{bcast}',9999))\n");
     run(netns(&from.ns, "python3").args(["-c", &send])).unwrap();
     let _ = lab;
