@@ -147,6 +147,9 @@ pub async fn exec(
                 missing.join(", ")
             );
         }
+        if let Some(why) = crate::evpn::frr::sandbox_problem() {
+            println!("evpn: NOT PERMITTED: {why}");
+        }
     }
     println!("vlans:");
     for v in desired.vlans.values() {

@@ -128,7 +128,10 @@ impl Runtime {
                     );
                     None
                 }
-                Err(e) => Some(format!("control namespace: {e}")),
+                Err(e) => Some(match super::frr::sandbox_problem() {
+                    Some(why) => format!("control namespace: {e}: {why}"),
+                    None => format!("control namespace: {e}"),
+                }),
             };
         }
         let mut problem = self.ctl_problem.clone();
