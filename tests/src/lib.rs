@@ -1250,11 +1250,29 @@ impl PaperLab {
 /// A benchmark's `--name VALUE` argument, or `default` when absent or unparsable.
 pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match args.iter().position(|a| a == name).map(|i| args.get(i + 1)) {
+        None => default,
+        Some(v) => v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            eprintln!("{name} needs a value of the right kind (see --help)");
+            std::process::exit(2)
+        }),
+    }
+}
+
+/// A benchmark's command line, checked before anything starts: `--help` (or `-h`) prints
+/// `usage` and exits; an option not in `options` is refused (a typo must not start the
+/// default run, which can take many minutes).
+pub fn bench_usage(usage: &str, options: &[&str]) {
+    for a in std::env::args().skip(1) {
+        if a == "--help" || a == "-h" {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        if a.starts_with('-') && !options.contains(&a.as_str()) {
+            eprintln!("unknown option {a}\n{usage}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// A benchmark's `--name 1,2,3` argument, or `default`.

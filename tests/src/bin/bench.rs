@@ -125,6 +125,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    l2s_lab::bench_usage(
+        "usage: l2s-bench [--vlans 1,10,100,500] [--peers 1,4,8] [--repeat 3]",
+        &["--peers", "--repeat", "--vlans"],
+    );
     if let Some(why) = l2s_lab::skip_reason() {
         bail!("cannot benchmark: {why}");
     }

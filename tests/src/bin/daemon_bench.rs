@@ -130,6 +130,10 @@ fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<Duration> {
 }
 
 fn main() -> Result<()> {
+    l2s_lab::bench_usage(
+        "usage: l2s-daemon-bench [--vlans 100] [--peers 8] [--idle 30] [--repeat 15] [--interval 30] [--ipsec] [--scrape-load]",
+        &["--idle", "--interval", "--ipsec", "--peers", "--repeat", "--scrape-load", "--vlans"],
+    );
     if let Some(why) = l2s_lab::skip_reason() {
         bail!("cannot benchmark: {why}");
     }

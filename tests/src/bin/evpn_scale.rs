@@ -61,6 +61,10 @@ fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<Dur
 }
 
 fn main() -> Result<()> {
+    l2s_lab::bench_usage(
+        "usage: l2s-evpn-scale [--sites 16] [--vlans 4094]",
+        &["--sites", "--vlans"],
+    );
     let sites: usize = arg("--sites", 16);
     let vlans: usize = arg("--vlans", 4094);
     if !(2..=200).contains(&sites) {

@@ -168,6 +168,10 @@ fn scale(image: &Image, deb: &[u8], counts: &[u64], accel: Accel) -> Result<()> 
 }
 
 fn main() -> Result<()> {
+    l2s_lab::bench_usage(
+        "usage: l2s-guest-bench [--secs 10] [--force]",
+        &["--force", "--scale", "--secs"],
+    );
     let secs = arg("--secs", 10);
     let force = std::env::args().any(|a| a == "--force");
     let missing = guest::missing_tools();

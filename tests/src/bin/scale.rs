@@ -183,6 +183,10 @@ fn floor_one(lab: &Lab, peers: usize) -> Result<Duration> {
 }
 
 fn main() -> Result<()> {
+    l2s_lab::bench_usage(
+        "usage: l2s-scale [--vlans 500,1000,2000,4094] [--peers 16]",
+        &["--peers", "--vlans"],
+    );
     if let Some(why) = l2s_lab::skip_reason() {
         bail!("cannot benchmark: {why}");
     }

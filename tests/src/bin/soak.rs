@@ -44,6 +44,10 @@ fn toggle_vlan(lab: &Lab, on: bool) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    l2s_lab::bench_usage(
+        "usage: l2s-soak [--minutes 60] [--fault-every 5] [--reload-every 1]",
+        &["--fault-every", "--minutes", "--reload-every"],
+    );
     if let Some(why) = l2s_lab::skip_reason() {
         bail!("cannot soak: {why}");
     }

@@ -23,6 +23,10 @@ fn set_mtu(lab: &Lab, site: &str, dev: &str, mtu: u32) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    l2s_lab::bench_usage(
+        "usage: l2s-throughput [--runs 3] [--secs 5] [--sa-reps 3]",
+        &["--runs", "--sa-reps", "--secs"],
+    );
     if let Some(why) = l2s_lab::skip_reason() {
         bail!("cannot benchmark: {why}");
     }
