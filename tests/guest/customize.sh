@@ -11,9 +11,12 @@ cp "$deb" "$root/tmp/l2s-vnf.deb"
 in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /tmp/l2s-vnf.deb
 in_root dpkg --purge l2s-vnf
 rm "$root/tmp/l2s-vnf.deb"
-# The rest of the project's cloud-init package list: the .deb already brought the others.
-in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl
-for p in openvswitch-switch charon-systemd strongswan-swanctl libstrongswan-standard-plugins nftables curl; do
+# The rest of the project's cloud-init package list: the .deb already brought the others
+# (frr is on that list when EVPN is on; its own service stays disabled, as l2s-vnf runs zebra
+# and bgpd itself).
+in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends curl frr
+in_root systemctl disable frr.service
+for p in openvswitch-switch charon-systemd strongswan-swanctl libstrongswan-standard-plugins nftables curl frr; do
   in_root dpkg-query -W -f='${Status}\n' "$p" | grep -q "install ok installed" || {
     echo "customize: $p is not installed" >&2; exit 1; }
 done

@@ -164,6 +164,24 @@ fn tail(text: &str, lines: usize) -> String {
 /// with a certificate for the site issued here by `ca`, the package URL given here and the
 /// SHA-256 of the package this run built (cloud-init installs nothing else).
 pub fn user_data(member: &str, ca: &crate::TestCa, deb_url: &str) -> Result<String> {
+    user_data_for(
+        "descriptors/osm/l2s_ns/params-3sites.yaml",
+        member,
+        member,
+        ca,
+        deb_url,
+    )
+}
+
+/// Like [`user_data`], from another NS's parameters (`params`, from the project's root), the
+/// certificate naming `san` (an EVPN site's VTEP address).
+pub fn user_data_for(
+    params: &str,
+    member: &str,
+    san: &str,
+    ca: &crate::TestCa,
+    deb_url: &str,
+) -> Result<String> {
     let sum = sh(Command::new("sha256sum").arg(crate::package()?))?;
     let sha256 = sum
         .split_whitespace()
@@ -175,13 +193,13 @@ pub fn user_data(member: &str, ca: &crate::TestCa, deb_url: &str) -> Result<Stri
         "{RUN_PREFIX}-{}-{member}.user-data",
         std::process::id()
     ));
-    let issued = ca.issue(member, member, 365)?;
+    let issued = ca.issue(member, san, 365)?;
     let read = |p: &Path| std::fs::read_to_string(p);
     sh(Command::new("python3")
         .current_dir(&root)
         .arg("tests/deploy/render_cloud_init.py")
         .arg("cloud-init/l2s-user-data.yaml")
-        .arg("descriptors/osm/l2s_ns/params-3sites.yaml")
+        .arg(params)
         .arg(member)
         .arg(&out)
         .arg(format!("site_cert={}", read(&issued.cert)?))
@@ -729,4 +747,65 @@ fn spawn_qemu(argv: &[std::ffi::OsString], dir: &Path) -> Result<Child> {
         )
         .spawn()
         .context("starting qemu-system-x86_64")
+}
+
+/// The files a rendered user-data writes, by path (read with PyYAML, as cloud-init does).
+pub fn site_files(user_data: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    let ud = std::env::temp_dir().join(format!(
+        "{RUN_PREFIX}-{}-{}.files",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&ud, user_data)?;
+    let out = sh(Command::new("python3").arg("-c").arg(format!(
+        "import json,yaml;print(json.dumps({{f['path']: f['content'] for f in yaml.safe_load(open('{}'))['write_files']}}))",
+        ud.display()
+    )));
+    let _ = std::fs::remove_file(&ud);
+    Ok(serde_json::from_str(&out?)?)
+}
+
+/// Write the lab's helper scripts (tests/guest/lab) into the guest's /root/lab.
+pub fn install_lab_scripts(g: &Guest) -> Result<()> {
+    let dir = guest_dir().join("lab");
+    g.sh("mkdir -p /root/lab")?;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(e.path())?;
+        g.write(&format!("/root/lab/{name}"), &text, 0o755)?;
+    }
+    Ok(())
+}
+
+/// Configure and start a peer site (or reflector) in its namespace of the guest from its
+/// rendered user-data: its config, certificate, key and the federation's CA in
+/// /etc/l2s-lab/SITE, its own OVSDB, charon and control socket under /run/l2s-lab/SITE, and
+/// l2s-vnf under systemd (`/root/lab/start-site.sh`).
+pub fn start_peer(g: &Guest, site: &str, user_data: &str) -> Result<()> {
+    let files = site_files(user_data)?;
+    let dir = format!("/etc/l2s-lab/{site}");
+    let run = format!("/run/l2s-lab/{site}");
+    g.sh(&format!("mkdir -p {dir}"))?;
+    let mut toml = files
+        .get("/etc/l2s-vnf/site.toml")
+        .context("the user-data writes no site.toml")?
+        .clone();
+    for (name, mode) in [("site.crt", 0o644), ("site.key", 0o600), ("ca.crt", 0o644)] {
+        let path = format!("/etc/l2s-vnf/{name}");
+        let text = files
+            .get(&path)
+            .with_context(|| format!("the user-data writes no {path}"))?;
+        g.write(&format!("{dir}/{name}"), text, mode)?;
+        toml = toml.replace(&path, &format!("{dir}/{name}"));
+    }
+    // Its own sockets: OVSDB, charon's VICI, the control socket.
+    let toml = toml.replace(
+        "vici = \"unix:///run/charon.vici\"",
+        &format!("vici = \"unix://{run}/run/charon.vici\""),
+    ) + &format!(
+        "\n[switch]\novsdb = \"unix:{run}/ovs/db.sock\"\n\n[daemon]\ncontrol_socket = \"{run}/control.sock\"\n"
+    );
+    g.write(&format!("{dir}/site.toml"), &toml, 0o644)?;
+    g.sh(&format!("/root/lab/start-site.sh {site}"))?;
+    Ok(())
 }

@@ -11,7 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use l2s_lab::guest::{self, Boot, Guest, Image};
@@ -37,19 +36,6 @@ fn l2s_cmd(site: &str) -> String {
         "site-a" => "l2s-vnf".into(),
         s => format!("ip netns exec {s} l2s-vnf -c /etc/l2s-lab/{s}/site.toml"),
     }
-}
-
-/// The files a rendered user-data writes, by path (read with PyYAML, as cloud-init does).
-fn site_files(user_data: &str) -> std::collections::BTreeMap<String, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let ud = dir.path().join("user-data");
-    std::fs::write(&ud, user_data).unwrap();
-    let out = l2s_lab::sh(std::process::Command::new("python3").arg("-c").arg(format!(
-        "import json,yaml;print(json.dumps({{f['path']: f['content'] for f in yaml.safe_load(open('{}'))['write_files']}}))",
-        ud.display()
-    )))
-    .unwrap();
-    serde_json::from_str(&out).unwrap()
 }
 
 impl Stack {
@@ -251,42 +237,6 @@ impl Drop for Stack {
     }
 }
 
-/// Write the lab's helper scripts into the guest.
-fn install_lab_scripts(g: &Guest) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/lab");
-    g.sh("mkdir -p /root/lab").unwrap();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(e.path()).unwrap();
-        g.write(&format!("/root/lab/{name}"), &text, 0o755).unwrap();
-    }
-}
-
-/// Configure and start a peer site in the guest from its rendered user-data (its config,
-/// certificate, key and the federation's CA, in a directory of its own).
-fn start_peer(g: &Guest, site: &str, ca: &l2s_lab::TestCa) {
-    let files = site_files(&guest::user_data(site, ca, DEB_URL).unwrap());
-    let dir = format!("/etc/l2s-lab/{site}");
-    let run = format!("/run/l2s-lab/{site}");
-    g.sh(&format!("mkdir -p {dir}")).unwrap();
-    let mut toml = files["/etc/l2s-vnf/site.toml"].clone();
-    for (name, mode) in [("site.crt", 0o644), ("site.key", 0o600), ("ca.crt", 0o644)] {
-        let path = format!("/etc/l2s-vnf/{name}");
-        g.write(&format!("{dir}/{name}"), &files[&path], mode)
-            .unwrap();
-        toml = toml.replace(&path, &format!("{dir}/{name}"));
-    }
-    // Its own sockets: OVSDB, charon's VICI, the control socket.
-    let toml = toml.replace(
-        "vici = \"unix:///run/charon.vici\"",
-        &format!("vici = \"unix://{run}/run/charon.vici\""),
-    ) + &format!(
-        "\n[switch]\novsdb = \"unix:{run}/ovs/db.sock\"\n\n[daemon]\ncontrol_socket = \"{run}/control.sock\"\n"
-    );
-    g.write(&format!("{dir}/site.toml"), &toml, 0o644).unwrap();
-    g.sh(&format!("/root/lab/start-site.sh {site}")).unwrap();
-}
-
 /// The VNFs of VLAN 103 (added by a reload in step 5), each on a new access interface ens7
 /// at A and at B.
 fn plug_vlan103(s: &Stack) {
@@ -393,10 +343,15 @@ fn the_paper_sites_on_the_production_stack() {
     );
 
     // 2. The peer sites, and the underlay capture for everything that follows.
-    install_lab_scripts(&s.g);
+    guest::install_lab_scripts(&s.g).unwrap();
     s.sh("systemd-run --quiet --unit=l2s-lab-capture --collect ip netns exec ul tcpdump -i ul0 -n -U -s 128 -w /root/underlay.pcap; sleep 2");
     for site in ["site-b", "site-c"] {
-        start_peer(&s.g, site, &pki.ca);
+        guest::start_peer(
+            &s.g,
+            site,
+            &guest::user_data(site, &pki.ca, DEB_URL).unwrap(),
+        )
+        .unwrap();
     }
     let up = s.wait_up("first convergence", Duration::from_secs(120));
     eprintln!(
