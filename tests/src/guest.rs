@@ -809,3 +809,55 @@ pub fn start_peer(g: &Guest, site: &str, user_data: &str) -> Result<()> {
     g.sh(&format!("/root/lab/start-site.sh {site}"))?;
     Ok(())
 }
+
+/// What every guest test does first: as root with the tools installed, the image for this
+/// run's .deb (built when not cached) and the .deb itself; `Ok(None)` when the guest lab
+/// cannot run here and skipping was asked for (otherwise that fails the test).
+pub fn prepare() -> Result<Option<(Image, PathBuf)>> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string));
+    if uid.as_deref() != Some("0") {
+        crate::skip_or_fail("the guest lab needs root");
+        return Ok(None);
+    }
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        bail!(
+            "the guest lab needs {} (tests/deps.sh installs them)",
+            missing.join(", ")
+        );
+    }
+    let deb = crate::package()?;
+    let image = Image::ensure(&deb)?;
+    Ok(Some((image, deb)))
+}
+
+/// The bytes (in + out) a peer's SA counted, from a site's `status --json`.
+pub fn sa_bytes(status: &serde_json::Value, peer: &str) -> Result<u64> {
+    let p = status["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == peer))
+        .with_context(|| format!("no peer {peer}: {status:#}"))?;
+    ["bytes_in", "bytes_out"]
+        .iter()
+        .map(|f| {
+            p["sa"][f]
+                .as_u64()
+                .with_context(|| format!("{peer}: no SA {f}: {p:#}"))
+        })
+        .sum()
+}
+
+impl Guest {
+    /// Wait (up to 15 minutes under emulation) until cloud-init has finished, successfully.
+    pub fn cloud_init_done(&self) -> Result<Duration> {
+        self.wait_until(
+            "cloud-init done",
+            Duration::from_secs(900),
+            "cloud-init status --wait >/dev/null 2>&1; cloud-init status | grep -q 'status: done'",
+        )
+    }
+}

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use l2s_lab::guest::{self, Boot, Guest, Image};
+use l2s_lab::guest::{self, Boot, Guest};
 
 const DEB_URL: &str = "http://10.0.2.100/l2s-vnf.deb";
 /// The VLAN pairs of the paper's scenario: (from VNF, to VNF, to address, VLAN).
@@ -254,23 +254,9 @@ fn plug_vlan103(s: &Stack) {
 
 #[test]
 fn the_paper_sites_on_the_production_stack() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string));
-    if uid.as_deref() != Some("0") {
-        l2s_lab::skip_or_fail("the guest lab needs root");
+    let Some((image, deb)) = guest::prepare().unwrap() else {
         return;
-    }
-    let missing = guest::missing_tools();
-    assert!(
-        missing.is_empty(),
-        "the guest lab needs {} (tests/deps.sh installs them)",
-        missing.join(", ")
-    );
-    let deb = l2s_lab::package().unwrap();
-    let image = Image::ensure(&deb).unwrap();
+    };
     let t0 = Instant::now();
     // The sites authenticate with certificates from a throw-away federation CA, as the NS
     // parameters say (the recommended mode).
@@ -295,12 +281,7 @@ fn the_paper_sites_on_the_production_stack() {
     let mut s = Stack { g };
 
     // 1. The whole way at site A: cloud-init → .deb → systemctl → READY.
-    s.g.wait_until(
-        "cloud-init done",
-        Duration::from_secs(900),
-        "cloud-init status --wait >/dev/null 2>&1; cloud-init status | grep -q 'status: done'",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    s.g.cloud_init_done().unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "guest: cloud-init done {:.0} s after boot began",
         t0.elapsed().as_secs_f64()
@@ -792,24 +773,7 @@ fn the_paper_sites_on_the_production_stack() {
         ("b101", "10.101.0.2", "site-b"),
         ("c101", "10.101.0.3", "site-c"),
     ] {
-        let sa = || -> u64 {
-            let st = s.status("site-a");
-            let p = st["peers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == peer)
-                .cloned()
-                .unwrap_or_else(|| panic!("no peer {peer}: {st:#}"));
-            ["bytes_in", "bytes_out"]
-                .iter()
-                .map(|f| {
-                    p["sa"][f]
-                        .as_u64()
-                        .unwrap_or_else(|| panic!("{peer}: no SA {f}: {p:#}"))
-                })
-                .sum()
-        };
+        let sa = || guest::sa_bytes(&s.status("site-a"), peer).unwrap();
         let before = sa();
         let out = s.sh(&format!("/root/lab/tcp.sh a101 {to} {ip} 1M"));
         let got: u64 = out

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use l2s_lab::guest::{self, Boot, Guest, Image};
+use l2s_lab::guest::{self, Boot, Guest};
 
 const DEB_URL: &str = "http://10.0.2.100/l2s-vnf.deb";
 const PARAMS: &str = "descriptors/osm/l2s_evpn_ns/params-evpn.yaml";
@@ -87,24 +87,8 @@ impl Stack {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let sa = || -> u64 {
-            let st = self.status_a();
-            let p = st["peers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == B_PEER)
-                .cloned()
-                .unwrap_or_else(|| panic!("{what}: no peer {B_PEER}: {st:#}"));
-            ["bytes_in", "bytes_out"]
-                .iter()
-                .map(|f| {
-                    p["sa"][f]
-                        .as_u64()
-                        .unwrap_or_else(|| panic!("{what}: no SA {f}: {p:#}"))
-                })
-                .sum()
-        };
+        let sa =
+            || guest::sa_bytes(&self.status_a(), B_PEER).unwrap_or_else(|e| panic!("{what}: {e}"));
         let before = sa();
         let out = self.sh("/root/lab/tcp.sh a101 b101 10.101.0.2 2M");
         let got: u64 = out
@@ -190,23 +174,9 @@ impl Drop for Stack {
 
 #[test]
 fn a_site_and_its_reflector_on_the_production_stack() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string));
-    if uid.as_deref() != Some("0") {
-        l2s_lab::skip_or_fail("the guest lab needs root");
+    let Some((image, deb)) = guest::prepare().unwrap() else {
         return;
-    }
-    let missing = guest::missing_tools();
-    assert!(
-        missing.is_empty(),
-        "the guest lab needs {} (tests/deps.sh installs them)",
-        missing.join(", ")
-    );
-    let deb = l2s_lab::package().unwrap();
-    let image = Image::ensure(&deb).unwrap();
+    };
     let t0 = Instant::now();
     let pki = guest::GuestCa::new().unwrap();
     let user_data = guest::user_data_for(PARAMS, "site-a", A, &pki.ca, DEB_URL).unwrap();
@@ -224,12 +194,7 @@ fn a_site_and_its_reflector_on_the_production_stack() {
     let s = Stack { g };
 
     // 1. Site A the whole way: cloud-init → .deb + FRR + the EVPN drop-in → the hardened unit.
-    s.g.wait_until(
-        "cloud-init done",
-        Duration::from_secs(900),
-        "cloud-init status --wait >/dev/null 2>&1; cloud-init status | grep -q 'status: done'",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    s.g.cloud_init_done().unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "guest EVPN: cloud-init done {:.0} s after boot began",
         t0.elapsed().as_secs_f64()
