@@ -494,6 +494,27 @@ fn sites_naming_only_the_reflector_carry_traffic_inside_ipsec() {
         .count();
     assert_eq!(established, 3, "the reflector's sessions: {:#}", rs["evpn"]);
 
+    // Quiet, the route table is not read each second (only bgpd's UPDATE count is asked),
+    // yet the routes are known current.
+    let reads = |lab: &Lab| {
+        lab.status_json("a").unwrap()["evpn"]["route_reads"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = reads(&lab);
+    std::thread::sleep(Duration::from_secs(12));
+    let quiet = reads(&lab) - before;
+    let st = lab.status_json("a").unwrap();
+    assert!(
+        quiet <= 4
+            && st["evpn"]["routes_age_secs"]
+                .as_u64()
+                .is_some_and(|a| a <= 2),
+        "{quiet} route reads in 12 quiet seconds: {:#}",
+        st["evpn"]
+    );
+    eprintln!("quiet: {quiet} reads of the route table in 12 s (checks each second)");
+
     // One converge path: `apply` and `plan`, run beside the daemon, find nothing to change.
     for cmd in ["plan", "apply"] {
         let out = lab.l2s_ok("a", &[cmd]).unwrap();

@@ -433,6 +433,13 @@ impl Frr {
         routes::parse_imet(&json, asn, own).map_err(|e| EvpnError::Parse(e.to_string()))
     }
 
+    /// How many UPDATE messages bgpd has received, over all its neighbours (a few hundred bytes
+    /// per neighbour to ask; the route table can be megabytes).
+    pub fn updates_received(&self) -> Result<u64, EvpnError> {
+        let json = self.vtysh("show bgp neighbors json")?;
+        routes::parse_updates_received(&json).map_err(|e| EvpnError::Parse(e.to_string()))
+    }
+
     /// bgpd's sessions.
     pub fn sessions(&self) -> Result<Vec<routes::BgpSession>, EvpnError> {
         let json = self.vtysh("show bgp l2vpn evpn summary json")?;

@@ -127,6 +127,22 @@ pub fn parse_summary(json: &str) -> Result<Vec<BgpSession>, RoutesError> {
     Ok(out)
 }
 
+/// The UPDATE messages received over all neighbours, from `show bgp neighbors json` (what
+/// tells that the routes may have changed; keepalives do not count).
+pub fn parse_updates_received(json: &str) -> Result<u64, RoutesError> {
+    let doc: Value = serde_json::from_str(json)?;
+    let neighbours = doc
+        .as_object()
+        .ok_or(RoutesError::Shape("neighbours object"))?;
+    let mut total = 0;
+    for n in neighbours.values() {
+        total += n["messageStats"]["updatesRecv"]
+            .as_u64()
+            .ok_or(RoutesError::Shape("messageStats.updatesRecv"))?;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +171,15 @@ mod tests {
         assert_ne!(invalid, IMET);
         assert!(parse_imet(&invalid, 65000, own).unwrap().vteps.is_empty());
         assert!(parse_imet("[]", 65000, own).is_err());
+    }
+
+    #[test]
+    fn updates_received_are_summed_over_neighbours() {
+        let two = r#"{"192.0.2.10":{"bgpState":"Established","messageStats":{"depthInq":0,"updatesSent":3,"updatesRecv":5,"keepalivesRecv":40}},"192.0.2.11":{"messageStats":{"updatesRecv":7}}}"#;
+        assert_eq!(parse_updates_received(two).unwrap(), 12);
+        assert_eq!(parse_updates_received("{}").unwrap(), 0);
+        // A bgpd that no longer says it: an error (the daemon then reads the routes).
+        assert!(parse_updates_received(r#"{"192.0.2.10":{"messageStats":{}}}"#).is_err());
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct EvpnStatus {
     pub discovered: Vec<DiscoveredPeer>,
     /// Seconds since bgpd last answered (the routes shown are that old).
     pub routes_age_secs: Option<u64>,
+    /// How many times bgpd's route table was read (each second only while it may have
+    /// changed).
+    #[serde(default)]
+    pub route_reads: u64,
     /// Why the routes are not current, when they are not.
     pub problem: Option<String>,
 }
@@ -67,7 +71,16 @@ pub struct Runtime {
     complete: bool,
     /// Whether what an earlier run left on the system was looked at.
     adopted: bool,
+    /// The UPDATEs bgpd had received at the last check, and its sessions then.
+    updates: Option<u64>,
+    sessions_seen: Option<Vec<(IpAddr, bool, u64)>>,
+    /// When those last moved.
+    moved_at: Option<Instant>,
+    /// How many times the route table was read.
+    route_reads: u64,
     learned_at: Option<Instant>,
+    /// When the routes held were last known to be bgpd's (read, or nothing came since).
+    current_at: Option<Instant>,
     sessions: Vec<BgpSession>,
     frr_state: FrrState,
     problem: Option<String>,
@@ -94,7 +107,12 @@ impl Runtime {
             last_read: None,
             complete: false,
             adopted: false,
+            updates: None,
+            sessions_seen: None,
+            moved_at: None,
+            route_reads: 0,
             learned_at: None,
+            current_at: None,
             sessions: vec![],
             frr_state: FrrState::default(),
             problem: None,
@@ -143,9 +161,22 @@ impl Runtime {
         let before = self.current();
         // Sessions first: a route read after a settled session counts toward completeness.
         let sessions = self.frr.sessions();
-        match self.frr.discovered(evpn.asn, vtep) {
-            Ok(d) => self.take(d, complete(sessions.as_deref().unwrap_or_default())),
-            Err(e) => {
+        let read = if evpn.role == EvpnRole::Reflector {
+            // A reflector has no data path: the routes are never its to follow.
+            if sessions.is_ok() {
+                self.current_at = Some(Instant::now());
+            }
+            None
+        } else if self.routes_due(whole, sessions.as_deref().ok()) {
+            self.route_reads += 1;
+            Some(self.frr.discovered(evpn.asn, vtep))
+        } else {
+            None
+        };
+        match read {
+            None => {}
+            Some(Ok(d)) => self.take(d, complete(sessions.as_deref().unwrap_or_default())),
+            Some(Err(e)) => {
                 self.complete = false;
                 problem.get_or_insert(format!(
                     "bgpd does not answer ({e}); holding the last routes"
@@ -179,6 +210,34 @@ impl Runtime {
         }
         self.problem = problem;
         changed
+    }
+
+    /// Whether the route table must be read now. Reading it is what costs (0.55 s at 4 sites
+    /// × 4094 VNIs): it is read at each reconcile (`whole`), while the routes are not complete,
+    /// while bgpd receives UPDATEs or its sessions change and for [`SETTLING`] after, and at
+    /// least every [`REREAD`]; otherwise a second's check asks bgpd only how many UPDATEs it
+    /// received.
+    fn routes_due(&mut self, whole: bool, sessions: Option<&[BgpSession]>) -> bool {
+        let now = Instant::now();
+        let updates = self.frr.updates_received().ok();
+        let up: Option<Vec<(IpAddr, bool, u64)>> = sessions.map(|s| {
+            s.iter()
+                .map(|x| (x.peer, x.established, x.prefixes_received))
+                .collect()
+        });
+        let moved = updates.is_none() || updates != self.updates || up != self.sessions_seen;
+        self.updates = updates;
+        self.sessions_seen = up;
+        if moved {
+            self.moved_at = Some(now);
+        } else {
+            // Nothing came since the last read: what was read is still bgpd's table.
+            self.current_at = Some(now);
+        }
+        whole
+            || !self.complete
+            || self.moved_at.is_none_or(|t| now - t < SETTLING)
+            || self.learned_at.is_none_or(|t| now - t >= REREAD)
     }
 
     /// Take one answer of bgpd's (`settled`: read with a settled session, see [`complete`]).
@@ -215,6 +274,7 @@ impl Runtime {
         self.withdrawn
             .retain(|(v, n), _| !learned.vteps.get(v).is_some_and(|x| x.contains(n)));
         self.learned_at = Some(now);
+        self.current_at = Some(now);
     }
 
     /// Take the discovered sites an earlier run left on the system (their VTEPs, the VNIs
@@ -279,7 +339,8 @@ impl Runtime {
                 })
                 .filter(|d| !d.vnis.is_empty())
                 .collect(),
-            routes_age_secs: self.learned_at.map(|t| t.elapsed().as_secs()),
+            routes_age_secs: self.current_at.map(|t| t.elapsed().as_secs()),
+            route_reads: self.route_reads,
             problem: self.problem.clone(),
         })
     }
@@ -303,6 +364,11 @@ impl Runtime {
         changed
     }
 }
+
+/// How long after bgpd last received an UPDATE the routes are still read every second.
+pub const SETTLING: Duration = Duration::from_secs(5);
+/// How often the routes are read when nothing moved (a safety net).
+pub const REREAD: Duration = Duration::from_secs(30);
 
 /// How long a session must have been established before its routes count as complete.
 pub const SETTLE: Duration = Duration::from_secs(5);
