@@ -105,10 +105,7 @@ pub async fn effective_for_apply(cfg: &SiteConfig, sys: &System) -> Result<SiteC
     let first = evpn::view::effective(cfg, &learned, &BTreeSet::new());
     let actual = sys.observe(&first).await?;
     if !complete {
-        let (found, _) = on_the_system(cfg, &actual);
-        for (v, vnis) in found.vteps {
-            learned.vteps.entry(v).or_default().extend(vnis);
-        }
+        learned.absorb(on_the_system(cfg, &actual).0);
     }
     let discovered = evpn::view::effective(cfg, &learned, &BTreeSet::new());
     let up = discovered_sas_up(&discovered, &actual);

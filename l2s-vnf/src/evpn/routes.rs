@@ -17,6 +17,13 @@ pub struct Discovered {
 }
 
 impl Discovered {
+    /// Add `other`'s VTEPs and VNIs to these (nothing is taken away).
+    pub fn absorb(&mut self, other: Discovered) {
+        for (v, vnis) in other.vteps {
+            self.vteps.entry(v).or_default().extend(vnis);
+        }
+    }
+
     /// The VTEPs that announced `vni`.
     pub fn flood_list(&self, vni: u32) -> BTreeSet<IpAddr> {
         self.vteps

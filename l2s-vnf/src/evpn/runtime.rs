@@ -265,9 +265,7 @@ impl Runtime {
             self.learned = d;
         } else {
             // Not complete: add what came, take nothing away.
-            for (v, vnis) in d.vteps {
-                self.learned.vteps.entry(v).or_default().extend(vnis);
-            }
+            self.learned.absorb(d);
         }
         self.complete = complete;
         let learned = &self.learned;
@@ -293,9 +291,7 @@ impl Runtime {
             sites = found.vteps.len(),
             "EVPN: holding the discovered sites found on the system until bgpd's routes are complete"
         );
-        for (v, vnis) in found.vteps {
-            self.learned.vteps.entry(v).or_default().extend(vnis);
-        }
+        self.learned.absorb(found);
         self.sa_up.extend(up);
         true
     }
