@@ -24,6 +24,9 @@ pub struct DesiredVlan {
     pub access_ports: BTreeSet<String>,
     /// Peer VTEP addresses that get an all-zero FDB entry (head-end replication).
     pub flood: BTreeMap<IpAddr, String>,
+    /// Remote MACs EVPN placed (MAC → the peer's VTEP and name): FDB entries marked as
+    /// externally learned, only towards a peer in the flood list.
+    pub macs: BTreeMap<String, (IpAddr, String)>,
 }
 
 /// IPsec and the guard as they should be (absent in insecure lab mode).
@@ -192,6 +195,16 @@ impl DesiredState {
                     .peers
                     .iter()
                     .filter_map(|name| cfg.peer(name).map(|p| (p.address, p.name.clone())))
+                    .collect::<BTreeMap<IpAddr, String>>();
+                let macs = v
+                    .remote_macs
+                    .iter()
+                    .filter_map(|(mac, name)| {
+                        let p = cfg.peer(name)?;
+                        flood
+                            .contains_key(&p.address)
+                            .then(|| (mac.clone(), (p.address, p.name.clone())))
+                    })
                     .collect();
                 let vxlan = VxlanSpec {
                     name: vxlan_device_name(v.vni),
@@ -212,6 +225,7 @@ impl DesiredState {
                         vxlan,
                         access_ports: v.ports.iter().cloned().collect(),
                         flood,
+                        macs,
                     },
                 )
             })

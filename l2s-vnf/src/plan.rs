@@ -347,6 +347,31 @@ pub fn diff_with(
                 }));
             }
         }
+        // EVPN's remote MACs, after the flood entries towards their VTEPs.
+        let placed = links
+            .get(&spec.name)
+            .filter(|_| !recreated)
+            .map(|l| l.placed.clone())
+            .unwrap_or_default();
+        for (mac, address) in placed.iter().filter(|(m, _)| !v.macs.contains_key(*m)) {
+            c.push(Change::Link(LinkChange::RemoveMac {
+                dev: spec.name.clone(),
+                mac: mac.clone(),
+                address: *address,
+            }));
+        }
+        for (mac, (address, peer)) in &v.macs {
+            let was = placed.get(mac).copied();
+            if was != Some(*address) {
+                c.push(Change::Link(LinkChange::PlaceMac {
+                    dev: spec.name.clone(),
+                    mac: mac.clone(),
+                    address: *address,
+                    peer: peer.clone(),
+                    was,
+                }));
+            }
+        }
         // New devices are made up; an existing one that is down is brought up last.
         if links.get(&spec.name).is_some_and(|l| !l.up) && !recreated {
             late.push(Change::Link(LinkChange::SetUp {
@@ -618,6 +643,7 @@ mod tests {
             vxlan: None,
             flood: BTreeSet::new(),
             learned_macs: 0,
+            placed: Default::default(),
             stats: None,
         }
     }

@@ -833,6 +833,62 @@ impl Lab {
 
     /// Give VNFs the access MTU, as DHCP on an access network created with the computed MTU
     /// would (a VNF with a larger MTU than its access link black-holes large frames).
+    /// A VNF's MAC address (its `eth0`'s), in lower case.
+    pub fn vnf_mac(&self, v: &Vnf) -> Result<String> {
+        let out = sh(netns(&v.ns, "cat").arg("/sys/class/net/eth0/address"))?;
+        Ok(out.trim().to_ascii_lowercase())
+    }
+
+    /// Give a VNF's `eth0` this MAC (a VNF that moved to another site keeps its MAC).
+    pub fn set_vnf_mac(&self, v: &Vnf, mac: &str) -> Result<()> {
+        sh(netns(&v.ns, "ip").args(["link", "set", "eth0", "address", mac]))?;
+        Ok(())
+    }
+
+    /// A VNF leaves its site while its access port stays up: its address goes and its `eth0`
+    /// takes another MAC (`spare`), so that nothing of it is heard there any more — yet the
+    /// site's switch remembers its MAC until that ages out.
+    pub fn vnf_leaves(&self, v: &Vnf, spare: &str) -> Result<()> {
+        sh(netns(&v.ns, "ip").args(["addr", "flush", "dev", "eth0"]))?;
+        self.set_vnf_mac(v, spare)
+    }
+
+    /// A VNF arrives at a site with its MAC and address, and says so to `hello` alone: a
+    /// unicast ping (its neighbour entry for `hello` is static), so that no broadcast of it
+    /// reaches the other sites and teaches their switches where it went.
+    pub fn vnf_arrives(&self, v: &Vnf, mac: &str, hello: &Vnf) -> Result<()> {
+        self.set_vnf_mac(v, mac)?;
+        self.set_vnf_link(v, true)?;
+        let _ = run(netns(&v.ns, "ip").args(["addr", "add", &v.cidr, "dev", "eth0"]));
+        let hello_mac = self.vnf_mac(hello)?;
+        sh(netns(&v.ns, "ip").args([
+            "neigh",
+            "replace",
+            &hello.ip,
+            "lladdr",
+            &hello_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]))?;
+        let _ = self.ping(v, &hello.ip, 1);
+        Ok(())
+    }
+
+    /// No IPv6 on a VNF (its link-local chatter would tell every site where its MAC is).
+    pub fn vnf_without_ipv6(&self, v: &Vnf) -> Result<()> {
+        sh(netns(&v.ns, "sysctl").args(["-qw", "net.ipv6.conf.all.disable_ipv6=1"]))?;
+        sh(netns(&v.ns, "sysctl").args(["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]))?;
+        Ok(())
+    }
+
+    /// Take a VNF's `eth0` up or down (a VNF that left a site, or arrived).
+    pub fn set_vnf_link(&self, v: &Vnf, up: bool) -> Result<()> {
+        sh(netns(&v.ns, "ip").args(["link", "set", "eth0", if up { "up" } else { "down" }]))?;
+        Ok(())
+    }
+
     pub fn set_vnf_mtu(&self, vnfs: &[&Vnf], mtu: u32) -> Result<()> {
         for v in vnfs {
             sh(netns(&v.ns, "ip").args(["link", "set", "eth0", "mtu", &mtu.to_string()]))?;

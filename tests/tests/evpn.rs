@@ -867,3 +867,243 @@ fn two_reflectors_losing_or_restarting_one_loses_nothing() {
         .unwrap();
     nothing_in_clear_text(cap);
 }
+
+/// The MACs a VNF that left a site takes there (locally administered).
+const SPARE_B: &str = "02:00:00:0b:0b:0b";
+const SPARE_C: &str = "02:00:00:0c:0c:0c";
+
+/// What every site's bgpd, status and devices say about MACs (for a failure's report).
+fn mac_routes(lab: &Lab) -> String {
+    let mut out = String::new();
+    for s in ["a", "b", "c"] {
+        let dir = lab.site(s).dir.join("control.sock.frr");
+        let routes = Command::new("vtysh")
+            .args(["--vty_socket", &dir.display().to_string()])
+            .args(["-c", "show bgp l2vpn evpn route type macip"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let fdb = sh(netns(&lab.site(s).ns, "bridge").args(["fdb", "show", "dev", "l2s-vx101"]))
+            .unwrap_or_default();
+        let st = lab
+            .status_json(s)
+            .map(|v| v["evpn"].to_string())
+            .unwrap_or_default();
+        let macs = lab.l2s_ok(s, &["macs"]).unwrap_or_default();
+        out += &format!(
+            "--- {s}\nbgpd:\n{routes}\nl2s-vx101:\n{fdb}\nmacs:\n{macs}\nstatus: {st}\nlog:\n{}\n",
+            evpn_log(lab, s)
+        );
+    }
+    for ns in sh(Command::new("ip").args(["netns", "list"]))
+        .unwrap_or_default()
+        .lines()
+    {
+        let ns = ns.split_whitespace().next().unwrap_or("");
+        if ns.starts_with("l2s-evpn") {
+            let f = sh(Command::new("bridge").args(["-n", ns, "fdb", "show"])).unwrap_or_default();
+            let shadow: Vec<&str> = f
+                .lines()
+                .filter(|l| l.contains("l2s-ea") || l.contains("l2s-ex"))
+                .collect();
+            out += &format!("--- {ns}\n{}\n", shadow.join("\n"));
+        }
+    }
+    out
+}
+
+/// The remote MACs EVPN placed on a site's VXLAN device (`extern_learn` entries): MAC → VTEP.
+fn placed(lab: &Lab, site: &str, dev: &str) -> std::collections::BTreeMap<String, String> {
+    let out = sh(netns(&lab.site(site).ns, "bridge").args(["-j", "fdb", "show", "dev", dev]))
+        .unwrap_or_default();
+    let v: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+    v.iter()
+        .filter(|e| {
+            e["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "extern_learn"))
+        })
+        .filter_map(|e| {
+            Some((
+                e["mac"].as_str()?.to_string(),
+                e["dst"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Type-2 routes and MAC mobility: a reflector and sites A, B, C on VLAN 101, naming only the
+/// reflector. A VNF (M) at B is advertised by B, and every other site places its MAC behind
+/// B's VTEP (a permanent, externally learned entry that traffic cannot move). M moves to C (it
+/// stops at B, whose switch still remembers it, and starts at C with the same MAC and
+/// address): C advertises it, B stops, A and B place it behind C, and A's traffic follows —
+/// then back to B. After each move: ping and a TCP transfer inside the new site's SA, `macs`
+/// tells where M is and that EVPN put it there; the underlay carries no clear text.
+#[test]
+fn a_vnf_moving_between_sites_is_followed_by_its_mac_route() {
+    require_lab!();
+    if !frr_here() {
+        return;
+    }
+    let _alone = one_federation_at_a_time();
+    let mut lab = Lab::new(4).unwrap();
+    let a101 = lab.add_vnf("a", "acc101", "10.101.0.1/24").unwrap();
+    let m_b = lab.add_vnf("b", "mov101", "10.101.0.9/24").unwrap();
+    let m_c = lab.add_vnf("c", "mov101", "10.101.0.9/24").unwrap();
+    let mac = lab.vnf_mac(&m_b).unwrap();
+    for m in [&m_b, &m_c] {
+        lab.vnf_without_ipv6(m).unwrap();
+    }
+    lab.vnf_leaves(&m_c, SPARE_C).unwrap();
+    let ca = TestCa::new(&lab.dir, "federation-ca").unwrap();
+    let psk = lab.psk_file("psk", "unused-with-certificates\n").unwrap();
+    let reflector = lab.site("d").underlay_ip.clone();
+    write_evpn_config(
+        &lab,
+        &psk,
+        "d",
+        &ca,
+        &[],
+        "\n[evpn]\nenabled = true\nrole = \"reflector\"\nlisten_range = \"192.0.2.0/24\"\n",
+    );
+    let site_evpn =
+        format!("\n[evpn]\nenabled = true\nreflectors = [\"{reflector}\"]\nhold_time = \"9s\"\n");
+    write_evpn_config(
+        &lab,
+        &psk,
+        "a",
+        &ca,
+        &[(101, &["acc101"], None)],
+        &site_evpn,
+    );
+    for s in ["b", "c"] {
+        write_evpn_config(&lab, &psk, s, &ca, &[(101, &["mov101"], None)], &site_evpn);
+    }
+    let cap = Capture::start(&lab, "mobility").unwrap();
+    for s in ["a", "b", "c", "d"] {
+        lab.start_charon(s).unwrap();
+    }
+    for s in ["d", "a", "b", "c"] {
+        lab.start_daemon(s).unwrap();
+    }
+    let mtu = lab.status_json("a").unwrap()["access_mtu"]
+        .as_u64()
+        .unwrap() as u32;
+    lab.set_vnf_mtu(&[&a101, &m_b, &m_c], mtu).unwrap();
+    let (b_ip, c_ip) = ("192.0.2.2".to_string(), "192.0.2.3".to_string());
+    pings_within(
+        &lab,
+        &[(&a101, &m_b, "A -> M at B")],
+        Duration::from_secs(40),
+    );
+    wait_for("A and C in B's flood list", Duration::from_secs(30), || {
+        flood(&lab, "b", "l2s-vx101").len() == 2
+    });
+
+    // Where each site places M, and whether A's traffic reaches M where it is now.
+    let placed_everywhere = |at: &str, others: &[&str], limit: Duration| {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if others
+                .iter()
+                .all(|s| placed(&lab, s, "l2s-vx101").get(&mac) == Some(&at.to_string()))
+            {
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "M ({mac}) not placed behind {at} at {others:?} within {limit:?}\n{}",
+            mac_routes(&lab)
+        );
+    };
+    placed_everywhere(&b_ip, &["a", "c"], Duration::from_secs(20));
+
+    let judge = |lab: &Lab, m: &Vnf, site: &str, name: &str| {
+        lab.service_within(&a101, m, Duration::from_secs(15))
+            .unwrap();
+        let e = lab
+            .encrypted_transfer_to(
+                &cap,
+                m,
+                &a101,
+                "a",
+                (site, name),
+                "1M",
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        eprintln!(
+            "A -> M: {} bytes, SA evpn with {site} counted {}, ESP {}",
+            e.got, e.sa, e.esp
+        );
+        // `macs` at A: M behind that site, put there by EVPN.
+        let table = lab.l2s_ok("a", &["macs", "--json"]).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&table).unwrap();
+        let rows = doc["macs"].as_array().unwrap();
+        let ip = lab.site(site).underlay_ip.clone();
+        assert!(
+            rows.iter().any(|r| r["mac"] == mac.as_str()
+                && r["peer"].as_str().is_some_and(|p| p.contains(&ip))
+                && r["evpn"] == true),
+            "A's `macs` does not place {mac} behind {site} through EVPN: {table}"
+        );
+    };
+    judge(&lab, &m_b, "b", &format!("evpn-{b_ip}"));
+
+    // M moves to C: it goes quiet at B, whose port stays up and whose switch still remembers
+    // M (B's routes must yield to C's newer one, not to B forgetting it), and starts at C,
+    // which hears from it first (a migrated VM announces itself).
+    let in_switch = |site: &str| {
+        let t = lab.l2s_ok(site, &["macs"]).unwrap();
+        t.lines()
+            .any(|l| l.contains(mac.as_str()) && l.contains("port mov101"))
+    };
+    let t = Instant::now();
+    lab.vnf_leaves(&m_b, SPARE_B).unwrap();
+    lab.vnf_arrives(&m_c, &mac, &a101).unwrap();
+    placed_everywhere(&c_ip, &["a", "b"], Duration::from_secs(20));
+    let moved = t.elapsed();
+    let reached = {
+        assert!(
+            lab.ping_eventually(&a101, &m_c.ip, Duration::from_secs(10)),
+            "A cannot reach M at C\nB's log:\n{}",
+            evpn_log(&lab, "b")
+        );
+        t.elapsed()
+    };
+    eprintln!("M moved to C: placed behind C at A and B {moved:?} after the move, A reached it {reached:?} after it");
+    assert!(
+        in_switch("b"),
+        "B's switch forgot M: the move did not test the mobility rule"
+    );
+    let st = lab.status_json("b").unwrap();
+    assert_eq!(
+        st["evpn"]["local_macs"], 0,
+        "B still advertises M: {:#}",
+        st["evpn"]
+    );
+    judge(&lab, &m_c, "c", &format!("evpn-{c_ip}"));
+
+    // And back to B.
+    let t = Instant::now();
+    lab.vnf_leaves(&m_c, SPARE_C).unwrap();
+    lab.vnf_arrives(&m_b, &mac, &a101).unwrap();
+    placed_everywhere(&b_ip, &["a", "c"], Duration::from_secs(20));
+    let back = t.elapsed();
+    assert!(lab.ping_eventually(&a101, &m_b.ip, Duration::from_secs(10)));
+    eprintln!(
+        "M moved back to B: placed behind B at A and C {back:?} after the move, A reached it {:?} after it",
+        t.elapsed()
+    );
+    judge(&lab, &m_b, "b", &format!("evpn-{b_ip}"));
+    assert!(in_switch("c"), "C's switch forgot M");
+    let st = lab.status_json("c").unwrap();
+    assert_eq!(st["evpn"]["local_macs"], 0, "{:#}", st["evpn"]);
+    let st = lab.status_json("b").unwrap();
+    assert_eq!(st["evpn"]["local_macs"], 1, "{:#}", st["evpn"]);
+    // One converge path: `plan` beside the daemon finds the same MACs placed.
+    let out = lab.l2s_ok("a", &["plan"]).unwrap();
+    assert!(out.contains("no changes"), "{out}");
+    nothing_in_clear_text(cap);
+}

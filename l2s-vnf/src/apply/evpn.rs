@@ -59,6 +59,15 @@ pub fn on_the_system(cfg: &SiteConfig, actual: &ActualState) -> (Discovered, BTr
         if vnis.is_empty() {
             continue;
         }
+        // Its remote MACs stay placed too.
+        for v in cfg.vlans.iter().filter(|v| vnis.contains(&v.vni)) {
+            let placed = actual.links.links.get(&vxlan_device_name(v.vni));
+            for (mac, at) in placed.iter().flat_map(|l| &l.placed) {
+                if *at == vtep {
+                    found.macs.insert((v.vni, mac.clone()), vtep);
+                }
+            }
+        }
         found.vteps.insert(vtep, vnis);
         if actual
             .ipsec

@@ -130,7 +130,7 @@ enum Command {
         /// Only this VLAN.
         #[arg(long)]
         vlan: Option<u16>,
-        /// `{"schema":1,"macs":[{"vlan","mac","port","peer","age_secs"}]}`.
+        /// `{"schema":1,"macs":[{"vlan","mac","port","peer","age_secs","evpn"}]}`.
         #[arg(long)]
         json: bool,
     },

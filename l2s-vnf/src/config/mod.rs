@@ -211,6 +211,9 @@ pub struct Vlan {
     pub bum_limit_pps: Option<u32>,
     /// This VLAN's own limit on learned remote MACs (overrides `[switch] mac_limit`).
     pub mac_limit: Option<u32>,
+    /// Remote MACs EVPN places behind a peer (MAC in lower case → peer name); never read from
+    /// the file (`evpn::view` fills it in).
+    pub remote_macs: std::collections::BTreeMap<String, String>,
 }
 
 /// Remote MACs a VLAN's VXLAN device learns when neither `[switch]` nor the VLAN says.

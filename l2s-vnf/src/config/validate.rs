@@ -593,6 +593,7 @@ pub fn validate(
             peers: vlan_peers,
             bum_limit_pps: vlan_limit,
             mac_limit: vlan_mac_limit,
+            remote_macs: Default::default(),
         });
     }
     // The generated VXLAN names must not collide with anything configured.

@@ -169,12 +169,19 @@ pub struct Metrics {
     evpn_peers: Family<EvpnPeerLabels, Gauge>,
     evpn_session_up: Family<PeerLabels, Gauge>,
     evpn_frr_restarts: Gauge,
+    evpn_macs: Family<EvpnMacLabels, Gauge>,
 }
 
 /// `sa="up"|"down"`: discovered sites by the state of their SA (flooding only when up).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EvpnPeerLabels {
     sa: &'static str,
+}
+
+/// `side="remote"|"local"`: type-2 routes' MACs, placed here or advertised from here.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvpnMacLabels {
+    side: &'static str,
 }
 
 impl Metrics {
@@ -212,6 +219,7 @@ impl Metrics {
             evpn_peers: Family::default(),
             evpn_session_up: Family::default(),
             evpn_frr_restarts: Gauge::default(),
+            evpn_macs: Family::default(),
         };
         let mut r = Registry::with_prefix("l2s_vnf");
         r.register(
@@ -346,6 +354,11 @@ impl Metrics {
             "evpn_frr_restarts",
             "Times zebra or bgpd exited and was started again",
             m.evpn_frr_restarts.clone(),
+        );
+        r.register(
+            "evpn_macs",
+            "MACs in EVPN type-2 routes: remote (placed behind discovered sites) and local (this site's access ports, advertised)",
+            m.evpn_macs.clone(),
         );
         m.registry = Mutex::new(r);
         Arc::new(m)
@@ -489,6 +502,7 @@ impl Metrics {
         self.guard.set(i64::from(s.ipsec.guard));
         self.evpn_peers.clear();
         self.evpn_session_up.clear();
+        self.evpn_macs.clear();
         if let Some(e) = &s.evpn {
             self.evpn_routes
                 .set(e.discovered.iter().map(|d| d.vnis.len() as i64).sum());
@@ -510,6 +524,11 @@ impl Metrics {
                     .set(i64::from(b.established));
             }
             self.evpn_frr_restarts.set(i64::from(e.frr.restarts));
+            for (side, n) in [("remote", e.remote_macs), ("local", e.local_macs)] {
+                self.evpn_macs
+                    .get_or_create(&EvpnMacLabels { side })
+                    .set(n as i64);
+            }
         }
     }
 
@@ -708,7 +727,7 @@ mod tests {
                     {"vtep": "192.0.2.2", "vnis": [101, 102], "sa_up": true},
                     {"vtep": "192.0.2.3", "vnis": [101], "sa_up": false, "withdrawn_secs": 2}
                 ],
-                "routes_age_secs": 0, "problem": null
+                "routes_age_secs": 0, "remote_macs": 4, "local_macs": 2, "problem": null
             }
         }))
         .unwrap()
@@ -780,6 +799,8 @@ mod tests {
             "l2s_vnf_evpn_discovered_peers{sa=\"down\"} 1",
             "l2s_vnf_evpn_bgp_session_up{peer=\"192.0.2.4\"} 1",
             "l2s_vnf_evpn_frr_restarts 1",
+            "l2s_vnf_evpn_macs{side=\"remote\"} 4",
+            "l2s_vnf_evpn_macs{side=\"local\"} 2",
         ] {
             assert!(text.contains(sample), "{sample} missing in:\n{text}");
         }

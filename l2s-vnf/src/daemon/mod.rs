@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod network_paths;
 pub mod watch;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -112,6 +112,9 @@ struct Daemon {
     evpn: Option<crate::evpn::Runtime>,
     /// Reconcile again at once (a discovered site's SA changed what the plan would be).
     again: bool,
+    /// The bridge and the OpenFlow numbers of its access ports, as the last reconcile found
+    /// them (EVPN advertises the MACs OVS learned on them).
+    access_ports: Option<(String, BTreeSet<i64>)>,
 }
 
 /// How often bgpd's routes and FRR's daemons are checked (EVPN).
@@ -326,14 +329,50 @@ impl Daemon {
     }
 
     /// Which discovered sites have their SA up now; when that changed, the flood lists must
-    /// follow at once (a site's entries wait for its SA, and go with it).
+    /// follow at once (a site's entries wait for its SA, and go with it). And which of the
+    /// bridge's ports are access ports (their MACs are advertised).
     fn note_discovered_sas(&mut self, cfg: &SiteConfig, actual: &ActualState) {
         let Some(rt) = &mut self.evpn else {
             return;
         };
+        self.access_ports = actual.switch.bridge.as_ref().map(|b| {
+            let ofports = b
+                .ports
+                .values()
+                .filter(|p| p.role == Some(crate::ovs::switch::PortRole::Access))
+                .filter_map(|p| p.iface.ofport)
+                .collect();
+            (b.name.clone(), ofports)
+        });
         if rt.note_sas(apply::evpn::discovered_sas_up(cfg, actual)) {
             self.again = true;
         }
+    }
+
+    /// EVPN: advertise the MACs OVS learned on the access ports (see
+    /// [`crate::evpn::Runtime::advertise_local`]).
+    async fn advertise_macs(&mut self) {
+        let (Some(rt), Some((bridge, ofports))) = (&mut self.evpn, &self.access_ports) else {
+            return;
+        };
+        let table = match crate::ovs::unixctl::socket(&self.cfg.switch.ovsdb) {
+            Ok(socket) => crate::ovs::unixctl::call(&socket, "fdb/show", &[bridge]).await,
+            Err(e) => Err(e),
+        };
+        let rows = match table {
+            Ok(t) => crate::ovs::unixctl::parse_fdb(&t),
+            Err(e) => {
+                debug!("EVPN: OVS's MAC table: {e}");
+                return;
+            }
+        };
+        let vni: BTreeMap<u16, u32> = self.cfg.vlans.iter().map(|v| (v.id, v.vni)).collect();
+        let seen: BTreeMap<(u32, String), u64> = rows
+            .into_iter()
+            .filter(|r| ofports.contains(&r.ofport))
+            .filter_map(|r| Some(((*vni.get(&r.vlan)?, r.mac.to_ascii_lowercase()), r.age_secs)))
+            .collect();
+        tokio::task::block_in_place(|| rt.advertise_local(&seen));
     }
 
     /// Count a change made to undo drift, and keep it among the recent ones status shows.
@@ -884,6 +923,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
         guard,
         evpn: None,
         again: false,
+        access_ports: None,
     };
     if d.cfg.evpn.is_some() {
         d.evpn = Some(crate::evpn::Runtime::new(&d.cfg));
@@ -993,6 +1033,7 @@ pub async fn run(config_path: PathBuf, cfg: SiteConfig) -> Result<(), DaemonErro
                 if changed {
                     let _ = d.reconcile(Cause::Evpn("the routes changed")).await;
                 }
+                d.advertise_macs().await;
                 changed
             }
             _ = heartbeat.tick(), if watchdog.is_some() => false,

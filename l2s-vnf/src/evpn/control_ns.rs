@@ -24,9 +24,25 @@ struct Shadow {
     local: Option<IpAddr>,
 }
 
+/// The shadow bridges' ageing time, in centiseconds (11.5 days: never, in practice).
+const NEVER_AGES: u64 = 100_000_000;
+
+/// The `ip -batch` lines that make a VNI's shadow access port, in its bridge, up: a macvlan
+/// on the uplink (always up with it, and carrying nothing; `dummy` links are not in every
+/// kernel).
+fn access_port(vni: u32) -> String {
+    let (br, ea) = (shadow::bridge_name(vni), shadow::access_name(vni));
+    let up0 = shadow::UPLINK.0;
+    format!("link add {ea} link {up0} type macvlan mode bridge\nlink set {ea} addrgenmode none\nlink set {ea} master {br}\nlink set {ea} up\n")
+}
+
 fn ip(args: &[&str], stdin: Option<&str>) -> Result<String, EvpnError> {
-    let what = format!("ip {}", args.join(" "));
-    let mut child = Command::new("ip")
+    run("ip", args, stdin)
+}
+
+fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, EvpnError> {
+    let what = format!("{tool} {}", args.join(" "));
+    let mut child = Command::new(tool)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -96,6 +112,62 @@ impl ControlNs {
             .collect())
     }
 
+    /// The VNIs whose shadow access port exists.
+    fn access_ports(&self) -> Result<BTreeSet<u32>, EvpnError> {
+        let out = ip(
+            &["-n", &self.name, "-j", "link", "show", "type", "macvlan"],
+            None,
+        )?;
+        let links: Vec<serde_json::Value> =
+            serde_json::from_str(out.trim()).map_err(|e| EvpnError::Parse(e.to_string()))?;
+        Ok(links
+            .iter()
+            .filter_map(|l| shadow::vni_of_access(l["ifname"].as_str()?))
+            .collect())
+    }
+
+    /// The MACs on the shadow access ports (what zebra advertises as this site's), by VNI.
+    pub fn local_macs(&self) -> Result<BTreeSet<(u32, String)>, EvpnError> {
+        let out = run("bridge", &["-n", &self.name, "-j", "fdb", "show"], None)?;
+        let v: Vec<serde_json::Value> =
+            serde_json::from_str(out.trim()).map_err(|e| EvpnError::Parse(e.to_string()))?;
+        Ok(v.iter()
+            .filter(|e| e["state"] != "permanent" && e["master"].is_string())
+            .filter_map(|e| {
+                let vni = shadow::vni_of_access(e["ifname"].as_str()?)?;
+                Some((vni, e["mac"].as_str()?.to_ascii_lowercase()))
+            })
+            .collect())
+    }
+
+    /// Put `add` on the shadow access ports and take `remove` off them, in one `bridge -batch`.
+    pub fn set_local_macs(
+        &self,
+        add: &BTreeSet<(u32, String)>,
+        remove: &BTreeSet<(u32, String)>,
+    ) -> Result<(), EvpnError> {
+        let mut batch = String::new();
+        for (vni, mac) in remove {
+            batch += &format!("fdb del {mac} dev {} master\n", shadow::access_name(*vni));
+        }
+        for (vni, mac) in add {
+            batch += &format!(
+                "fdb replace {mac} dev {} master dynamic\n",
+                shadow::access_name(*vni)
+            );
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // `-force`: a MAC zebra moved meanwhile does not stop the others.
+        run(
+            "bridge",
+            &["-n", &self.name, "-force", "-batch", "-"],
+            Some(&batch),
+        )
+        .map(|_| ())
+    }
+
     fn has_uplink(&self) -> Result<bool, EvpnError> {
         let out = ip(&["-n", &self.name, "-j", "link", "show"], None)?;
         Ok(out.contains(&format!("\"ifname\":\"{}\"", shadow::UPLINK.0)))
@@ -140,7 +212,11 @@ impl ControlNs {
         for (name, s) in &found {
             if !vnis.contains(&s.vni) || s.local != Some(vtep) || *name != shadow::vxlan_name(s.vni)
             {
-                batch += &format!("link del {name}\nlink del {}\n", shadow::bridge_name(s.vni));
+                batch += &format!(
+                    "link del {name}\nlink del {}\nlink del {}\n",
+                    shadow::bridge_name(s.vni),
+                    shadow::access_name(s.vni)
+                );
                 removed += 1;
             }
         }
@@ -156,11 +232,21 @@ impl ControlNs {
         let mut added = 0;
         for vni in vnis.difference(&kept) {
             let (br, vx) = (shadow::bridge_name(*vni), shadow::vxlan_name(*vni));
-            // A bridge left alone by an interrupted batch is taken over.
+            // A bridge left alone by an interrupted batch is taken over. The bridge never
+            // ages what the daemon put on its access port (the daemon takes it away).
             batch += &format!(
-                "link add {br} type bridge\nlink set {br} addrgenmode none\nlink add {vx} type vxlan id {vni} local {vtep} dstport 4789 nolearning\nlink set {vx} addrgenmode none\nlink set {vx} master {br}\nlink set {vx} up\nlink set {br} up\n"
+                "link add {br} type bridge ageing_time {NEVER_AGES}\nlink set {br} addrgenmode none\nlink add {vx} type vxlan id {vni} local {vtep} dstport 4789 nolearning\nlink set {vx} addrgenmode none\nlink set {vx} master {br}\nlink set {vx} up\n"
             );
+            batch += &access_port(*vni);
+            batch += &format!("link set {br} up\n");
             added += 1;
+        }
+        // A namespace made before shadow access ports existed gets them.
+        let ports = self.access_ports()?;
+        for vni in kept.iter().filter(|v| !ports.contains(v)) {
+            let br = shadow::bridge_name(*vni);
+            batch += &format!("link set {br} type bridge ageing_time {NEVER_AGES}\n");
+            batch += &access_port(*vni);
         }
         if !batch.is_empty() {
             // `-force` carries on past a line that fails (a leftover bridge of the same name)

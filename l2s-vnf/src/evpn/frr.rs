@@ -427,10 +427,14 @@ impl Frr {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The remote VTEPs per VNI bgpd holds now.
+    /// The remote VTEPs per VNI and the remote MACs bgpd holds now.
     pub fn discovered(&self, asn: u32, own: IpAddr) -> Result<routes::Discovered, EvpnError> {
+        let parse = |e: routes::RoutesError| EvpnError::Parse(e.to_string());
         let json = self.vtysh("show bgp l2vpn evpn route type multicast json")?;
-        routes::parse_imet(&json, asn, own).map_err(|e| EvpnError::Parse(e.to_string()))
+        let mut found = routes::parse_imet(&json, asn, own).map_err(parse)?;
+        let json = self.vtysh("show bgp l2vpn evpn route type macip json")?;
+        found.macs = routes::parse_macs(&json, asn, own).map_err(parse)?;
+        Ok(found)
     }
 
     /// How many UPDATE messages bgpd has received, over all its neighbours (a few hundred bytes

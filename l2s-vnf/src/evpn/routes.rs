@@ -1,5 +1,6 @@
 //! What bgpd has learned, read from its JSON (`vtysh -c "show bgp l2vpn evpn … json"`): the
-//! VTEPs each VNI's type-3 (IMET) routes announce, and the state of each BGP session.
+//! VTEPs each VNI's type-3 (IMET) routes announce, the remote MACs type-2 (MAC/IP) routes
+//! place behind a VTEP, and the state of each BGP session.
 //!
 //! The VNI of a route is its route target `ASN:VNI` (FRR derives it so for every VNI of
 //! `advertise-all-vni`); a route whose target names another AS is not the federation's and is
@@ -10,18 +11,22 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-/// VTEPs found through EVPN, with the VNIs each announced.
+/// VTEPs found through EVPN, with the VNIs each announced, and the remote MACs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Discovered {
     pub vteps: BTreeMap<IpAddr, BTreeSet<u32>>,
+    /// Each remote MAC (VNI, MAC in lower case) with the VTEP bgpd's best route places it
+    /// behind (MAC mobility's sequence numbers already chose it).
+    pub macs: BTreeMap<(u32, String), IpAddr>,
 }
 
 impl Discovered {
-    /// Add `other`'s VTEPs and VNIs to these (nothing is taken away).
+    /// Add `other`'s VTEPs and VNIs to these (nothing is taken away); its MACs are newer.
     pub fn absorb(&mut self, other: Discovered) {
         for (v, vnis) in other.vteps {
             self.vteps.entry(v).or_default().extend(vnis);
         }
+        self.macs.extend(other.macs);
     }
 
     /// The VTEPs that announced `vni`.
@@ -52,43 +57,94 @@ fn vnis_of(communities: &str, asn: u32) -> impl Iterator<Item = u32> + '_ {
     })
 }
 
+/// The paths bgpd selected (valid and best) of one route type, from a `show bgp l2vpn evpn
+/// route … json` answer.
+fn selected_paths(doc: &Value, route_type: u64) -> Result<Vec<&Value>, RoutesError> {
+    let rds = doc
+        .as_object()
+        .ok_or(RoutesError::Shape("top-level object"))?;
+    Ok(rds
+        .values()
+        .filter_map(Value::as_object)
+        .flat_map(|rd| rd.values().filter_map(Value::as_object))
+        .filter_map(|route| route.get("paths").and_then(Value::as_array))
+        // FRR nests each path in a one-element array.
+        .flat_map(|paths| {
+            paths
+                .iter()
+                .flat_map(|p| p.as_array().into_iter().flatten())
+        })
+        .filter(|p| p["valid"] == true && p["bestpath"] == true && p["routeType"] == route_type)
+        .collect())
+}
+
+fn address(v: &Value) -> Option<IpAddr> {
+    v.as_str()?.parse().ok()
+}
+
 /// Remote VTEPs per VNI from `show bgp l2vpn evpn route type multicast json`; `own` (this
 /// site's VTEP) is left out.
 pub fn parse_imet(json: &str, asn: u32, own: IpAddr) -> Result<Discovered, RoutesError> {
     let doc: Value = serde_json::from_str(json)?;
-    let rds = doc
-        .as_object()
-        .ok_or(RoutesError::Shape("top-level object"))?;
     let mut found = Discovered::default();
-    for rd in rds.values().filter_map(Value::as_object) {
-        for route in rd.values().filter_map(Value::as_object) {
-            let Some(paths) = route.get("paths").and_then(Value::as_array) else {
-                continue;
-            };
-            // FRR nests each path in a one-element array.
-            for path in paths
-                .iter()
-                .flat_map(|p| p.as_array().into_iter().flatten())
-            {
-                let selected = path["valid"] == true && path["bestpath"] == true;
-                if !selected || path["routeType"] != 3 {
-                    continue;
-                }
-                let Some(ip) = path["ip"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
-                    continue;
-                };
-                if ip == own {
-                    continue;
-                }
-                let communities = path["extendedCommunity"]["string"].as_str().unwrap_or("");
-                let vnis: Vec<u32> = vnis_of(communities, asn).collect();
-                if !vnis.is_empty() {
-                    found.vteps.entry(ip).or_default().extend(vnis);
-                }
-            }
+    for path in selected_paths(&doc, 3)? {
+        let Some(ip) = address(&path["ip"]).filter(|ip| *ip != own) else {
+            continue;
+        };
+        let communities = path["extendedCommunity"]["string"].as_str().unwrap_or("");
+        let vnis: Vec<u32> = vnis_of(communities, asn).collect();
+        if !vnis.is_empty() {
+            found.vteps.entry(ip).or_default().extend(vnis);
         }
     }
     Ok(found)
+}
+
+/// A type-2 route's MAC mobility sequence number (`MM:<seq>` among its extended
+/// communities; none: 0).
+fn mobility_seq(communities: &str) -> u32 {
+    communities
+        .split_whitespace()
+        .find_map(|c| c.strip_prefix("MM:"))
+        .and_then(|s| s.trim_end_matches(',').parse().ok())
+        .unwrap_or(0)
+}
+
+/// Remote MACs per VNI from `show bgp l2vpn evpn route type macip json`: each MAC with the
+/// VTEP (the route's next hop) it is behind. Each site's route has its own route
+/// distinguisher, so while a VNF moves two sites' routes for its MAC coexist: the higher MAC
+/// mobility sequence number wins, then the lower VTEP address (RFC 7432, 15.1). A MAC whose
+/// winning route is this site's own (`own`) is not remote.
+pub fn parse_macs(
+    json: &str,
+    asn: u32,
+    own: IpAddr,
+) -> Result<BTreeMap<(u32, String), IpAddr>, RoutesError> {
+    let doc: Value = serde_json::from_str(json)?;
+    let mut best: BTreeMap<(u32, String), (u32, IpAddr)> = BTreeMap::new();
+    for path in selected_paths(&doc, 2)? {
+        let vtep = path["nexthops"]
+            .as_array()
+            .and_then(|n| n.iter().find_map(|h| address(&h["ip"])));
+        let (Some(vtep), Some(mac)) = (vtep, path["mac"].as_str()) else {
+            continue;
+        };
+        let communities = path["extendedCommunity"]["string"].as_str().unwrap_or("");
+        let seq = mobility_seq(communities);
+        for vni in vnis_of(communities, asn) {
+            let slot = best
+                .entry((vni, mac.to_ascii_lowercase()))
+                .or_insert((seq, vtep));
+            if seq > slot.0 || (seq == slot.0 && vtep < slot.1) {
+                *slot = (seq, vtep);
+            }
+        }
+    }
+    Ok(best
+        .into_iter()
+        .filter(|(_, (_, vtep))| *vtep != own)
+        .map(|(k, (_, vtep))| (k, vtep))
+        .collect())
 }
 
 /// One BGP session, as `status` and the metrics show it.
@@ -178,6 +234,42 @@ mod tests {
         assert_ne!(invalid, IMET);
         assert!(parse_imet(&invalid, 65000, own).unwrap().vteps.is_empty());
         assert!(parse_imet("[]", 65000, own).is_err());
+    }
+
+    /// Captured from FRR 8.4.4 at site A (192.0.2.1) while a VNF's MAC moved between B
+    /// (192.0.2.2) and C (192.0.2.3): A's own MAC, C's route for it (MM:1, best) and B's
+    /// (MM:2, not selected yet).
+    const MACIP: &str = include_str!("testdata/macip_routes.json");
+
+    #[test]
+    fn remote_macs_come_from_selected_type2_routes_the_newest_move_winning() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let moved = (101, "36:e5:25:3a:91:b1".to_string());
+        let m = parse_macs(MACIP, 65000, ip("192.0.2.1")).unwrap();
+        // A's own MAC is not remote; B's route is not selected: C has it.
+        assert_eq!(m, BTreeMap::from([(moved.clone(), ip("192.0.2.3"))]));
+        // Both selected (each best under its own RD): the higher sequence number wins.
+        let both = MACIP.replace(
+            "\"valid\":true,\"pathFrom\"",
+            "\"valid\":true,\"bestpath\":true,\"pathFrom\"",
+        );
+        assert_ne!(both, MACIP, "the fixture's unselected path");
+        let m = parse_macs(&both, 65000, ip("192.0.2.1")).unwrap();
+        assert_eq!(m.get(&moved), Some(&ip("192.0.2.2")));
+        // Equal sequence numbers: the lower VTEP address.
+        let tied = both.replace("MM:2", "MM:1");
+        let m = parse_macs(&tied, 65000, ip("192.0.2.1")).unwrap();
+        assert_eq!(m.get(&moved), Some(&ip("192.0.2.2")));
+        // Seen from C, whose own route wins while B's is not selected: not remote at C.
+        let m = parse_macs(MACIP, 65000, ip("192.0.2.3")).unwrap();
+        assert!(!m.contains_key(&moved), "{m:?}");
+        assert_eq!(m.len(), 1, "A's MAC is remote at C: {m:?}");
+        // Another AS's route targets are not the federation's.
+        assert!(parse_macs(MACIP, 65001, ip("192.0.2.1"))
+            .unwrap()
+            .is_empty());
+        assert_eq!(mobility_seq("RT:65000:101 ET:8 MM:2, sticky MAC"), 2);
+        assert_eq!(mobility_seq("RT:65000:101 ET:8"), 0);
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub struct EvpnStatus {
     /// changed).
     #[serde(default)]
     pub route_reads: u64,
+    /// Remote MACs placed behind discovered sites (type-2 routes).
+    #[serde(default)]
+    pub remote_macs: usize,
+    /// MACs of this site's access ports advertised (type-2 routes).
+    #[serde(default)]
+    pub local_macs: usize,
     /// Why the routes are not current, when they are not.
     pub problem: Option<String>,
 }
@@ -88,6 +94,16 @@ pub struct Runtime {
     ctl_problem: Option<String>,
     /// Discovered VTEPs whose SA was up at the last reconcile.
     pub sa_up: BTreeSet<IpAddr>,
+    /// Each remote MAC with its VTEP, when bgpd's best route first put it there, and whether
+    /// this site advertised it then.
+    remote_since: BTreeMap<(u32, String), RemoteMac>,
+    /// The MACs this site advertises (put on the shadow access ports).
+    advertised: Option<BTreeSet<(u32, String)>>,
+    /// Whether the shadow access ports must be read before they are trusted to hold
+    /// `advertised`.
+    ports_stale: bool,
+    /// Why this site's MACs could not be advertised, last time.
+    mac_problem: Option<String>,
 }
 
 impl Runtime {
@@ -118,6 +134,10 @@ impl Runtime {
             problem: None,
             ctl_problem: None,
             sa_up: BTreeSet::new(),
+            remote_since: BTreeMap::new(),
+            advertised: None,
+            ports_stale: true,
+            mac_problem: None,
         }
     }
 
@@ -133,6 +153,10 @@ impl Runtime {
             self.problem = Some("the site's identity is not its VTEP address".into());
             return false;
         };
+        if whole {
+            // What zebra did to the shadow access ports is read again at each reconcile.
+            self.ports_stale = true;
+        }
         if let Some(ctl) = self.ctl.as_ref().filter(|_| whole) {
             let vnis: BTreeSet<u32> = cfg.vlans.iter().map(|v| v.vni).collect();
             self.ctl_problem = match ctl.ensure(vtep, &vnis) {
@@ -184,6 +208,7 @@ impl Runtime {
             }
         }
         self.withdrawn.retain(|_, at| at.elapsed() < WITHDRAW_GRACE);
+        self.note_remote_macs();
         let changed = self.current() != before;
         self.sessions = sessions.unwrap_or_default();
         self.frr_state = self.frr.state();
@@ -296,6 +321,70 @@ impl Runtime {
         true
     }
 
+    /// Keep, for each remote MAC, since when its best route places it behind its VTEP, and
+    /// whether this site was advertising it when that route came.
+    fn note_remote_macs(&mut self) {
+        let now = Instant::now();
+        let macs = &self.learned.macs;
+        self.remote_since
+            .retain(|k, r| macs.get(k) == Some(&r.vtep));
+        for (k, vtep) in macs {
+            let ours = self.advertised.as_ref().is_some_and(|a| a.contains(k));
+            self.remote_since.entry(k.clone()).or_insert(RemoteMac {
+                vtep: *vtep,
+                since: now,
+                was_ours: ours,
+            });
+        }
+    }
+
+    /// Advertise this site's MACs: `seen` holds each MAC OVS learned on an access port (by VNI)
+    /// with how many seconds ago it was last seen there. A MAC goes on its VNI's shadow access
+    /// port, where zebra finds it and advertises a type-2 route, unless it moved away: a
+    /// remote route placed it at another site after it was last seen here (see
+    /// [`advertised_macs`]). What fails is logged when it starts and stops failing, and
+    /// status shows it. Blocking (it runs `bridge`).
+    pub fn advertise_local(&mut self, seen: &BTreeMap<(u32, String), u64>) {
+        let result = self.put_local_macs(seen).err().map(|e| e.to_string());
+        if result != self.mac_problem {
+            match &result {
+                Some(e) => tracing::warn!("EVPN: cannot advertise this site's MACs: {e}"),
+                None => tracing::info!("EVPN: this site's MACs are advertised again"),
+            }
+        }
+        self.mac_problem = result;
+    }
+
+    fn put_local_macs(
+        &mut self,
+        seen: &BTreeMap<(u32, String), u64>,
+    ) -> Result<(), super::EvpnError> {
+        let Some(ctl) = &self.ctl else {
+            return Ok(());
+        };
+        let want = advertised_macs(seen, &self.remote_since, Instant::now());
+        if !self.ports_stale && self.advertised.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        // Something to change: read what the ports hold now (zebra takes a MAC off the port
+        // itself when a newer remote route moves it).
+        self.ports_stale = true;
+        let have = ctl.local_macs()?;
+        let add: BTreeSet<_> = want.difference(&have).cloned().collect();
+        let remove: BTreeSet<_> = have.difference(&want).cloned().collect();
+        if !add.is_empty() || !remove.is_empty() {
+            tracing::debug!(
+                added = add.len(),
+                removed = remove.len(),
+                "EVPN: this site's advertised MACs"
+            );
+            ctl.set_local_macs(&add, &remove)?;
+        }
+        self.advertised = Some(want);
+        self.ports_stale = false;
+        Ok(())
+    }
+
     /// Whether what an earlier run left was looked at.
     pub fn adopted(&self) -> bool {
         self.adopted
@@ -337,7 +426,13 @@ impl Runtime {
                 .collect(),
             routes_age_secs: self.current_at.map(|t| t.elapsed().as_secs()),
             route_reads: self.route_reads,
-            problem: self.problem.clone(),
+            remote_macs: self.learned.macs.len(),
+            local_macs: self.advertised.as_ref().map_or(0, BTreeSet::len),
+            problem: self.problem.clone().or_else(|| {
+                self.mac_problem
+                    .as_ref()
+                    .map(|e| format!("this site's MACs are not advertised: {e}"))
+            }),
         })
     }
 
@@ -375,6 +470,56 @@ pub fn complete(sessions: &[BgpSession]) -> bool {
     sessions
         .iter()
         .any(|s| s.established && s.uptime_ms >= SETTLE.as_millis() as u64)
+}
+
+/// A remote MAC as the mobility rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteMac {
+    pub vtep: IpAddr,
+    /// When bgpd's best route first placed it behind `vtep`.
+    pub since: Instant,
+    /// Whether this site advertised it at that moment (the route took it from us).
+    pub was_ours: bool,
+}
+
+/// How close to a remote route's arrival a local sighting is a tie (OVS reports ages in
+/// whole seconds, bgpd's routes are read each second).
+pub const MOVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The MACs this site advertises (the MAC-mobility rule): each MAC seen on an access port
+/// (`seen`: seconds since it was last seen there), unless bgpd's best route places it at
+/// another site and it is not this site's now:
+///
+/// - the route took it from us (we advertised it when the route came: the VNF moved away, and
+///   the other site's route won with a higher sequence number): ours again only once seen
+///   here clearly after that route came (it moved back);
+/// - the route was there before we advertised it (the VNF's old site, or a MAC merely
+///   remembered by OVS): ours once seen here since that route came, a tie included (the VNF
+///   arrived here; zebra raises the sequence number and our route wins everywhere).
+///
+/// So the site a VNF left stops advertising it even while its OVS still remembers the MAC,
+/// and no two sites take a MAC from each other in turns.
+pub fn advertised_macs(
+    seen: &BTreeMap<(u32, String), u64>,
+    remote: &BTreeMap<(u32, String), RemoteMac>,
+    now: Instant,
+) -> BTreeSet<(u32, String)> {
+    seen.iter()
+        .filter(|(k, age)| {
+            let Some(r) = remote.get(*k) else {
+                return true;
+            };
+            let Some(last_seen) = now.checked_sub(Duration::from_secs(**age)) else {
+                return false;
+            };
+            if r.was_ours {
+                last_seen > r.since + MOVE_MARGIN
+            } else {
+                last_seen + MOVE_MARGIN >= r.since
+            }
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// bgpd's router id: the VTEP address, or (over IPv6) an IPv4 id derived from it.
@@ -417,6 +562,48 @@ mod tests {
             prefixes_received: 0,
             dynamic: false,
         }
+    }
+
+    #[test]
+    fn a_mac_is_advertised_unless_a_remote_route_took_it_or_holds_it() {
+        let now = Instant::now() + Duration::from_secs(100);
+        let k = |m: &str| (101u32, m.to_string());
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let seen = BTreeMap::from([(k("02:00:00:00:00:01"), 0), (k("02:00:00:00:00:02"), 10)]);
+        let r = |secs_ago: u64, was_ours: bool| RemoteMac {
+            vtep: b,
+            since: now - Duration::from_secs(secs_ago),
+            was_ours,
+        };
+        let one = || BTreeSet::from([k("02:00:00:00:00:01")]);
+        let both =
+            |r1, r2| BTreeMap::from([(k("02:00:00:00:00:01"), r1), (k("02:00:00:00:00:02"), r2)]);
+        // No remote route: both are this site's.
+        assert_eq!(advertised_macs(&seen, &BTreeMap::new(), now).len(), 2);
+        // Routes 30 s old, there before we advertised the MACs: both were seen here since
+        // (VNFs that arrived here).
+        let all = advertised_macs(&seen, &both(r(30, false), r(30, false)), now);
+        assert_eq!(all.len(), 2);
+        // The second's route came 5 s ago and took it from us; it was last seen here 10 s
+        // ago: it moved away. The first is still active here.
+        assert_eq!(
+            advertised_macs(&seen, &both(r(30, false), r(5, true)), now),
+            one()
+        );
+        // A MAC OVS merely remembers (last seen 10 s ago) behind a route that came after:
+        // not ours.
+        assert_eq!(
+            advertised_macs(&seen, &both(r(30, false), r(5, false)), now),
+            one()
+        );
+        let all = advertised_macs(&seen, &both(r(30, false), r(11, false)), now);
+        assert_eq!(all.len(), 2);
+        // A tie (seen just as the route came): ours if the route was another site's before
+        // (the VNF arrived here), not if it took the MAC from us (it left).
+        let seen = BTreeMap::from([(k("02:00:00:00:00:01"), 1)]);
+        let tie = |was_ours| BTreeMap::from([(k("02:00:00:00:00:01"), r(1, was_ours))]);
+        assert_eq!(advertised_macs(&seen, &tie(false), now), one());
+        assert!(advertised_macs(&seen, &tie(true), now).is_empty());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - each VTEP that announced one of this site's VNIs becomes a peer authenticated by its
 //!   certificate's IP address (never a PSK), whatever it calls itself;
 //! - a discovered VTEP joins a VLAN's flood list only once its SA is up (`sa_up`): a forged
-//!   route, or a site without a federation certificate, opens no path.
+//!   route, or a site without a federation certificate, opens no path;
+//! - a remote MAC (type-2 route) is placed behind its VTEP under the same condition.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -74,6 +75,13 @@ pub fn effective(cfg: &SiteConfig, learned: &Discovered, sa_up: &BTreeSet<IpAddr
         }
         for v in out.vlans.iter_mut().filter(|v| vnis.contains(&v.vni)) {
             v.peers.push(discovered_name(*vtep));
+            let macs = learned
+                .macs
+                .iter()
+                .filter(|((vni, _), at)| *vni == v.vni && *at == vtep);
+            for ((_, mac), _) in macs {
+                v.remote_macs.insert(mac.clone(), discovered_name(*vtep));
+            }
         }
     }
     out
@@ -113,6 +121,14 @@ mod tests {
         learned.vteps.insert(ip("192.0.2.1"), [101].into());
         learned.vteps.insert(ip("192.0.2.5"), [101].into());
         learned.vteps.insert(ip("192.0.2.4"), [999].into());
+        for (vni, mac, at) in [
+            (101, "02:00:00:00:00:02", "192.0.2.2"),
+            (102, "02:00:00:00:00:22", "192.0.2.2"),
+            (101, "02:00:00:00:00:03", "192.0.2.3"),
+            (999, "02:00:00:00:00:04", "192.0.2.4"),
+        ] {
+            learned.macs.insert((vni, mac.into()), ip(at));
+        }
         let e = effective(&c, &learned, &BTreeSet::from([ip("192.0.2.2")]));
         let names: Vec<(&str, PeerKind)> =
             e.peers.iter().map(|p| (p.name.as_str(), p.kind)).collect();
@@ -130,6 +146,28 @@ mod tests {
         // B's SA is up: in both its VLANs' flood lists. C's is not: in none yet.
         assert_eq!(e.vlans[0].peers, vec!["listed", "evpn-192.0.2.2"]);
         assert_eq!(e.vlans[1].peers, vec!["evpn-192.0.2.2"]);
+        // B's MACs are placed in their VLANs; C's wait for its SA like its flood entries.
+        let macs = |i: usize| {
+            e.vlans[i]
+                .remote_macs
+                .clone()
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            macs(0),
+            vec![(
+                "02:00:00:00:00:02".to_string(),
+                "evpn-192.0.2.2".to_string()
+            )]
+        );
+        assert_eq!(
+            macs(1),
+            vec![(
+                "02:00:00:00:00:22".to_string(),
+                "evpn-192.0.2.2".to_string()
+            )]
+        );
         // Nothing learned: only the listed peer and the reflector.
         let e = effective(&c, &Discovered::default(), &BTreeSet::new());
         assert_eq!(e.peers.len(), 2);

@@ -32,6 +32,21 @@ pub enum LinkChange {
         dev: String,
         address: IpAddr,
     },
+    /// EVPN: a remote MAC behind a peer's VTEP (`was`: the VTEP it was placed behind until
+    /// now, if any).
+    PlaceMac {
+        dev: String,
+        mac: String,
+        address: IpAddr,
+        peer: String,
+        was: Option<IpAddr>,
+    },
+    /// EVPN: a remote MAC no route places any more (`address`: where it was).
+    RemoveMac {
+        dev: String,
+        mac: String,
+        address: IpAddr,
+    },
     SetMtu {
         dev: String,
         index: u32,
@@ -82,6 +97,19 @@ impl fmt::Display for LinkChange {
                 write!(f, "+ flood {dev} -> {address} ({peer})")
             }
             LinkChange::RemoveFlood { dev, address } => write!(f, "- flood {dev} -> {address}"),
+            LinkChange::PlaceMac {
+                dev,
+                mac,
+                address,
+                peer,
+                was,
+            } => match was {
+                None => write!(f, "+ mac {dev} {mac} -> {address} ({peer})"),
+                Some(w) => write!(f, "~ mac {dev} {mac}: {w} -> {address} ({peer})"),
+            },
+            LinkChange::RemoveMac { dev, mac, address } => {
+                write!(f, "- mac {dev} {mac} -> {address}")
+            }
             LinkChange::SetMtu { dev, from, to, .. } => write!(f, "~ mtu {dev}: {from} -> {to}"),
             LinkChange::SetUp { dev } => write!(f, "~ link {dev} up"),
             LinkChange::RestoreMtu { dev, to } => write!(f, "~ mtu {dev} restored to {to}"),

@@ -24,6 +24,8 @@ const RTM_GETLINK: u16 = 18;
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
 const AF_BRIDGE: u8 = 7;
+/// `ndm_flags`: an entry put there by a control plane (ours: EVPN's remote MACs).
+const NTF_EXT_LEARNED: u8 = 0x10;
 const IFF_UP: u32 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
@@ -96,6 +98,7 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
         vxlan: None,
         flood: BTreeSet::new(),
         learned_macs: 0,
+        placed: Default::default(),
         stats: None,
     };
     let mut data = None;
@@ -147,6 +150,8 @@ fn link(p: &[u8]) -> Option<ObservedLink> {
 enum FdbEntry {
     /// An all-zero MAC entry's destination (one per peer: head-end replication).
     Flood(IpAddr),
+    /// A MAC EVPN placed (externally learned), with its VTEP.
+    Placed([u8; 6], IpAddr),
     /// Any other MAC (learned, or added by hand).
     Mac,
 }
@@ -154,6 +159,7 @@ enum FdbEntry {
 /// One `RTM_NEWNEIGH` payload of the bridge family: (ifindex, kind) of the entry.
 fn fdb_entry(p: &[u8]) -> Option<(u32, FdbEntry)> {
     let ifindex = u32_at(p, 4)?;
+    let ext_learned = p.get(10).is_some_and(|f| f & NTF_EXT_LEARNED != 0);
     let (mut mac, mut dst) = (None, None);
     for (ty, v) in attrs(p.get(12..)?) {
         match ty {
@@ -164,7 +170,10 @@ fn fdb_entry(p: &[u8]) -> Option<(u32, FdbEntry)> {
     }
     match mac? {
         [0, 0, 0, 0, 0, 0] => Some((ifindex, FdbEntry::Flood(dst?))),
-        _ => Some((ifindex, FdbEntry::Mac)),
+        m => match dst {
+            Some(d) if ext_learned => Some((ifindex, FdbEntry::Placed(m, d))),
+            _ => Some((ifindex, FdbEntry::Mac)),
+        },
     }
 }
 
@@ -173,8 +182,10 @@ fn fdb_entry(p: &[u8]) -> Option<(u32, FdbEntry)> {
 pub struct DeviceFdb {
     /// Destinations of the all-zero entry.
     pub flood: BTreeSet<IpAddr>,
-    /// Entries for other MACs.
+    /// Entries for other MACs (those placed included: the kernel's limit counts them).
     pub learned: usize,
+    /// MACs EVPN placed, with their VTEP.
+    pub placed: BTreeMap<String, IpAddr>,
 }
 
 /// A MAC a VXLAN device learned: where frames from it came from, and how long ago.
@@ -184,6 +195,8 @@ pub struct Learned {
     pub mac: [u8; 6],
     pub dst: IpAddr,
     pub age_secs: u64,
+    /// Placed by EVPN (externally learned), not learned from traffic.
+    pub placed: bool,
 }
 
 /// One `RTM_NEWNEIGH` payload of the bridge family: a learned (not all-zero) entry with a
@@ -206,6 +219,7 @@ fn learned_entry(p: &[u8]) -> Option<Learned> {
         mac,
         dst: dst?,
         age_secs: age,
+        placed: p.get(10).is_some_and(|f| f & NTF_EXT_LEARNED != 0),
     })
 }
 
@@ -308,6 +322,11 @@ pub async fn fdb() -> std::io::Result<BTreeMap<u32, DeviceFdb>> {
                 out.entry(i).or_default().flood.insert(d);
             }
             Some((i, FdbEntry::Mac)) => out.entry(i).or_default().learned += 1,
+            Some((i, FdbEntry::Placed(m, d))) => {
+                let f = out.entry(i).or_default();
+                f.learned += 1;
+                f.placed.insert(crate::base::mac::text(&m), d);
+            }
             None => {}
         })
         .await
@@ -389,6 +408,18 @@ mod tests {
             fdb_entry(&entry([2, 0, 0, 0, 0, 1])),
             Some((7, FdbEntry::Mac))
         );
+        // Marked as externally learned: a remote MAC EVPN placed, with its VTEP.
+        let mut placed = entry([2, 0, 0, 0, 0, 1]);
+        placed[10] = NTF_EXT_LEARNED;
+        assert_eq!(
+            fdb_entry(&placed),
+            Some((
+                7,
+                FdbEntry::Placed([2, 0, 0, 0, 0, 1], "198.51.100.2".parse().unwrap())
+            ))
+        );
+        assert!(learned_entry(&placed).unwrap().placed);
+        assert!(!learned_entry(&entry([2, 0, 0, 0, 0, 1])).unwrap().placed);
     }
 
     #[test]

@@ -50,6 +50,13 @@ pub enum Undo {
         dev: String,
         dst: IpAddr,
     },
+    /// A remote MAC placed: taken away again, or put back where it was.
+    Mac {
+        index: u32,
+        dev: String,
+        mac: String,
+        dst: Option<IpAddr>,
+    },
 }
 
 /// The spec of a device as observed (to recreate it on rollback).
@@ -148,6 +155,8 @@ pub async fn make(
             LinkChange::SetMtu { .. }
                 | LinkChange::AddFlood { .. }
                 | LinkChange::RemoveFlood { .. }
+                | LinkChange::PlaceMac { .. }
+                | LinkChange::RemoveMac { .. }
         )
     });
     let done = together(steps.map(|c| async move { (step(nl, c, index).await, c) })).await;
@@ -200,6 +209,32 @@ async fn step(
                 index: i,
                 dev: dev.clone(),
                 dst: *address,
+            }
+        }
+        LinkChange::PlaceMac {
+            dev,
+            mac,
+            address,
+            was,
+            ..
+        } => {
+            let i = index_of(dev)?;
+            nl.place_mac(i, dev, mac, *address).await?;
+            Undo::Mac {
+                index: i,
+                dev: dev.clone(),
+                mac: mac.clone(),
+                dst: *was,
+            }
+        }
+        LinkChange::RemoveMac { dev, mac, address } => {
+            let i = index_of(dev)?;
+            nl.remove_mac(i, dev, mac).await?;
+            Undo::Mac {
+                index: i,
+                dev: dev.clone(),
+                mac: mac.clone(),
+                dst: Some(*address),
             }
         }
         // Not a phase-1 step (`make` hands it none).
@@ -257,6 +292,18 @@ pub async fn rollback(nl: &Netlink, undo: Vec<Undo>) -> String {
             Undo::Mtu { name, mtu } => nl.set_mtu(&name, mtu).await,
             Undo::RemoveFlood { index, dev, dst } => nl.remove_flood(index, &dev, dst).await,
             Undo::AddFlood { index, dev, dst } => nl.add_flood(index, &dev, dst).await,
+            Undo::Mac {
+                index,
+                dev,
+                mac,
+                dst: Some(dst),
+            } => nl.place_mac(index, &dev, &mac, dst).await,
+            Undo::Mac {
+                index,
+                dev,
+                mac,
+                dst: None,
+            } => nl.remove_mac(index, &dev, &mac).await,
         };
         if let Err(e) = r {
             errors.push(e.to_string());

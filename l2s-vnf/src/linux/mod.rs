@@ -71,6 +71,9 @@ pub struct ObservedLink {
     pub flood: BTreeSet<IpAddr>,
     /// For VXLAN devices: the MACs it learned (FDB entries other than the flood entry).
     pub learned_macs: usize,
+    /// For VXLAN devices: the remote MACs EVPN placed (externally learned entries), with
+    /// their VTEP.
+    pub placed: BTreeMap<String, IpAddr>,
     /// The device's counters, when the kernel reported them.
     pub stats: Option<LinkStats>,
 }
@@ -146,6 +149,8 @@ pub enum NetlinkError {
     /// A request made for many objects failed (said once per object).
     #[error("{0}")]
     Batch(String),
+    #[error("netlink: {0}")]
+    Invalid(String),
 }
 
 pub(crate) fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
@@ -192,6 +197,7 @@ impl Netlink {
             if let Some(f) = fdb.remove(&l.index) {
                 l.flood = f.flood;
                 l.learned_macs = f.learned;
+                l.placed = f.placed;
             }
         }
         Ok(ObservedLinks {
@@ -448,6 +454,7 @@ fn parse_link(m: &LinkMessage) -> Option<ObservedLink> {
         vxlan,
         flood: BTreeSet::new(),
         learned_macs: 0,
+        placed: Default::default(),
         stats: None,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -94,6 +94,67 @@ impl Netlink {
             }));
         m
     }
+    /// An EVPN remote MAC's entry: permanent (never aged, never moved by learning) and marked
+    /// as externally learned (ours, and not the kernel's).
+    fn mac_message(index: u32, mac: [u8; 6], dst: Option<IpAddr>) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own | NeighbourFlags::ExtLearned;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        if let Some(dst) = dst {
+            m.attributes
+                .push(NeighbourAttribute::Destination(match dst {
+                    IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                    IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+                }));
+        }
+        m
+    }
+
+    fn mac_bytes(mac: &str) -> Result<[u8; 6], NetlinkError> {
+        crate::base::mac::parse(mac)
+            .ok_or_else(|| NetlinkError::Invalid(format!("{mac:?} is not a MAC address")))
+    }
+
+    /// `bridge fdb replace MAC dev DEV dst PEER extern_learn`: frames to MAC go to PEER only.
+    pub async fn place_mac(
+        &self,
+        index: u32,
+        dev: &str,
+        mac: &str,
+        dst: IpAddr,
+    ) -> Result<(), NetlinkError> {
+        let msg = RouteNetlinkMessage::NewNeighbour(Self::mac_message(
+            index,
+            Self::mac_bytes(mac)?,
+            Some(dst),
+        ));
+        self.send(
+            msg,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            format!("place MAC {mac} on {dev} -> {dst}"),
+        )
+        .await
+    }
+
+    pub async fn remove_mac(&self, index: u32, dev: &str, mac: &str) -> Result<(), NetlinkError> {
+        let msg = RouteNetlinkMessage::DelNeighbour(Self::mac_message(
+            index,
+            Self::mac_bytes(mac)?,
+            None,
+        ));
+        self.send(
+            msg,
+            NLM_F_REQUEST | NLM_F_ACK,
+            format!("remove MAC {mac} from {dev}"),
+        )
+        .await
+    }
+
     /// `bridge fdb append 00:00:00:00:00:00 dev DEV dst PEER`: flood BUM traffic to PEER.
     pub async fn add_flood(&self, index: u32, dev: &str, dst: IpAddr) -> Result<(), NetlinkError> {
         let msg = RouteNetlinkMessage::NewNeighbour(Self::fdb_message(index, dst));

@@ -221,6 +221,7 @@ mod tests {
                 .map(|a| a.parse().unwrap())
                 .collect::<BTreeSet<_>>(),
             learned_macs: 0,
+            placed: Default::default(),
             stats: None,
         }
     }

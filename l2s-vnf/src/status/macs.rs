@@ -24,14 +24,12 @@ pub struct MacEntry {
     pub port: Option<String>,
     /// The peer site, when the MAC is behind another site.
     pub peer: Option<String>,
+    /// Seconds since the switch last saw it (0 for a MAC EVPN placed that the switch has not
+    /// seen yet).
     pub age_secs: u64,
-}
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    /// Behind its site because a type-2 route of EVPN says so (not learned from traffic).
+    #[serde(default)]
+    pub evpn: bool,
 }
 
 /// Why the MAC table could not be read.
@@ -73,9 +71,14 @@ pub async fn table(
     let socket = unixctl::socket(&cfg.switch.ovsdb)?;
     let text = unixctl::call(&socket, "fdb/show", &[&bridge.name]).await?;
     let learned: Vec<Learned> = dump::learned().await.map_err(MacsError::Learned)?;
-    let remote: HashMap<(u32, String), IpAddr> = learned
+    let remote: HashMap<(u32, String), (IpAddr, bool)> = learned
         .into_iter()
-        .map(|l| ((l.ifindex, mac_text(&l.mac)), l.dst))
+        .map(|l| {
+            (
+                (l.ifindex, crate::base::mac::text(&l.mac)),
+                (l.dst, l.placed),
+            )
+        })
         .collect();
     let by_ofport: HashMap<i64, &ObservedPort> = bridge
         .ports
@@ -87,6 +90,12 @@ pub async fn table(
         .iter()
         .map(|p| (p.address, p.name.as_str()))
         .collect();
+    let site = |ip: &IpAddr| {
+        peer_of
+            .get(ip)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| ip.to_string())
+    };
     let mut out = vec![];
     for row in unixctl::parse_fdb(&text) {
         if vlan.is_some_and(|v| v != row.vlan) {
@@ -95,23 +104,19 @@ pub async fn table(
         let Some(p) = by_ofport.get(&row.ofport) else {
             continue;
         };
-        let (port, peer) = match p.role {
-            Some(PortRole::Access) => (Some(p.name.clone()), None),
+        let (port, peer, evpn) = match p.role {
+            Some(PortRole::Access) => (Some(p.name.clone()), None, false),
             Some(PortRole::Vtep) => {
                 let dst = actual
                     .links
                     .links
                     .get(&p.name)
                     .and_then(|l| remote.get(&(l.index, row.mac.clone())));
-                let peer = match dst {
-                    Some(ip) => peer_of
-                        .get(ip)
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| ip.to_string()),
+                match dst {
+                    Some((ip, placed)) => (None, Some(site(ip)), *placed),
                     // Not (yet) in the VXLAN device's table: some peer of that VLAN.
-                    None => "?".to_string(),
-                };
-                (None, Some(peer))
+                    None => (None, Some("?".to_string()), false),
+                }
             }
             None => continue,
         };
@@ -121,7 +126,30 @@ pub async fn table(
             port,
             peer,
             age_secs: row.age_secs,
+            evpn,
         });
+    }
+    // MACs EVPN placed that the switch has not seen (yet).
+    for v in cfg.vlans.iter().filter(|v| vlan.is_none_or(|x| x == v.id)) {
+        let Some(l) = actual
+            .links
+            .links
+            .get(&crate::base::names::vxlan_device_name(v.vni))
+        else {
+            continue;
+        };
+        for (mac, ip) in &l.placed {
+            if !out.iter().any(|e| e.vlan == v.id && e.mac == *mac) {
+                out.push(MacEntry {
+                    vlan: v.id,
+                    mac: mac.clone(),
+                    port: None,
+                    peer: Some(site(ip)),
+                    age_secs: 0,
+                    evpn: true,
+                });
+            }
+        }
     }
     out.sort_by(|a, b| (a.vlan, &a.mac).cmp(&(b.vlan, &b.mac)));
     Ok(out)
@@ -136,6 +164,7 @@ pub fn render(entries: &[MacEntry]) -> String {
     for e in entries {
         let place = match (&e.port, &e.peer) {
             (Some(p), _) => format!("port {p}"),
+            (None, Some(p)) if e.evpn => format!("site {p} (evpn)"),
             (None, Some(p)) => format!("site {p}"),
             _ => "-".into(),
         };

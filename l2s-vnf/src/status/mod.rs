@@ -818,6 +818,13 @@ impl std::fmt::Display for Status {
                     }
                 )?;
             }
+            if e.role == crate::config::EvpnRole::Site {
+                writeln!(
+                    f,
+                    "  MACs: {} remote placed behind discovered sites, {} of this site's advertised (`l2s-vnf macs` lists them)",
+                    e.remote_macs, e.local_macs
+                )?;
+            }
             if e.frr.restarts > 0 {
                 writeln!(
                     f,
