@@ -5,7 +5,8 @@
 //! each configured from its own member's parameters and naming nobody but the reflector.
 //!
 //! Judged on the service after every event (ping and TCP on both VLANs, A's SA counting what
-//! B's VNF received) and on an underlay capture: no clear-text VXLAN or BGP, ever.
+//! B's VNF received) and on an underlay capture: no clear-text VXLAN or BGP, ever. Type-2
+//! routes too: each site places the other's VNF MAC behind it.
 //!
 //! Slow by nature (TCG: boot and cloud-init ~2 min, FRR's start in the guest): one guest, one
 //! test.
@@ -103,6 +104,54 @@ impl Stack {
             "{what}: B's VNF received {got} bytes, A's SA with B counted {grew} (clear text?)"
         );
         eprintln!("guest EVPN: {what}: ping and TCP on both VLANs; {got} bytes A -> B, A's SA counted {grew}");
+    }
+
+    /// Whether `mac` is placed behind `dst` (a permanent `extern_learn` entry EVPN made) on
+    /// VLAN 101's VXLAN device, in the guest's namespace `ns` (`None`: A's, the root one).
+    fn placed(&self, ns: Option<&str>, mac: &str, dst: &str) -> bool {
+        let prefix = ns
+            .map(|n| format!("ip netns exec {n} "))
+            .unwrap_or_default();
+        let out = self
+            .g
+            .sh(&format!("{prefix}bridge -j fdb show dev l2s-vx101"))
+            .unwrap_or_default();
+        let v: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+        v.iter().any(|e| {
+            e["mac"] == mac
+                && e["dst"] == dst
+                && e["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "extern_learn"))
+        })
+    }
+
+    /// Wait until A places B's VNF's MAC behind B and B places A's behind A (type-2 routes),
+    /// and A's status counts its own VNFs' MACs as advertised.
+    fn wait_macs_placed(&self, limit: Duration) -> Duration {
+        let mac = |ns: &str| {
+            self.sh(&format!(
+                "ip netns exec {ns} cat /sys/class/net/eth0/address"
+            ))
+            .trim()
+            .to_string()
+        };
+        let (a, b) = (mac("a101"), mac("b101"));
+        let t = Instant::now();
+        loop {
+            let advertised = self.status_a()["evpn"]["local_macs"].as_u64().unwrap_or(0);
+            if self.placed(None, &b, B) && self.placed(Some("site-b"), &a, A) && advertised >= 1 {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < limit,
+                "type-2 routes: {b} not behind B at A, or {a} not behind A at B, within {limit:?}\nA:\n{}\nA's macs:\n{}\nB's l2s-vx101:\n{}",
+                self.g.sh("l2s-vnf status").unwrap_or_default(),
+                self.g.sh("l2s-vnf macs").unwrap_or_default(),
+                self.g.sh("ip netns exec site-b bridge fdb show dev l2s-vx101").unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn captured(&self, filter: &str) -> usize {
@@ -267,6 +316,10 @@ fn a_site_and_its_reflector_on_the_production_stack() {
     }
     s.service("first convergence");
     s.capture_clean("first convergence");
+    // Type-2 routes on Debian's kernel and under the hardened unit: A advertises its VNFs'
+    // MACs (the shadow access ports work there too) and places B's behind B, and B A's.
+    let placed_macs = s.wait_macs_placed(Duration::from_secs(60));
+    eprintln!("guest EVPN: each site's VNF MACs placed behind it at the other {placed_macs:.1?} after the service was up");
 
     // 3. bgpd killed at A: started again inside the sandbox, as the frr user; the data plane
     //    holds meanwhile.
