@@ -196,6 +196,8 @@ impl DesiredState {
                     .iter()
                     .filter_map(|name| cfg.peer(name).map(|p| (p.address, p.name.clone())))
                     .collect::<BTreeMap<IpAddr, String>>();
+                // At most the VLAN's MAC limit (the kernel refuses more): beyond it, frames
+                // to the other MACs are flooded, as unknown ones are.
                 let macs = v
                     .remote_macs
                     .iter()
@@ -205,6 +207,7 @@ impl DesiredState {
                             .contains_key(&p.address)
                             .then(|| (mac.clone(), (p.address, p.name.clone())))
                     })
+                    .take(v.mac_limit(&cfg.switch) as usize)
                     .collect();
                 let vxlan = VxlanSpec {
                     name: vxlan_device_name(v.vni),

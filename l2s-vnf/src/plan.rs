@@ -776,6 +776,37 @@ mod tests {
     }
 
     #[test]
+    fn evpn_macs_are_placed_moved_and_removed() {
+        let mut d = desired(false);
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let v = d.vlans.get_mut(&101).unwrap();
+        for m in ["02:00:00:00:00:01", "02:00:00:00:00:02"] {
+            v.macs.insert(m.into(), (b, "b".into()));
+        }
+        let mut a = converged();
+        let vx = a.links.links.get_mut("l2s-vx101").unwrap();
+        vx.placed
+            .insert("02:00:00:00:00:01".into(), "192.0.2.9".parse().unwrap());
+        vx.placed.insert("02:00:00:00:00:03".into(), b);
+        assert_eq!(
+            texts(&d, &a),
+            vec![
+                "- mac l2s-vx101 02:00:00:00:00:03 -> 192.0.2.2",
+                "~ mac l2s-vx101 02:00:00:00:00:01: 192.0.2.9 -> 192.0.2.2 (b)",
+                "+ mac l2s-vx101 02:00:00:00:00:02 -> 192.0.2.2 (b)",
+            ]
+        );
+        // Placed as desired: nothing to do.
+        let vx = a.links.links.get_mut("l2s-vx101").unwrap();
+        vx.placed = d.vlans[&101]
+            .macs
+            .iter()
+            .map(|(m, (ip, _))| (m.clone(), *ip))
+            .collect();
+        assert_eq!(texts(&d, &a), Vec::<String>::new());
+    }
+
+    #[test]
     fn a_converged_site_needs_nothing() {
         assert_eq!(texts(&desired(false), &converged()), Vec::<String>::new());
     }

@@ -112,7 +112,7 @@ pub async fn execute(
         "OVSDB phase done (ovs-vswitchd applied it)"
     );
     // Phase 3: finishing steps; every one is tried.
-    let mut failures = links::finish(nl, &link_changes).await;
+    let mut failures = links::finish(nl, &link_changes, &index).await;
     // ovs-vswitchd reports ports it could not open.
     let added: Vec<String> = plan
         .changes

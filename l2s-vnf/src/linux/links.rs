@@ -50,13 +50,6 @@ pub enum Undo {
         dev: String,
         dst: IpAddr,
     },
-    /// A remote MAC placed: taken away again, or put back where it was.
-    Mac {
-        index: u32,
-        dev: String,
-        mac: String,
-        dst: Option<IpAddr>,
-    },
 }
 
 /// The spec of a device as observed (to recreate it on rollback).
@@ -155,8 +148,6 @@ pub async fn make(
             LinkChange::SetMtu { .. }
                 | LinkChange::AddFlood { .. }
                 | LinkChange::RemoveFlood { .. }
-                | LinkChange::PlaceMac { .. }
-                | LinkChange::RemoveMac { .. }
         )
     });
     let done = together(steps.map(|c| async move { (step(nl, c, index).await, c) })).await;
@@ -211,48 +202,43 @@ async fn step(
                 dst: *address,
             }
         }
-        LinkChange::PlaceMac {
-            dev,
-            mac,
-            address,
-            was,
-            ..
-        } => {
-            let i = index_of(dev)?;
-            nl.place_mac(i, dev, mac, *address).await?;
-            Undo::Mac {
-                index: i,
-                dev: dev.clone(),
-                mac: mac.clone(),
-                dst: *was,
-            }
-        }
-        LinkChange::RemoveMac { dev, mac, address } => {
-            let i = index_of(dev)?;
-            nl.remove_mac(i, dev, mac).await?;
-            Undo::Mac {
-                index: i,
-                dev: dev.clone(),
-                mac: mac.clone(),
-                dst: Some(*address),
-            }
-        }
         // Not a phase-1 step (`make` hands it none).
         _ => return Ok(None),
     }))
 }
 
-/// Phase 3: links up, MTUs given back, devices deleted once their ports left the bridge.
-/// Every step is tried; the failures are returned.
-pub async fn finish(nl: &Netlink, changes: &[&LinkChange]) -> Vec<String> {
-    let steps = changes
-        .iter()
-        .copied()
-        .filter(|c| matches!(c, LinkChange::SetUp { .. } | LinkChange::RestoreMtu { .. }));
+/// Phase 3: links up, MTUs given back, EVPN's remote MACs, devices deleted once their ports
+/// left the bridge. Every step is tried; the failures are returned. (A remote MAC the kernel
+/// refuses — its device's FDB full — leaves that MAC flooded, as an unknown one is: reported,
+/// never a reason to take the whole plan back.)
+pub async fn finish(
+    nl: &Netlink,
+    changes: &[&LinkChange],
+    index: &BTreeMap<String, u32>,
+) -> Vec<String> {
+    let steps = changes.iter().copied().filter(|c| {
+        matches!(
+            c,
+            LinkChange::SetUp { .. }
+                | LinkChange::RestoreMtu { .. }
+                | LinkChange::PlaceMac { .. }
+                | LinkChange::RemoveMac { .. }
+        )
+    });
+    let index_of = |dev: &String| {
+        index
+            .get(dev)
+            .copied()
+            .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))
+    };
     let mut results = together(steps.map(|c| async move {
         match c {
             LinkChange::SetUp { dev } => nl.set_up(dev).await,
             LinkChange::RestoreMtu { dev, to } => nl.set_mtu(dev, *to).await,
+            LinkChange::PlaceMac {
+                dev, mac, address, ..
+            } => nl.place_mac(index_of(dev)?, dev, mac, *address).await,
+            LinkChange::RemoveMac { dev, mac, .. } => nl.remove_mac(index_of(dev)?, dev, mac).await,
             _ => Ok(()),
         }
     }))
@@ -292,18 +278,6 @@ pub async fn rollback(nl: &Netlink, undo: Vec<Undo>) -> String {
             Undo::Mtu { name, mtu } => nl.set_mtu(&name, mtu).await,
             Undo::RemoveFlood { index, dev, dst } => nl.remove_flood(index, &dev, dst).await,
             Undo::AddFlood { index, dev, dst } => nl.add_flood(index, &dev, dst).await,
-            Undo::Mac {
-                index,
-                dev,
-                mac,
-                dst: Some(dst),
-            } => nl.place_mac(index, &dev, &mac, dst).await,
-            Undo::Mac {
-                index,
-                dev,
-                mac,
-                dst: None,
-            } => nl.remove_mac(index, &dev, &mac).await,
         };
         if let Err(e) = r {
             errors.push(e.to_string());
