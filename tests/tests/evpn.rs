@@ -935,8 +935,8 @@ fn placed(lab: &Lab, site: &str, dev: &str) -> std::collections::BTreeMap<String
 /// Type-2 routes and MAC mobility: a reflector and sites A, B, C on VLAN 101, naming only the
 /// reflector. A VNF (M) at B is advertised by B, and every other site places its MAC behind
 /// B's VTEP (a permanent, externally learned entry that traffic cannot move). M moves to C (it
-/// stops at B, whose switch still remembers it, and starts at C with the same MAC and
-/// address): C advertises it, B stops, A and B place it behind C, and A's traffic follows —
+/// goes quiet at B, whose port stays up and whose switch still remembers it, and starts at C
+/// with the same MAC and address): C advertises it, B stops, A and B place it behind C, and A's traffic follows —
 /// then back to B. After each move: ping and a TCP transfer inside the new site's SA, `macs`
 /// tells where M is and that EVPN put it there; the underlay carries no clear text.
 #[test]

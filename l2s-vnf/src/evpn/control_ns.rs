@@ -36,6 +36,11 @@ fn access_port(vni: u32) -> String {
     format!("link add {ea} link {up0} type macvlan mode bridge\nlink set {ea} addrgenmode none\nlink set {ea} master {br}\nlink set {ea} up\n")
 }
 
+/// A JSON list as `ip -j` and `bridge -j` print it.
+fn json_list(out: &str) -> Result<Vec<serde_json::Value>, EvpnError> {
+    serde_json::from_str(out.trim()).map_err(|e| EvpnError::Parse(e.to_string()))
+}
+
 fn ip(args: &[&str], stdin: Option<&str>) -> Result<String, EvpnError> {
     run("ip", args, stdin)
 }
@@ -87,17 +92,19 @@ impl ControlNs {
             .is_ok_and(|s| s.filesystem_type().0 as u64 == u64::from(NSFS_MAGIC))
     }
 
-    /// The shadow VXLAN devices in the namespace, by name.
-    fn shadows(&self) -> Result<BTreeMap<String, Shadow>, EvpnError> {
+    /// The namespace's links of one kind, as `ip -j -d link show type KIND` lists them.
+    fn links_of(&self, kind: &str) -> Result<Vec<serde_json::Value>, EvpnError> {
         let out = ip(
-            &[
-                "-n", &self.name, "-j", "-d", "link", "show", "type", "vxlan",
-            ],
+            &["-n", &self.name, "-j", "-d", "link", "show", "type", kind],
             None,
         )?;
-        let links: Vec<serde_json::Value> =
-            serde_json::from_str(out.trim()).map_err(|e| EvpnError::Parse(e.to_string()))?;
-        Ok(links
+        json_list(&out)
+    }
+
+    /// The shadow VXLAN devices in the namespace, by name.
+    fn shadows(&self) -> Result<BTreeMap<String, Shadow>, EvpnError> {
+        Ok(self
+            .links_of("vxlan")?
             .iter()
             .filter_map(|l| {
                 let name = l["ifname"].as_str()?.to_string();
@@ -114,13 +121,8 @@ impl ControlNs {
 
     /// The VNIs whose shadow access port exists.
     fn access_ports(&self) -> Result<BTreeSet<u32>, EvpnError> {
-        let out = ip(
-            &["-n", &self.name, "-j", "link", "show", "type", "macvlan"],
-            None,
-        )?;
-        let links: Vec<serde_json::Value> =
-            serde_json::from_str(out.trim()).map_err(|e| EvpnError::Parse(e.to_string()))?;
-        Ok(links
+        Ok(self
+            .links_of("macvlan")?
             .iter()
             .filter_map(|l| shadow::vni_of_access(l["ifname"].as_str()?))
             .collect())
@@ -129,9 +131,8 @@ impl ControlNs {
     /// The MACs on the shadow access ports (what zebra advertises as this site's), by VNI.
     pub fn local_macs(&self) -> Result<BTreeSet<(u32, String)>, EvpnError> {
         let out = run("bridge", &["-n", &self.name, "-j", "fdb", "show"], None)?;
-        let v: Vec<serde_json::Value> =
-            serde_json::from_str(out.trim()).map_err(|e| EvpnError::Parse(e.to_string()))?;
-        Ok(v.iter()
+        Ok(json_list(&out)?
+            .iter()
             .filter(|e| e["state"] != "permanent" && e["master"].is_string())
             .filter_map(|e| {
                 let vni = shadow::vni_of_access(e["ifname"].as_str()?)?;
@@ -267,21 +268,14 @@ impl ControlNs {
 
     /// zebra's flood entries on a VNI's shadow device (what the routes made it install).
     pub fn shadow_flood(&self, vni: u32) -> Result<BTreeSet<IpAddr>, EvpnError> {
-        let out = Command::new("bridge")
-            .args([
-                "-n",
-                &self.name,
-                "-j",
-                "fdb",
-                "show",
-                "dev",
-                &shadow::vxlan_name(vni),
-            ])
-            .output()
-            .map_err(|e| EvpnError::Spawn("bridge fdb show".into(), e))?;
-        let v: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).map_err(|e| EvpnError::Parse(e.to_string()))?;
-        Ok(v.iter()
+        let dev = shadow::vxlan_name(vni);
+        let out = run(
+            "bridge",
+            &["-n", &self.name, "-j", "fdb", "show", "dev", &dev],
+            None,
+        )?;
+        Ok(json_list(&out)?
+            .iter()
             .filter(|e| e["mac"] == "00:00:00:00:00:00")
             .filter_map(|e| e["dst"].as_str()?.parse().ok())
             .collect())

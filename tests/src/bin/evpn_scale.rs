@@ -2,11 +2,11 @@
 //! zebra and bgpd, each site's control namespace and FRR made by the product's own code
 //! (`l2s_lab::frr_lab`). N−1 sites start together; then the last one joins alone.
 //!
-//! Prints: the time to make each control namespace (2 devices per VNI), from FRR's start to
+//! Prints: the time to make each control namespace (3 devices per VNI), from FRR's start to
 //! every flood list converged (zebra's entries on the shadow devices: (N−1) remote VTEPs × V
 //! per site), from the last site's start to its own lists and everyone's converged, the RSS
 //! of every zebra and bgpd (medians, and the reflector's), and what one read of bgpd's routes
-//! costs the daemon (it reads them every second).
+//! costs the daemon (type-3 and type-2 routes; it reads them while they change).
 //!
 //! Usage: `l2s-evpn-scale [--sites 16] [--vlans 4094]`. Needs root and Debian's `frr`.
 //! Control plane only: no OVS, charon or daemon (the lab tests prove those on top).
@@ -95,7 +95,7 @@ fn main() -> Result<()> {
         "{} sites × {vlans} VLANs through one reflector: control namespaces made in {:.1} s median each ({} devices each), all started in {:.1} s; every flood list converged {:.1} s after the last start",
         sites - 1,
         median(made.clone()),
-        2 * vlans + 2,
+        l2s_vnf::evpn::shadow::device_count(vlans),
         started.as_secs_f64(),
         converged.as_secs_f64()
     );
