@@ -54,7 +54,8 @@ pub struct EvpnStatus {
     /// changed).
     #[serde(default)]
     pub route_reads: u64,
-    /// Remote MACs placed behind discovered sites (type-2 routes).
+    /// Remote MACs in this site's VNIs (type-2 routes), placed behind their sites once those
+    /// sites' SAs are up.
     #[serde(default)]
     pub remote_macs: usize,
     /// MACs of this site's access ports advertised (type-2 routes).
@@ -426,7 +427,12 @@ impl Runtime {
                 .collect(),
             routes_age_secs: self.current_at.map(|t| t.elapsed().as_secs()),
             route_reads: self.route_reads,
-            remote_macs: self.learned.macs.len(),
+            remote_macs: self
+                .learned
+                .macs
+                .keys()
+                .filter(|(v, _)| ours.contains(v))
+                .count(),
             local_macs: self.advertised.as_ref().map_or(0, BTreeSet::len),
             problem: self.problem.clone().or_else(|| {
                 self.mac_problem
