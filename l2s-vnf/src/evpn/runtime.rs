@@ -105,6 +105,10 @@ pub struct Runtime {
     ports_stale: bool,
     /// Why this site's MACs could not be advertised, last time.
     mac_problem: Option<String>,
+    /// Each local MAC's age at the last read of OVS's table, and when OVS was last seen to
+    /// refresh it (its age went down between two reads: a frame from it arrived).
+    ages: BTreeMap<(u32, String), u64>,
+    refreshed: BTreeMap<(u32, String), Instant>,
 }
 
 impl Runtime {
@@ -139,6 +143,8 @@ impl Runtime {
             advertised: None,
             ports_stale: true,
             mac_problem: None,
+            ages: BTreeMap::new(),
+            refreshed: BTreeMap::new(),
         }
     }
 
@@ -363,7 +369,15 @@ impl Runtime {
         let Some(ctl) = &self.ctl else {
             return Ok(());
         };
-        let want = advertised_macs(seen, &self.remote_since, Instant::now());
+        let now = Instant::now();
+        for (k, age) in seen {
+            if self.ages.get(k).is_some_and(|before| age < before) {
+                self.refreshed.insert(k.clone(), now);
+            }
+        }
+        self.ages = seen.clone();
+        self.refreshed.retain(|k, _| seen.contains_key(k));
+        let want = advertised_macs(seen, &self.refreshed, &self.remote_since, now);
         if !self.ports_stale && self.advertised.as_ref() == Some(&want) {
             return Ok(());
         }
@@ -493,12 +507,14 @@ pub struct RemoteMac {
 pub const MOVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// The MACs this site advertises (the MAC-mobility rule): each MAC seen on an access port
-/// (`seen`: seconds since it was last seen there), unless bgpd's best route places it at
-/// another site and it is not this site's now:
+/// (`seen`: seconds since it was last seen there; `refreshed`: when OVS was last seen to
+/// refresh it), unless bgpd's best route places it at another site and it is not this site's
+/// now:
 ///
 /// - the route took it from us (we advertised it when the route came: the VNF moved away, and
 ///   the other site's route won with a higher sequence number): ours again only once seen
-///   here clearly after that route came (it moved back);
+///   here after that route came — OVS refreshed it since, or its age says so clearly (it
+///   moved back);
 /// - the route was there before we advertised it (the VNF's old site, or a MAC merely
 ///   remembered by OVS): ours once seen here since that route came, a tie included (the VNF
 ///   arrived here; zebra raises the sequence number and our route wins everywhere).
@@ -507,6 +523,7 @@ pub const MOVE_MARGIN: Duration = Duration::from_secs(1);
 /// and no two sites take a MAC from each other in turns.
 pub fn advertised_macs(
     seen: &BTreeMap<(u32, String), u64>,
+    refreshed: &BTreeMap<(u32, String), Instant>,
     remote: &BTreeMap<(u32, String), RemoteMac>,
     now: Instant,
 ) -> BTreeSet<(u32, String)> {
@@ -519,7 +536,7 @@ pub fn advertised_macs(
                 return false;
             };
             if r.was_ours {
-                last_seen > r.since + MOVE_MARGIN
+                refreshed.get(*k).is_some_and(|t| *t > r.since) || last_seen > r.since + MOVE_MARGIN
             } else {
                 last_seen + MOVE_MARGIN >= r.since
             }
@@ -582,34 +599,44 @@ mod tests {
             was_ours,
         };
         let one = || BTreeSet::from([k("02:00:00:00:00:01")]);
+        let none = BTreeMap::new();
         let both =
             |r1, r2| BTreeMap::from([(k("02:00:00:00:00:01"), r1), (k("02:00:00:00:00:02"), r2)]);
         // No remote route: both are this site's.
-        assert_eq!(advertised_macs(&seen, &BTreeMap::new(), now).len(), 2);
+        assert_eq!(
+            advertised_macs(&seen, &none, &BTreeMap::new(), now).len(),
+            2
+        );
         // Routes 30 s old, there before we advertised the MACs: both were seen here since
         // (VNFs that arrived here).
-        let all = advertised_macs(&seen, &both(r(30, false), r(30, false)), now);
+        let all = advertised_macs(&seen, &none, &both(r(30, false), r(30, false)), now);
         assert_eq!(all.len(), 2);
         // The second's route came 5 s ago and took it from us; it was last seen here 10 s
         // ago: it moved away. The first is still active here.
         assert_eq!(
-            advertised_macs(&seen, &both(r(30, false), r(5, true)), now),
+            advertised_macs(&seen, &none, &both(r(30, false), r(5, true)), now),
             one()
         );
         // A MAC OVS merely remembers (last seen 10 s ago) behind a route that came after:
         // not ours.
         assert_eq!(
-            advertised_macs(&seen, &both(r(30, false), r(5, false)), now),
+            advertised_macs(&seen, &none, &both(r(30, false), r(5, false)), now),
             one()
         );
-        let all = advertised_macs(&seen, &both(r(30, false), r(11, false)), now);
+        let all = advertised_macs(&seen, &none, &both(r(30, false), r(11, false)), now);
         assert_eq!(all.len(), 2);
         // A tie (seen just as the route came): ours if the route was another site's before
         // (the VNF arrived here), not if it took the MAC from us (it left).
         let seen = BTreeMap::from([(k("02:00:00:00:00:01"), 1)]);
         let tie = |was_ours| BTreeMap::from([(k("02:00:00:00:00:01"), r(1, was_ours))]);
-        assert_eq!(advertised_macs(&seen, &tie(false), now), one());
-        assert!(advertised_macs(&seen, &tie(true), now).is_empty());
+        assert_eq!(advertised_macs(&seen, &none, &tie(false), now), one());
+        assert!(advertised_macs(&seen, &none, &tie(true), now).is_empty());
+        // ... unless OVS was seen to refresh it after the route came (it moved back at once,
+        // said one word, and went quiet).
+        let after = BTreeMap::from([(k("02:00:00:00:00:01"), now - Duration::from_millis(500))]);
+        assert_eq!(advertised_macs(&seen, &after, &tie(true), now), one());
+        let before = BTreeMap::from([(k("02:00:00:00:00:01"), now - Duration::from_secs(2))]);
+        assert!(advertised_macs(&seen, &before, &tie(true), now).is_empty());
     }
 
     #[test]
