@@ -105,9 +105,11 @@ pub struct Runtime {
     ports_stale: bool,
     /// Why this site's MACs could not be advertised, last time.
     mac_problem: Option<String>,
-    /// Each local MAC's age at the last read of OVS's table, and when OVS was last seen to
-    /// refresh it (its age went down between two reads: a frame from it arrived).
+    /// Each local MAC's age at the last read of OVS's table (and when that read was), and for
+    /// a MAC OVS was seen to refresh (its age went down between two reads: a frame from it
+    /// arrived), the read before: the frame came after that moment, for certain.
     ages: BTreeMap<(u32, String), u64>,
+    ages_read: Option<Instant>,
     refreshed: BTreeMap<(u32, String), Instant>,
 }
 
@@ -144,6 +146,7 @@ impl Runtime {
             ports_stale: true,
             mac_problem: None,
             ages: BTreeMap::new(),
+            ages_read: None,
             refreshed: BTreeMap::new(),
         }
     }
@@ -370,12 +373,15 @@ impl Runtime {
             return Ok(());
         };
         let now = Instant::now();
-        for (k, age) in seen {
-            if self.ages.get(k).is_some_and(|before| age < before) {
-                self.refreshed.insert(k.clone(), now);
+        if let Some(before) = self.ages_read {
+            for (k, age) in seen {
+                if self.ages.get(k).is_some_and(|a| age < a) {
+                    self.refreshed.insert(k.clone(), before);
+                }
             }
         }
         self.ages = seen.clone();
+        self.ages_read = Some(now);
         self.refreshed.retain(|k, _| seen.contains_key(k));
         let want = advertised_macs(seen, &self.refreshed, &self.remote_since, now);
         if !self.ports_stale && self.advertised.as_ref() == Some(&want) {
@@ -507,8 +513,8 @@ pub struct RemoteMac {
 pub const MOVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// The MACs this site advertises (the MAC-mobility rule): each MAC seen on an access port
-/// (`seen`: seconds since it was last seen there; `refreshed`: when OVS was last seen to
-/// refresh it), unless bgpd's best route places it at another site and it is not this site's
+/// (`seen`: seconds since it was last seen there; `refreshed`: a moment after which OVS
+/// certainly refreshed it), unless bgpd's best route places it at another site and it is not this site's
 /// now:
 ///
 /// - the route took it from us (we advertised it when the route came: the VNF moved away, and
@@ -536,7 +542,8 @@ pub fn advertised_macs(
                 return false;
             };
             if r.was_ours {
-                refreshed.get(*k).is_some_and(|t| *t > r.since) || last_seen > r.since + MOVE_MARGIN
+                refreshed.get(*k).is_some_and(|t| *t >= r.since)
+                    || last_seen > r.since + MOVE_MARGIN
             } else {
                 last_seen + MOVE_MARGIN >= r.since
             }
@@ -631,10 +638,12 @@ mod tests {
         let tie = |was_ours| BTreeMap::from([(k("02:00:00:00:00:01"), r(1, was_ours))]);
         assert_eq!(advertised_macs(&seen, &none, &tie(false), now), one());
         assert!(advertised_macs(&seen, &none, &tie(true), now).is_empty());
-        // ... unless OVS was seen to refresh it after the route came (it moved back at once,
-        // said one word, and went quiet).
+        // ... unless OVS certainly refreshed it after the route came (it moved back at once,
+        // said one word, and went quiet): the read before the refresh was after the route.
         let after = BTreeMap::from([(k("02:00:00:00:00:01"), now - Duration::from_millis(500))]);
         assert_eq!(advertised_macs(&seen, &after, &tie(true), now), one());
+        // A refresh first seen by the read after the route, but the read before it came
+        // before the route: the frame may be the VNF's last words here (it left).
         let before = BTreeMap::from([(k("02:00:00:00:00:01"), now - Duration::from_secs(2))]);
         assert!(advertised_macs(&seen, &before, &tie(true), now).is_empty());
     }
