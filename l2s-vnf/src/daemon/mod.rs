@@ -352,7 +352,14 @@ impl Daemon {
     /// EVPN: advertise the MACs OVS learned on the access ports (see
     /// [`crate::evpn::Runtime::advertise_local`]).
     async fn advertise_macs(&mut self) {
-        let (Some(rt), Some((bridge, ofports))) = (&mut self.evpn, &self.access_ports) else {
+        let site = self
+            .cfg
+            .evpn
+            .as_ref()
+            .is_some_and(|e| e.role == crate::config::EvpnRole::Site);
+        let (Some(rt), Some((bridge, ofports)), true) = (&mut self.evpn, &self.access_ports, site)
+        else {
+            // (A reflector has no access ports: nothing to read each second.)
             return;
         };
         let table = match crate::ovs::unixctl::socket(&self.cfg.switch.ovsdb) {
