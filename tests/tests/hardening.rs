@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use l2s_lab::{
     forge_vxlan, listen_udp, netns, require_lab, run, sh, within, Capture, PaperLab, PingStream,
@@ -557,11 +557,24 @@ fn a_mac_flood_fills_a_vxlan_device_only_to_its_limit() {
     let flood = DEFAULT_MAC_LIMIT + 1000;
     t.lab.flood_source_macs(&t.a101, flood).unwrap();
     t.lab.flood_source_macs(&t.a102, 500).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let (k101, k102) = (
-        t.lab.learned_macs("b", "l2s-vx101").unwrap(),
-        t.lab.learned_macs("b", "l2s-vx102").unwrap(),
-    );
+    // The flood crosses A's switch, IPsec and B's device: read B's counts until they stop
+    // growing (three reads alike, 200 ms apart; under load libipsec takes seconds), not after
+    // a fixed wait.
+    let counts = || {
+        (
+            t.lab.learned_macs("b", "l2s-vx101").unwrap(),
+            t.lab.learned_macs("b", "l2s-vx102").unwrap(),
+        )
+    };
+    let (mut last, mut alike) = (counts(), 0);
+    let settle = Instant::now();
+    while alike < 3 && settle.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = counts();
+        alike = if now == last { alike + 1 } else { 0 };
+        last = now;
+    }
+    let (k101, k102) = last;
     let out = t.lab.l2s("b", &["status", "--json"]).unwrap();
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!(
