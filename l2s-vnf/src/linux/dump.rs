@@ -156,10 +156,15 @@ enum FdbEntry {
     Mac,
 }
 
+/// Whether an `RTM_NEWNEIGH` payload's `ndm_flags` mark the entry as externally learned.
+fn ext_learned(p: &[u8]) -> bool {
+    p.get(10).is_some_and(|f| f & NTF_EXT_LEARNED != 0)
+}
+
 /// One `RTM_NEWNEIGH` payload of the bridge family: (ifindex, kind) of the entry.
 fn fdb_entry(p: &[u8]) -> Option<(u32, FdbEntry)> {
     let ifindex = u32_at(p, 4)?;
-    let ext_learned = p.get(10).is_some_and(|f| f & NTF_EXT_LEARNED != 0);
+    let ext_learned = ext_learned(p);
     let (mut mac, mut dst) = (None, None);
     for (ty, v) in attrs(p.get(12..)?) {
         match ty {
@@ -219,7 +224,7 @@ fn learned_entry(p: &[u8]) -> Option<Learned> {
         mac,
         dst: dst?,
         age_secs: age,
-        placed: p.get(10).is_some_and(|f| f & NTF_EXT_LEARNED != 0),
+        placed: ext_learned(p),
     })
 }
 

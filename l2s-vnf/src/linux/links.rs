@@ -164,18 +164,21 @@ pub async fn make(
     first.map_or(Ok(()), Err)
 }
 
+/// A device's ifindex, known before the plan or learned when phase 1 made it.
+fn index_in(index: &BTreeMap<String, u32>, dev: &str) -> Result<u32, NetlinkError> {
+    index
+        .get(dev)
+        .copied()
+        .ok_or_else(|| NetlinkError::NoSuchLink(dev.to_string()))
+}
+
 /// One MTU or flood step; how to undo it.
 async fn step(
     nl: &Netlink,
     c: &LinkChange,
     index: &BTreeMap<String, u32>,
 ) -> Result<Option<Undo>, NetlinkError> {
-    let index_of = |dev: &String| {
-        index
-            .get(dev)
-            .copied()
-            .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))
-    };
+    let index_of = |dev: &String| index_in(index, dev);
     Ok(Some(match c {
         LinkChange::SetMtu { dev, from, to, .. } => {
             nl.set_mtu(dev, *to).await?;
@@ -225,12 +228,7 @@ pub async fn finish(
                 | LinkChange::RemoveMac { .. }
         )
     });
-    let index_of = |dev: &String| {
-        index
-            .get(dev)
-            .copied()
-            .ok_or_else(|| NetlinkError::NoSuchLink(dev.clone()))
-    };
+    let index_of = |dev: &String| index_in(index, dev);
     let mut results = together(steps.map(|c| async move {
         match c {
             LinkChange::SetUp { dev } => nl.set_up(dev).await,

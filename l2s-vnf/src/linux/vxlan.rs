@@ -78,30 +78,18 @@ impl Netlink {
         }
         Ok(())
     }
-    fn fdb_message(index: u32, dst: IpAddr) -> NeighbourMessage {
+    /// One bridge-family FDB entry of a VXLAN device (`self`), permanent.
+    fn fdb_entry(
+        index: u32,
+        mac: [u8; 6],
+        flags: NeighbourFlags,
+        dst: Option<IpAddr>,
+    ) -> NeighbourMessage {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Bridge;
         m.header.ifindex = index;
         m.header.state = NeighbourState::Permanent;
-        m.header.flags = NeighbourFlags::Own;
-        m.header.kind = RouteType::Unspec;
-        m.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(ZERO_MAC.to_vec()));
-        m.attributes
-            .push(NeighbourAttribute::Destination(match dst {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
-        m
-    }
-    /// An EVPN remote MAC's entry: permanent (never aged, never moved by learning) and marked
-    /// as externally learned (ours, and not the kernel's).
-    fn mac_message(index: u32, mac: [u8; 6], dst: Option<IpAddr>) -> NeighbourMessage {
-        let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Bridge;
-        m.header.ifindex = index;
-        m.header.state = NeighbourState::Permanent;
-        m.header.flags = NeighbourFlags::Own | NeighbourFlags::ExtLearned;
+        m.header.flags = flags;
         m.header.kind = RouteType::Unspec;
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
@@ -113,6 +101,22 @@ impl Netlink {
                 }));
         }
         m
+    }
+
+    /// A flood (all-zero MAC) entry towards `dst`.
+    fn fdb_message(index: u32, dst: IpAddr) -> NeighbourMessage {
+        Self::fdb_entry(index, ZERO_MAC, NeighbourFlags::Own, Some(dst))
+    }
+
+    /// An EVPN remote MAC's entry: permanent (never aged, never moved by learning) and marked
+    /// as externally learned (ours, and not the kernel's).
+    fn mac_message(index: u32, mac: [u8; 6], dst: Option<IpAddr>) -> NeighbourMessage {
+        Self::fdb_entry(
+            index,
+            mac,
+            NeighbourFlags::Own | NeighbourFlags::ExtLearned,
+            dst,
+        )
     }
 
     fn mac_bytes(mac: &str) -> Result<[u8; 6], NetlinkError> {
